@@ -1,0 +1,139 @@
+"""The Attention contract shared by every mechanism, and the exact softmax maths they are
+measured against.
+
+Every mechanism owns the same fused Q/K/V projection (W_qkv) and output projection (W_o) and
+differs only in `attend`, the step between them. FLOPs are counted as 2 per multiply-add of
+matrix products (linear layers, attention products, convolutions); element-wise work such as
+softmax or exp is not counted, which is also what fvcore and FlopCounterMode count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+# Row chunk of `attention_map`'s intermediates: keeps them near the size of the map itself.
+MAP_ROW_CHUNK = 1024
+
+
+def softmax_weights(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """Exact attention weights softmax(q k^T * scale): (B, H, N, d) x (B, H, M, d) -> (B, H, N, M)."""
+    return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Exact softmax attention with the weights materialised: -> (B, H, N, d)."""
+    return softmax_weights(q, k, scale) @ v
+
+
+def matmul_flops(*dims: int) -> int:
+    """FLOPs of a matrix product with these sizes (batch..., n, k, m): 2 per multiply-add."""
+    return 2 * math.prod(dims)
+
+
+class Attention(nn.Module):
+    """Base class: (B, N, C) -> (B, N, C) with a shared W_qkv and W_o.
+
+    Args:
+        cfg: the mechanism's frozen config.
+        dim: embedding width C.
+        num_heads: heads H; C must divide by H.
+        seq_len: the token count N the layer is built for (CLS included).
+    """
+
+    kind: ClassVar[str]
+    # Mechanisms whose effective map is only approximately row-stochastic (iterative
+    # pseudo-inverses) widen this; everyone else's rows sum to 1 to float precision.
+    map_row_sum_tol: ClassVar[float] = 1e-4
+
+    def __init__(self, cfg: Any, *, dim: int, num_heads: int, seq_len: int) -> None:
+        super().__init__()
+        assert dim % num_heads == 0, f"dim {dim} must be divisible by num_heads {num_heads}"
+        assert seq_len >= 2, f"seq_len must be >= 2 (CLS + one patch), got {seq_len}"
+        self.cfg = cfg
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.seq_len = seq_len
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    # -- the shared projections ---------------------------------------------------------
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, C) -> q, k, v each (B, H, N, d)."""
+        B, N, C = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def merge_heads(self, o: Tensor) -> Tensor:
+        """(B, H, N, d) -> output projection -> (B, N, C)."""
+        B, H, N, d = o.shape
+        return self.proj(o.transpose(1, 2).reshape(B, N, H * d))
+
+    def projection_state(self) -> dict[str, Tensor]:
+        """W_qkv and W_o in the fused layout shared by every mechanism."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".")[0] in ("qkv", "proj")}
+
+    def load_projection_state(self, state: dict[str, Tensor]) -> None:
+        """Copy W_qkv and W_o (fused layout) from another mechanism."""
+        own = self.projection_state()
+        missing = set(own) - set(state)
+        assert not missing, f"projection state lacks {sorted(missing)}"
+        self.load_state_dict({**self.state_dict(), **{k: state[k] for k in own}})
+
+    # -- the contract -------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.merge_heads(self.attend(*self.qkv_heads(x)))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The mechanism itself: q, k, v (B, H, N, d) -> (B, H, N, d)."""
+        raise NotImplementedError
+
+    def weights(self, q: Tensor, k: Tensor) -> Tensor:
+        """Effective (B, H, N, N) weights that `attend` applies to v."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def attention_map(self, x: Tensor) -> Tensor:
+        """Effective row-stochastic attention weights (B, H, N, N), in float32."""
+        q, k, _ = self.qkv_heads(x)
+        return self.weights(q.float(), k.float())
+
+    @torch.no_grad()
+    def exact_map(self, x: Tensor) -> Tensor:
+        """Exact softmax weights from this layer's own Q and K, row-chunked: (B, H, N, N)."""
+        q, k, _ = self.qkv_heads(x)
+        q, k = q.float(), k.float()
+        return torch.cat(
+            [softmax_weights(qc, k, self.scale) for qc in q.split(MAP_ROW_CHUNK, dim=2)], dim=2
+        )
+
+    def flops(self, seq_len: int | None = None) -> int:
+        """Analytic forward FLOPs per sample (2 per multiply-add), projections included."""
+        n = seq_len or self.seq_len
+        return matmul_flops(n, self.dim, 4 * self.dim) + self.attend_flops(n)
+
+    def attend_flops(self, n: int) -> int:
+        """Analytic FLOPs of `attend` per sample for n tokens."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.cfg.model_dump().items() if k != "kind")
+        return f"kind={self.kind}, dim={self.dim}, heads={self.num_heads}, seq_len={self.seq_len}, {opts}"
+
+
+class ExactAttention(Attention):
+    """Exact softmax attention with the (N, N) weights materialised: O(N^2) time and memory."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return softmax_attention(q, k, v, self.scale)
+
+    def weights(self, q: Tensor, k: Tensor) -> Tensor:
+        return softmax_weights(q, k, self.scale)
+
+    def attend_flops(self, n: int) -> int:
+        return 2 * matmul_flops(self.num_heads, n, self.head_dim, n)

@@ -1,0 +1,123 @@
+"""Validated options of every attention mechanism, one frozen pydantic model per kind.
+
+Kept free of torch so that `bench.toml` validates (and `effbench --help` answers) without
+importing it; the modules that implement each kind live beside this file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _AttentionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    qkv_bias: bool = Field(True, description="bias on the shared Q/K/V projection")
+
+    def token_limits(self) -> dict[str, int]:
+        """Options that may not exceed the token count, by name."""
+        return {}
+
+
+class StandardConfig(_AttentionConfig):
+    """Explicit softmax attention with separate Q, K and V projections."""
+
+    kind: Literal["standard"] = "standard"
+
+
+class FusedConfig(_AttentionConfig):
+    """Explicit softmax attention with one fused QKV projection."""
+
+    kind: Literal["fused"] = "fused"
+
+
+class SdpaConfig(_AttentionConfig):
+    """Fused QKV projection + torch.nn.functional.scaled_dot_product_attention."""
+
+    kind: Literal["sdpa"] = "sdpa"
+    backend: Literal["auto", "math", "flash", "efficient", "cudnn"] = Field(
+        "auto", description="force one SDPA backend; 'auto' lets PyTorch choose"
+    )
+
+
+class LinformerConfig(_AttentionConfig):
+    """Low-rank projections of keys and values along the sequence (Wang et al. 2020)."""
+
+    kind: Literal["linformer"] = "linformer"
+    k: int = Field(64, ge=1, description="projected sequence length")
+    share_kv: bool = Field(False, description="one projection for keys and values")
+
+    def token_limits(self) -> dict[str, int]:
+        return {"k": self.k}
+
+
+class PerformerConfig(_AttentionConfig):
+    """FAVOR+ with positive orthogonal random features (Choromanski et al. 2021)."""
+
+    kind: Literal["performer"] = "performer"
+    features: int = Field(64, ge=1, description="number of random features m")
+    redraw_interval: int = Field(
+        0, ge=0, description="redraw the features every this many training steps; 0 = never"
+    )
+    kernel: Literal["softmax", "relu"] = Field(
+        "softmax", description="'softmax': positive random features; 'relu': generalised kernel"
+    )
+
+
+class NystromConfig(_AttentionConfig):
+    """Nystrom landmarks with an iterative pseudo-inverse (Xiong et al. 2021)."""
+
+    kind: Literal["nystrom"] = "nystrom"
+    landmarks: int = Field(32, ge=1, description="number of landmarks (segment means)")
+    pinv_iterations: int = Field(6, ge=1, le=100, description="Newton-Schulz iterations")
+    conv_kernel: int = Field(
+        0, ge=0, description="depthwise conv residual on V along the sequence; 0 = off"
+    )
+
+    @field_validator("conv_kernel")
+    @classmethod
+    def _odd_kernel(cls, v: int) -> int:
+        if v and v % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd (or 0 for off), got {v}")
+        return v
+
+    def token_limits(self) -> dict[str, int]:
+        return {"landmarks": self.landmarks}
+
+
+class HybridConfig(_AttentionConfig):
+    """Dilated local attention on the patch grid + a global linear-attention branch."""
+
+    kind: Literal["hybrid"] = "hybrid"
+    window: int = Field(3, ge=1, description="odd side of the local window, in grid cells")
+    dilation: int = Field(2, ge=1, description="step between window cells on the grid")
+    feature_map: Literal["elu", "relu"] = Field(
+        "elu", description="positive feature map of the global linear branch"
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _odd_window(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"window must be odd so that it centres on its query, got {v}")
+        return v
+
+
+AttentionConfig = Annotated[
+    StandardConfig
+    | FusedConfig
+    | SdpaConfig
+    | LinformerConfig
+    | PerformerConfig
+    | NystromConfig
+    | HybridConfig,
+    Field(discriminator="kind"),
+]
+
+KINDS: tuple[str, ...] = tuple(
+    get_args(cls.model_fields["kind"].annotation)[0]
+    for cls in get_args(get_args(AttentionConfig)[0])
+)
+"""Every attention kind, in the order the report lists them."""

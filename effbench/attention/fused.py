@@ -1,0 +1,14 @@
+"""Softmax attention with one fused QKV projection and the (N, N) weights materialised.
+
+O(N^2) time and memory.
+"""
+
+from __future__ import annotations
+
+from effbench.attention import register
+from effbench.attention.base import ExactAttention
+
+
+@register("fused")
+class FusedAttention(ExactAttention):
+    """The base contract's fused W_qkv with explicit softmax attention."""

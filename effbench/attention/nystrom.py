@@ -1,0 +1,102 @@
+"""Nystromformer: softmax attention through m landmarks and an iterative pseudo-inverse
+(Xiong et al. 2021, "Nystromformer: A Nystrom-Based Algorithm for Approximating Self-Attention").
+
+O(N * m * d + m^3) time and O(N * m) memory for m landmarks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from effbench.attention import register
+from effbench.attention.base import MAP_ROW_CHUNK, Attention, matmul_flops
+from effbench.attention.configs import NystromConfig
+
+
+def segment_means(x: Tensor, m: int) -> Tensor:
+    """Means of m contiguous segments along dim -2: (..., N, d) -> (..., m, d).
+
+    When N is not a multiple of m, the first N % m segments hold one token more; no
+    padding enters any mean.
+    """
+    n = int(x.shape[-2])  # int() also under jit tracing, where shapes are tensors
+    assert m <= n, f"{m} landmarks exceed {n} tokens"
+    s, r = divmod(n, m)
+    lead = x.shape[:-2]
+    parts = []
+    if r:
+        parts.append(x[..., : r * (s + 1), :].unflatten(-2, (r, s + 1)).mean(dim=-2))
+    parts.append(x[..., r * (s + 1) :, :].unflatten(-2, (m - r, s)).mean(dim=-2))
+    out = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+    assert out.shape == (*lead, m, x.shape[-1])
+    return out
+
+
+def iterative_pinv(a: Tensor, iterations: int) -> Tensor:
+    """Newton-Schulz pseudo-inverse of each (m, m) matrix in a (..., m, m) batch.
+
+    Each matrix starts from its own A^T / (||A||_1 ||A||_inf), so that one badly scaled
+    matrix in the batch does not slow the convergence of the others.
+    """
+    absa = a.abs()
+    norm1 = absa.sum(dim=-2).amax(dim=-1)  # max column sum
+    norminf = absa.sum(dim=-1).amax(dim=-1)  # max row sum
+    z = a.transpose(-2, -1) / (norm1 * norminf)[..., None, None]
+    eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    for _ in range(iterations):
+        az = a @ z
+        t = az @ (7 * eye - az)
+        t = az @ (15 * eye - t)
+        z = 0.25 * z @ (13 * eye - t)
+    return z
+
+
+@register("nystrom")
+class NystromAttention(Attention):
+    """F pinv(A) B V with F = softmax(Q K~^T), A = softmax(Q~ K~^T), B = softmax(Q~ K^T).
+
+    With `conv_kernel` > 0, a depthwise convolution of V along the sequence is added to the
+    output (the paper's skip); `attention_map` shows the attention part alone.
+    """
+
+    # The pseudo-inverse is iterative, so F pinv(A) B's rows sum to 1 only approximately.
+    map_row_sum_tol = 1e-2
+
+    def __init__(self, cfg: NystromConfig, *, dim: int, num_heads: int, seq_len: int) -> None:
+        super().__init__(cfg, dim=dim, num_heads=num_heads, seq_len=seq_len)
+        self.conv: nn.Conv2d | None = None
+        if cfg.conv_kernel:
+            kk = cfg.conv_kernel
+            self.conv = nn.Conv2d(
+                num_heads, num_heads, (kk, 1), padding=(kk // 2, 0), groups=num_heads, bias=False
+            )
+
+    def _factors(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """F (B, H, N, m), pinv(A) (B, H, m, m), B (B, H, m, N)."""
+        m = self.cfg.landmarks
+        ql, kl = segment_means(q, m), segment_means(k, m)  # (B, H, m, d)
+        f = torch.softmax((q @ kl.transpose(-2, -1)) * self.scale, dim=-1)
+        a = torch.softmax((ql @ kl.transpose(-2, -1)) * self.scale, dim=-1)
+        b = torch.softmax((ql @ k.transpose(-2, -1)) * self.scale, dim=-1)
+        return f, iterative_pinv(a, self.cfg.pinv_iterations), b
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        f, z, b = self._factors(q, k)
+        out = f @ (z @ (b @ v))
+        if self.conv is not None:
+            out = out + self.conv(v)
+        return out
+
+    def weights(self, q: Tensor, k: Tensor) -> Tensor:
+        f, z, b = self._factors(q, k)
+        zb = z @ b  # (B, H, m, N)
+        return torch.cat([fc @ zb for fc in f.split(MAP_ROW_CHUNK, dim=2)], dim=2)
+
+    def attend_flops(self, n: int) -> int:
+        h, d, m, it = self.num_heads, self.head_dim, self.cfg.landmarks, self.cfg.pinv_iterations
+        factors = matmul_flops(h, n, d, m) + matmul_flops(h, m, d, m) + matmul_flops(h, m, d, n)
+        pinv = 4 * it * matmul_flops(h, m, m, m)
+        apply = matmul_flops(h, m, n, d) + matmul_flops(h, m, m, d) + matmul_flops(h, n, m, d)
+        conv = matmul_flops(h, n, d, self.cfg.conv_kernel)
+        return factors + pinv + apply + conv

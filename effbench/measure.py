@@ -1,0 +1,290 @@
+"""Small measuring functions: latency, peak memory, FLOPs (analytic and counted two ways).
+
+FLOPs are 2 per multiply-add of matrix products everywhere in effbench. fvcore counts one
+"flop" per multiply-add and misses several ops; FlopCounterMode misses the CPU SDPA kernel;
+both are patched here, and an attention op that would count as zero raises instead.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+# ---------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call times in milliseconds from `blocked_autorange`."""
+
+    median_ms: float
+    iqr_ms: float
+    runs: int
+    calls_per_run: int
+
+    def as_dict(self, prefix: str) -> dict[str, float | int]:
+        return {
+            f"{prefix}_ms": self.median_ms,
+            f"{prefix}_iqr_ms": self.iqr_ms,
+            f"{prefix}_runs": self.runs,
+            f"{prefix}_calls_per_run": self.calls_per_run,
+        }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(
+    fn: Callable[[], Any], *, device: torch.device, warmup: int = 2, min_run_time: float = 0.3
+) -> Timing:
+    """Median and IQR of fn's time over repeated blocks, after `warmup` untimed calls.
+
+    torch.utils.benchmark.Timer picks the calls per block and synchronises CUDA; it runs with
+    torch's current thread count (Timer alone would default to one thread).
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return Timing(
+        median_ms=m.median * 1e3,
+        iqr_ms=m.iqr * 1e3,
+        runs=len(m.times),
+        calls_per_run=m.number_per_run,
+    )
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak bytes allocated on the CPU during fn, above what was allocated before it.
+
+    Read from the profiler's memory events (every allocation and free, in time order).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return peak_from_events(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
+
+
+def peak_from_events(events: Any) -> int:
+    """Highest running total of (time, +/- bytes) events, never below 0."""
+    total = peak = 0
+    for _, nbytes in sorted(events):
+        total += nbytes
+        peak = max(peak, total)
+    return peak
+
+
+def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated on the GPU during fn, above what was allocated before it."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[int, str]:
+    """(peak bytes during fn above the starting level, how it was measured)."""
+    if device.type == "cuda":
+        return cuda_peak_bytes(fn, device), "torch.cuda.max_memory_allocated"
+    return cpu_peak_bytes(fn), "torch.profiler memory events (CPU)"
+
+
+# ---------------------------------------------------------------------------- FLOPs
+
+# Ops that do multiply-adds: fvcore must have a handle for each one it meets.
+COMPUTE_OP_MARKERS = ("mm", "matmul", "einsum", "linear", "conv", "attention", "dot", "bilinear")
+
+
+class FlopCountError(RuntimeError):
+    """An op that does multiply-adds was met by a counter that cannot count it."""
+
+
+def _shape(v: Any) -> list[int]:
+    from fvcore.nn.jit_handles import get_shape
+
+    s = get_shape(v)
+    assert s is not None, "FLOP handle met an input without a known shape"
+    return s
+
+
+def _matmul_macs(a: list[int], b: list[int]) -> int:
+    """Multiply-adds of torch.matmul with broadcasting, for any ranks."""
+    a = [1, *a] if len(a) == 1 else a
+    b = [*b, 1] if len(b) == 1 else b
+    batch = torch.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    assert a[-1] == b[-2], f"matmul shapes {a} x {b} do not chain"
+    return math.prod(batch) * a[-2] * a[-1] * b[-1]
+
+
+def _matmul_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    return _matmul_macs(_shape(inputs[0]), _shape(inputs[1]))
+
+
+def _einsum_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    """Exact multiply-adds of a two-operand einsum: the product of every index's size."""
+    eq = inputs[0].toIValue().replace(" ", "")
+    lhs = eq.split("->")[0].split(",")
+    shapes = [_shape(v) for v in inputs[1].node().inputs()]
+    if len(lhs) != 2 or "." in eq:
+        raise FlopCountError(f"einsum {eq!r}: only two operands without '...' are counted")
+    sizes: dict[str, int] = {}
+    for letters, shape in zip(lhs, shapes, strict=True):
+        sizes.update(zip(letters, shape, strict=True))
+    return math.prod(sizes.values())
+
+
+def _sdpa_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    """aten::scaled_dot_product_attention: Q K^T and P V."""
+    q, k, v = (_shape(x) for x in inputs[:3])
+    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def fvcore_flops(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """fvcore's count (x2, so 2 per multiply-add) and its split by op.
+
+    Norms, pooling and upsampling handles are switched off so that the count holds matrix
+    products only, like FlopCounterMode's and the analytic one.
+
+    Raises:
+        FlopCountError: when an op that does multiply-adds has no handle.
+    """
+    from fvcore.nn import FlopCountAnalysis
+
+    fca = FlopCountAnalysis(module, inputs)
+    fca.set_op_handle(
+        "aten::matmul", _matmul_handle,
+        "aten::einsum", _einsum_handle,
+        "aten::scaled_dot_product_attention", _sdpa_handle,
+        "aten::batch_norm", None,
+        "aten::group_norm", None,
+        "aten::layer_norm", None,
+        "aten::instance_norm", None,
+        "aten::upsample_nearest2d", None,
+        "aten::upsample_bilinear2d", None,
+        "aten::adaptive_avg_pool2d", None,
+        "aten::grid_sampler", None,
+    )  # fmt: skip
+    fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_op = {k: 2 * int(v) for k, v in fca.by_operator().items()}
+        missed = Counter(fca.unsupported_ops())
+    uncounted = sorted(op for op in missed if any(m in op for m in COMPUTE_OP_MARKERS))
+    if uncounted:
+        raise FlopCountError(f"fvcore has no FLOP handle for {', '.join(uncounted)}")
+    return sum(by_op.values()), by_op
+
+
+def _cpu_flash_sdpa_flops(
+    query, key, value, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _flop_counter_mapping() -> dict[Any, Any]:
+    aten = torch.ops.aten
+    out: dict[Any, Any] = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        out[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_sdpa_flops
+    return out
+
+
+# Kernels behind F.scaled_dot_product_attention: if one of these runs and FlopCounterMode has
+# no formula for it, the attention would silently count as zero.
+_SDPA_KERNELS = (
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
+
+
+def flop_counter_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """torch.utils.flop_counter.FlopCounterMode's count of fn (already 2 per multiply-add).
+
+    Raises:
+        FlopCountError: when an SDPA kernel ran that the counter has no formula for.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class _Seen(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    counter = FlopCounterMode(display=False, custom_mapping=_flop_counter_mapping())
+    seen = _Seen()
+    with counter, seen:
+        fn()
+    known = {getattr(op, "__name__", str(op)).split(".")[0] for op in counter.flop_registry}
+    missing = sorted(n for n in seen.names if n in _SDPA_KERNELS and n not in known)
+    if missing:
+        raise FlopCountError(f"FlopCounterMode has no formula for {', '.join(missing)}")
+    by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return int(counter.get_total_flops()), by_op
+
+
+@dataclass(frozen=True)
+class FlopCounts:
+    """Forward FLOPs per sample, 2 per multiply-add, from three sources."""
+
+    analytic: int
+    fvcore: int
+    flop_counter: int
+    by_op: dict[str, int]
+
+    def max_rel_diff(self) -> float:
+        vals = (self.analytic, self.fvcore, self.flop_counter)
+        return (max(vals) - min(vals)) / max(max(vals), 1)
+
+
+@torch.no_grad()
+def count_flops(module: nn.Module, x: torch.Tensor, *, analytic: int) -> FlopCounts:
+    """Count module(x)'s forward FLOPs both ways and return them per sample beside `analytic`."""
+    was_training = module.training
+    module.eval()
+    try:
+        fv, by_op = fvcore_flops(module, x)
+        fc, _ = flop_counter_flops(lambda: module(x))
+    finally:
+        module.train(was_training)
+    b = x.shape[0]
+    return FlopCounts(
+        analytic=analytic,
+        fvcore=fv // b,
+        flop_counter=fc // b,
+        by_op={k: v // b for k, v in by_op.items()},
+    )
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,294 @@
+"""The benchmark spec: pydantic models of `bench.toml`, loading, overrides and cross-field checks.
+
+No torch import here: a spec validates (and its errors print) before any heavy import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from effbench.attention.configs import KINDS, AttentionConfig
+
+DEFAULT_SPEC = "bench.toml"
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backbone(_Section):
+    """The ViT shared by every model; only the attention differs."""
+
+    image_size: int = Field(32, gt=0, description="input side in pixels")
+    patch_size: int = Field(4, gt=0, description="patch side in pixels")
+    dim: int = Field(128, gt=0, description="embedding width C")
+    depth: int = Field(6, gt=0, description="number of transformer blocks")
+    heads: int = Field(4, gt=0, description="attention heads")
+    mlp_ratio: float = Field(2.0, gt=0, description="MLP hidden width / dim")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout in MLP and on embeddings")
+    num_classes: int = Field(10, gt=1)
+    channels: int = Field(3, gt=0)
+
+    def grid(self, image_size: int | None = None) -> tuple[int, int]:
+        side = (image_size or self.image_size) // self.patch_size
+        return side, side
+
+    def seq_len(self, image_size: int | None = None) -> int:
+        """Tokens for an image side: patches plus the CLS token."""
+        gh, gw = self.grid(image_size)
+        return gh * gw + 1
+
+
+class ModelEntry(_Section):
+    """One model to compare: a name and its attention table."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    attention: AttentionConfig
+
+
+class ProfileSection(_Section):
+    """`effbench profile`: the attention layer alone across sequence lengths."""
+
+    seq_lens: list[int] = Field(
+        default_factory=lambda: [65, 257, 1025], min_length=1, description="token counts"
+    )
+    batch_size: int = Field(8, gt=0)
+    dtype: Dtype = "float32"
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    warmup: int = Field(2, ge=0, description="untimed calls before timing")
+    min_run_time: float = Field(0.3, gt=0, description="seconds of timing per measurement")
+    backward: bool = Field(True, description="also time forward+backward")
+    count_flops: bool = Field(True, description="count FLOPs with fvcore and FlopCounterMode")
+    top_ops: int = Field(8, ge=0, description="operators/kernels kept per point, by self time")
+    trace: bool = Field(False, description="write Chrome/Perfetto and TensorBoard traces")
+
+    @field_validator("seq_lens")
+    @classmethod
+    def _seq_lens(cls, v: list[int]) -> list[int]:
+        bad = [n for n in v if n < 2]
+        if bad:
+            raise ValueError(f"sequence lengths must be >= 2 (CLS + one patch), got {bad}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return _check_device(v)
+
+
+def _check_device(v: str) -> str:
+    ok = v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
+    if not ok:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+    return v
+
+
+class BenchSpec(_Section):
+    """The whole of `bench.toml`."""
+
+    backbone: Backbone = Field(default_factory=Backbone)
+    models: list[ModelEntry] = Field(min_length=1)
+    profile: ProfileSection = Field(default_factory=ProfileSection)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Cross-field checks that one field's validator cannot see, as (location, message)."""
+        out: list[tuple[str, str]] = []
+        bb = self.backbone
+        if bb.image_size % bb.patch_size:
+            out.append(
+                (
+                    "backbone.image_size",
+                    f"{bb.image_size} is not divisible by patch_size {bb.patch_size}; "
+                    f"use a multiple such as {(bb.image_size // bb.patch_size + 1) * bb.patch_size}",
+                )
+            )
+        if bb.dim % bb.heads:
+            out.append(("backbone.dim", f"{bb.dim} is not divisible by heads {bb.heads}"))
+        seen: dict[str, int] = {}
+        for i, m in enumerate(self.models):
+            if m.name in seen:
+                out.append((f"models[{i}].name", f"{m.name!r} repeats models[{seen[m.name]}]"))
+            seen.setdefault(m.name, i)
+        if out:
+            return out
+        tokens = bb.seq_len()
+        shortest = min(self.profile.seq_lens)
+        for i, m in enumerate(self.models):
+            for key, value in m.attention.token_limits().items():
+                if value > tokens:
+                    out.append(
+                        (
+                            f"models[{i}].attention.{key}",
+                            f"{value} exceeds the {tokens} tokens of a {bb.image_size}px image "
+                            f"at patch {bb.patch_size}",
+                        )
+                    )
+                if value > shortest:
+                    out.append(
+                        (
+                            f"models[{i}].attention.{key}",
+                            f"{value} exceeds profile.seq_lens' shortest length {shortest}",
+                        )
+                    )
+        return out
+
+    def model(self, name: str) -> ModelEntry:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def hash(self) -> str:
+        """A short, stable hash of the resolved spec, carried by every record."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; `issues` holds one (location, message) pair per problem."""
+
+    def __init__(self, issues: list[tuple[str, str]], source: str = DEFAULT_SPEC) -> None:
+        self.issues = issues
+        self.source = source
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.source}:{loc}: {msg}" if loc else f"{self.source}: {msg}"
+            for loc, msg in self.issues
+        ]
+
+
+def _loc(parts: Iterable[Any]) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+    return out
+
+
+def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
+    issues = []
+    for e in err.errors(include_url=False):
+        # Drop the tag that pydantic inserts for the chosen member of a discriminated union.
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p in KINDS)]
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "union_tag_invalid":
+            msg = f"unknown attention kind {e['input'].get('kind')!r}; choose one of {', '.join(KINDS)}"
+            loc.append("kind")
+        elif e["type"] == "union_tag_not_found":
+            msg = f"missing 'kind'; choose one of {', '.join(KINDS)}"
+        elif e["type"] == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r} (check its spelling)"
+        issues.append((_loc(loc), msg))
+    return issues
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `section.key` (or deeper) in a nested dict, creating tables as needed."""
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise SpecError([(key, f"{p!r} is not a table")])
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_spec(
+    data: Mapping[str, Any],
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = DEFAULT_SPEC,
+) -> BenchSpec:
+    """Validate a spec dict, applying dotted-key overrides (CLI options) first.
+
+    Raises:
+        SpecError: with one (location, message) per problem.
+    """
+    merged: dict[str, Any] = json.loads(json.dumps(data))  # deep copy of plain TOML data
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(merged, key, value)
+    try:
+        spec = BenchSpec.model_validate(merged)
+    except ValidationError as err:
+        raise SpecError(_pydantic_issues(err), source) from None
+    issues = spec.problems()
+    if issues:
+        raise SpecError(issues, source)
+    return spec
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, turning a missing file or bad syntax into a SpecError."""
+    p = Path(path)
+    if not p.is_file():
+        what = "is a directory" if p.is_dir() else "not found"
+        raise SpecError([("", f"spec file {what}; pass --spec PATH to a bench.toml")], str(p))
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError([("", f"invalid TOML: {err}")], str(p)) from None
+    except UnicodeDecodeError as err:
+        raise SpecError([("", f"not UTF-8 text: {err}")], str(p)) from None
+
+
+def load_spec(
+    path: str | Path = DEFAULT_SPEC, overrides: Mapping[str, Any] | None = None
+) -> BenchSpec:
+    """Read, override and validate a spec file."""
+    return parse_spec(read_toml(path), overrides=overrides, source=str(path))
+
+
+def select_models(spec: BenchSpec, wanted: Iterable[str] | None) -> BenchSpec:
+    """The spec restricted to the models named on the command line, validated again.
+
+    Names are model names, attention kinds, or 'all'. A kind that no model in the spec
+    uses gets a model with that kind's default options.
+
+    Raises:
+        SpecError: naming what is unknown and what is available.
+    """
+    wanted = [w for item in (wanted or ["all"]) for w in item.split(",") if w]
+    if not wanted or "all" in wanted:
+        return spec
+    chosen: list[ModelEntry] = []
+    unknown = []
+    for w in wanted:
+        by_name = [m for m in spec.models if m.name == w]
+        by_kind = [m for m in spec.models if m.attention.kind == w]
+        if by_name or by_kind:
+            picks = by_name or by_kind
+        elif w in KINDS:
+            picks = [ModelEntry.model_validate({"name": w, "attention": {"kind": w}})]
+        else:
+            unknown.append(w)
+            continue
+        chosen += [m for m in picks if m not in chosen]
+    if unknown:
+        names = ", ".join(m.name for m in spec.models)
+        raise SpecError(
+            [
+                (
+                    "--attention",
+                    f"unknown attention {', '.join(map(repr, unknown))}; "
+                    f"choose 'all', a model ({names}) or a kind ({', '.join(KINDS)})",
+                )
+            ],
+            "command line",
+        )
+    data = spec.model_dump(mode="json")
+    data["models"] = [m.model_dump(mode="json") for m in chosen]
+    return parse_spec(data, source="command line")
