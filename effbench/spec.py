@@ -103,11 +103,12 @@ class BenchSpec(_Section):
         out: list[tuple[str, str]] = []
         bb = self.backbone
         if bb.image_size % bb.patch_size:
+            nearest = (bb.image_size // bb.patch_size + 1) * bb.patch_size
             out.append(
                 (
                     "backbone.image_size",
                     f"{bb.image_size} is not divisible by patch_size {bb.patch_size}; "
-                    f"use a multiple such as {(bb.image_size // bb.patch_size + 1) * bb.patch_size}",
+                    f"use a multiple such as {nearest}",
                 )
             )
         if bb.dim % bb.heads:
@@ -184,7 +185,8 @@ def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
         loc = [p for p in e["loc"] if not (isinstance(p, str) and p in KINDS)]
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "union_tag_invalid":
-            msg = f"unknown attention kind {e['input'].get('kind')!r}; choose one of {', '.join(KINDS)}"
+            kind = e["input"].get("kind")
+            msg = f"unknown attention kind {kind!r}; choose one of {', '.join(KINDS)}"
             loc.append("kind")
         elif e["type"] == "union_tag_not_found":
             msg = f"missing 'kind'; choose one of {', '.join(KINDS)}"

@@ -20,7 +20,7 @@ MAP_ROW_CHUNK = 1024
 
 
 def softmax_weights(q: Tensor, k: Tensor, scale: float) -> Tensor:
-    """Exact attention weights softmax(q k^T * scale): (B, H, N, d) x (B, H, M, d) -> (B, H, N, M)."""
+    """Exact weights softmax(q k^T * scale): (B, H, N, d), (B, H, M, d) -> (B, H, N, M)."""
     return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)
 
 
@@ -123,7 +123,8 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.cfg.model_dump().items() if k != "kind")
-        return f"kind={self.kind}, dim={self.dim}, heads={self.num_heads}, seq_len={self.seq_len}, {opts}"
+        shape = f"dim={self.dim}, heads={self.num_heads}, seq_len={self.seq_len}"
+        return f"kind={self.kind}, {shape}, {opts}"
 
 
 class ExactAttention(Attention):
