@@ -160,6 +160,23 @@ def _sdpa_handle(inputs: list[Any], outputs: list[Any]) -> int:
     return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+# Ops that fvcore counts by default although they are not matrix products.
+_FVCORE_ELEMENTWISE = (
+    "aten::batch_norm",
+    "aten::group_norm",
+    "aten::layer_norm",
+    "aten::instance_norm",
+    "aten::upsample_nearest2d",
+    "aten::upsample_bilinear2d",
+    "aten::adaptive_avg_pool2d",
+    "aten::grid_sampler",
+)
+
+
+def _zero_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    return 0
+
+
 def fvcore_flops(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, dict[str, int]]:
     """fvcore's count (x2, so 2 per multiply-add) and its split by op.
 
@@ -169,27 +186,28 @@ def fvcore_flops(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, dict[st
     Raises:
         FlopCountError: when an op that does multiply-adds has no handle.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter; failures raise below
+        return _fvcore_flops(module, inputs)
+
+
+def _fvcore_flops(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> tuple[int, dict[str, int]]:
     from fvcore.nn import FlopCountAnalysis
 
     fca = FlopCountAnalysis(module, inputs)
+    # set_op_handle(name, None) only marks an op ignored and leaves fvcore's own handle in
+    # place, so the element-wise ops that fvcore counts by default get a zero handle instead.
     fca.set_op_handle(
         "aten::matmul", _matmul_handle,
         "aten::einsum", _einsum_handle,
         "aten::scaled_dot_product_attention", _sdpa_handle,
-        "aten::batch_norm", None,
-        "aten::group_norm", None,
-        "aten::layer_norm", None,
-        "aten::instance_norm", None,
-        "aten::upsample_nearest2d", None,
-        "aten::upsample_bilinear2d", None,
-        "aten::adaptive_avg_pool2d", None,
-        "aten::grid_sampler", None,
+        **{op: _zero_handle for op in _FVCORE_ELEMENTWISE},
     )  # fmt: skip
     fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        by_op = {k: 2 * int(v) for k, v in fca.by_operator().items()}
-        missed = Counter(fca.unsupported_ops())
+    by_op = {k: 2 * int(v) for k, v in fca.by_operator().items() if v}
+    missed = Counter(fca.unsupported_ops())
     uncounted = sorted(op for op in missed if any(m in op for m in COMPUTE_OP_MARKERS))
     if uncounted:
         raise FlopCountError(f"fvcore has no FLOP handle for {', '.join(uncounted)}")

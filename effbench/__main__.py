@@ -1,0 +1,5 @@
+"""`python -m effbench` runs the command line (also under torchrun)."""
+
+from effbench.cli import main
+
+main()

@@ -1,0 +1,146 @@
+"""The Vision Transformer: identical for every mechanism except the attention layer.
+
+Conv patch embedding, CLS token (token 0), learned position embedding (resizable to another
+grid), pre-norm blocks with a GELU MLP, classification head on the CLS token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from effbench.attention import Attention, build_attention
+from effbench.attention.configs import AttentionConfig
+from effbench.spec import Backbone
+
+
+def resize_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """Bicubic resize of a (1, 1 + gh*gw, C) position embedding; the CLS entry is kept."""
+    if old_grid == new_grid:
+        return pos
+    cls, grid = pos[:, :1], pos[:, 1:]
+    C = pos.shape[-1]
+    grid = grid.reshape(1, *old_grid, C).permute(0, 3, 1, 2)  # (1, C, gh, gw)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], C)
+    return torch.cat([cls, grid], dim=1)
+
+
+class PatchEmbed(nn.Module):
+    """(B, channels, H, W) -> (B, P, C) with a strided convolution."""
+
+    def __init__(self, *, channels: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, attn: Attention, *, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        dim = attn.dim
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = attn
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A ViT for one input size; build another with `build_model` for another size."""
+
+    def __init__(self, backbone: Backbone, attention: AttentionConfig, *, image_size: int) -> None:
+        super().__init__()
+        bb = backbone
+        self.image_size = image_size
+        self.grid = bb.grid(image_size)
+        self.seq_len = bb.seq_len(image_size)
+        self.patch_embed = PatchEmbed(channels=bb.channels, dim=bb.dim, patch_size=bb.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, bb.dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, self.seq_len, bb.dim) * 0.02)
+        self.drop = nn.Dropout(bb.dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                build_attention(attention, dim=bb.dim, num_heads=bb.heads, seq_len=self.seq_len),
+                mlp_ratio=bb.mlp_ratio,
+                dropout=bb.dropout,
+            )
+            for _ in range(bb.depth)
+        )
+        self.norm = nn.LayerNorm(bb.dim)
+        self.head = nn.Linear(bb.dim, bb.num_classes)
+        self.apply(_init_weights)
+
+    def tokens(self, images: Tensor) -> Tensor:
+        """(B, channels, H, W) -> embedded tokens (B, N, C), CLS first."""
+        B, _, H, W = images.shape
+        assert (self.image_size, self.image_size) == (H, W), (
+            f"this model is built for {self.image_size}px images, got {H}x{W}"
+        )
+        x = self.patch_embed(images)
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
+        return self.drop(x + self.pos_embed)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.tokens(images)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x)[:, 0])
+
+    def attention_layers(self) -> list[Attention]:
+        return [blk.attn for blk in self.blocks]
+
+    def flops(self) -> int:
+        """Analytic forward FLOPs per image (2 per multiply-add of matrix products)."""
+        n, c = self.seq_len, self.patch_embed.proj.out_channels
+        k = self.patch_embed.proj.kernel_size[0]
+        embed = 2 * (n - 1) * c * self.patch_embed.proj.in_channels * k * k
+        mlp = sum(2 * n * 2 * c * blk.mlp.fc1.out_features for blk in self.blocks)
+        attn = sum(layer.flops(n) for layer in self.attention_layers())
+        return embed + mlp + attn + 2 * c * self.head.out_features
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def build_model(
+    backbone: Backbone, attention: AttentionConfig, *, image_size: int | None = None
+) -> ViT:
+    """The spec's ViT with one attention mechanism, for `image_size` (default: the spec's).
+
+    Raises:
+        ValueError: if the image size does not divide into patches.
+    """
+    size = image_size or backbone.image_size
+    if size % backbone.patch_size:
+        raise ValueError(
+            f"image size {size} is not divisible by patch size {backbone.patch_size}; "
+            f"choose a multiple of {backbone.patch_size}"
+        )
+    return ViT(backbone, attention, image_size=size)

@@ -1,0 +1,69 @@
+"""The ViT: same backbone for every mechanism, analytic FLOPs equal counted FLOPs for the
+whole model, position embeddings that resize to another grid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from effbench.attention import available
+from effbench.measure import count_flops
+from effbench.model import build_model, resize_pos_embed
+from effbench.spec import Backbone, ModelEntry
+
+BB = Backbone(image_size=16, patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, num_classes=5)
+SMALL = {"linformer": {"k": 8}, "nystrom": {"landmarks": 4}, "performer": {"features": 16}}
+
+
+def attention_cfg(kind: str):
+    return ModelEntry.model_validate(
+        {"name": kind, "attention": {"kind": kind, **SMALL.get(kind, {})}}
+    ).attention
+
+
+@pytest.mark.parametrize("kind", available())
+def test_vit_forward_backward_and_flops(kind: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(BB, attention_cfg(kind))
+    images = torch.randn(3, 3, 16, 16)
+    logits = model(images)
+    assert logits.shape == (3, 5)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.patch_embed.parameters())
+    counts = count_flops(model, images, analytic=model.flops())
+    assert counts.analytic == counts.fvcore == counts.flop_counter
+
+
+def test_only_the_attention_differs() -> None:
+    shapes = {}
+    for kind in available():
+        sd = build_model(BB, attention_cfg(kind)).state_dict()
+        shapes[kind] = {k: v.shape for k, v in sd.items() if ".attn." not in k}
+    ref = shapes["sdpa"]
+    assert all(s == ref for s in shapes.values())
+
+
+def test_image_size_must_divide_into_patches() -> None:
+    with pytest.raises(ValueError, match="not divisible by patch size 4"):
+        build_model(BB, attention_cfg("sdpa"), image_size=18)
+
+
+def test_wrong_input_size_is_refused() -> None:
+    model = build_model(BB, attention_cfg("sdpa"))
+    with pytest.raises(AssertionError, match="built for 16px images"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_resize_pos_embed() -> None:
+    pos = torch.randn(1, 1 + 4 * 4, 8)
+    assert resize_pos_embed(pos, (4, 4), (4, 4)) is pos
+    big = resize_pos_embed(pos, (4, 4), (8, 8))
+    assert big.shape == (1, 65, 8)
+    assert torch.equal(big[:, 0], pos[:, 0])  # CLS untouched
+    const = torch.ones(1, 17, 8)
+    assert torch.allclose(resize_pos_embed(const, (4, 4), (6, 6)), torch.ones(1, 37, 8), atol=1e-5)
+
+
+def test_larger_model_built_at_another_resolution() -> None:
+    model = build_model(BB, attention_cfg("hybrid"), image_size=32)
+    assert model.seq_len == 65 and model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
