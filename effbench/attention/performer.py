@@ -27,7 +27,10 @@ def orthogonal_features(m: int, d: int, *, device: torch.device | None = None) -
     """
     blocks = []
     for _ in range(math.ceil(m / d)):
-        q, _ = torch.linalg.qr(torch.randn(d, d, device=device))
+        q, r = torch.linalg.qr(torch.randn(d, d, device=device))
+        # A bare QR factor is not Haar: LAPACK's sign convention makes column j lean towards
+        # -e_j. Flipping columns by the signs of R's diagonal makes it Haar (Mezzadri 2007).
+        q = q * torch.where(r.diagonal() < 0, -1.0, 1.0)
         blocks.append(q.T)
     w = torch.cat(blocks)[:m]
     norms = torch.randn(m, d, device=device).norm(dim=1, keepdim=True)
@@ -82,10 +85,11 @@ class PerformerAttention(Attention):
         self.calls.zero_()
 
     def feature_maps(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """phi(q), phi(k) in float32 with the temperature exactly 1/sqrt(d)."""
-        w = self.features.float()
+        """phi(q), phi(k) in float32 (or wider) with the temperature exactly 1/sqrt(d)."""
+        dtype = torch.promote_types(q.dtype, torch.float32)  # upcast half; keep float64
+        w = self.features.to(dtype)
         s = self.head_dim**-0.25  # d^-1/4 on each side gives q.k / sqrt(d)
-        q, k = q.float() * s, k.float() * s
+        q, k = q.to(dtype) * s, k.to(dtype) * s
         if self.cfg.kernel == "relu":
             return relu_features(q, w), relu_features(k, w)
         return positive_features(q, w, is_query=True), positive_features(k, w, is_query=False)
@@ -97,7 +101,7 @@ class PerformerAttention(Attention):
                 self.redraw()
         with torch.autocast(device_type=q.device.type, enabled=False):
             phi_q, phi_k = self.feature_maps(q, k)
-            return linear_attention(phi_q, phi_k, v.float()).to(v.dtype)
+            return linear_attention(phi_q, phi_k, v.to(phi_q.dtype)).to(v.dtype)
 
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
         return linear_weights(*self.feature_maps(q, k))
