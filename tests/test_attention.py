@@ -81,11 +81,6 @@ def shared(kind: str, ref: Attention, **overrides: Any) -> Attention:
     return m
 
 
-def projection_flops(n: int) -> int:
-    """FLOPs of W_qkv and W_o alone for n tokens."""
-    return 2 * n * DIM * 4 * DIM
-
-
 # ---------------------------------------------------------------------------- contract
 
 
@@ -113,6 +108,17 @@ def test_forward_shape_and_finite_gradients(kind: str, opts: dict[str, Any]) -> 
         assert p.grad is not None, f"{kind}: {name} gets no gradient"
         assert p.grad.isfinite().all(), f"{kind}: {name} has a non-finite gradient"
         assert p.grad.abs().sum() > 0, f"{kind}: {name} has an all-zero gradient"
+
+
+@pytest.mark.parametrize(("kind", "opts"), CASES)
+def test_forward_is_attend_between_the_shared_projections(kind: str, opts: dict[str, Any]) -> None:
+    # A mechanism may evaluate its forward in a cheaper order (Linformer projects X along the
+    # sequence before W_k and W_v), but it must compute exactly W_o(attend(W_qkv x)).
+    m = build(kind, **opts).eval()
+    x = torch.randn(B, N, DIM, dtype=torch.float64)
+    m = m.double()
+    with torch.no_grad():
+        assert_close(m(x), m.merge_heads(m.attend(*m.qkv_heads(x))), atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("kind", available())
@@ -175,9 +181,9 @@ def test_analytic_flops_equal_counted(kind: str, opts: dict[str, Any]) -> None:
     m = build(kind, **opts)
     counts = count_flops(m, torch.randn(B, N, DIM), analytic=m.flops(N))
     assert counts.analytic == counts.fvcore == counts.flop_counter, counts
-    assert m.flops() == m.flops(N) == projection_flops(N) + m.attend_flops(N)
+    assert m.flops() == m.flops(N) == m.projection_flops(N) + m.attend_flops(N)
     assert m.attend_flops(N) > 0
-    assert counts.fvcore > projection_flops(N), f"{kind}: the attention itself counted as 0"
+    assert counts.fvcore > m.projection_flops(N), f"{kind}: the attention itself counted as 0"
 
 
 class _Bmm(nn.Module):
@@ -392,7 +398,7 @@ def test_hybrid_work_is_linear_in_tokens() -> None:
         assert m.idx.shape == (side * side, m.cfg.window**2 + 1)
         x = torch.randn(1, n, DIM)
         counts = count_flops(m, x, analytic=m.flops(n))
-        attend[side] = counts.fvcore - projection_flops(n)
+        attend[side] = counts.fvcore - m.projection_flops(n)
         assert attend[side] == m.attend_flops(n)
     # 257 / 65 = 3.95x the tokens: linear work grows ~4x, dense attention would grow ~16x.
     assert 3.5 < attend[16] / attend[8] < 4.5

@@ -66,8 +66,11 @@ class Attention(nn.Module):
     def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, C) -> q, k, v each (B, H, N, d)."""
         B, N, C = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
+        # unbind along the q/k/v axis of the Linear's own layout: its backward stacks the
+        # three gradients straight into that layout, one copy, no zero-filled index gradients.
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+        return q, k, v
 
     def merge_heads(self, o: Tensor) -> Tensor:
         """(B, H, N, d) -> output projection -> (B, N, C)."""
@@ -115,7 +118,11 @@ class Attention(nn.Module):
     def flops(self, seq_len: int | None = None) -> int:
         """Analytic forward FLOPs per sample (2 per multiply-add), projections included."""
         n = seq_len or self.seq_len
-        return matmul_flops(n, self.dim, 4 * self.dim) + self.attend_flops(n)
+        return self.projection_flops(n) + self.attend_flops(n)
+
+    def projection_flops(self, n: int) -> int:
+        """FLOPs of W_qkv and W_o per sample for n tokens."""
+        return matmul_flops(n, self.dim, 4 * self.dim)
 
     def attend_flops(self, n: int) -> int:
         """Analytic FLOPs of `attend` per sample for n tokens."""

@@ -16,7 +16,11 @@ from torch import Tensor, nn
 from effbench.attention import register
 from effbench.attention.base import Attention, matmul_flops, softmax_attention, softmax_weights
 from effbench.attention.configs import HybridConfig
-from effbench.attention.performer import linear_attention, linear_weights
+from effbench.attention.performer import (
+    linear_attention,
+    linear_attention_flops,
+    linear_weights,
+)
 
 
 def grid_shape(patches: int) -> tuple[int, int]:
@@ -116,5 +120,5 @@ class HybridAttention(Attention):
         w = self.cfg.window**2 + 1
         cls = 2 * matmul_flops(h, 1, d, n)
         local = 2 * matmul_flops(h, p, d, w)
-        glob = matmul_flops(h, d, n, d + 1) + matmul_flops(h, p, d, d + 1)
+        glob = linear_attention_flops(h, p, d, d, keys=n)
         return cls + local + glob

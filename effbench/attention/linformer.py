@@ -1,12 +1,15 @@
 """Linformer: keys and values projected along the sequence to k rows (Wang et al. 2020,
 "Linformer: Self-Attention with Linear Complexity").
 
-O(N * k) time and memory; the projections are sized to the sequence length N.
+O(N * k) time and memory; the projections are sized to the sequence length N. The forward
+projects the layer's input along the sequence before the key/value projections, E (X W_k) =
+(E X) W_k, which gives the same keys and values without computing them for all N tokens.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from effbench.attention import register
@@ -15,15 +18,18 @@ from effbench.attention.configs import LinformerConfig
 
 
 def project_sequence(e: Tensor, x: Tensor) -> Tensor:
-    """Project along the sequence: e (k, N), x (B, H, N, d) -> (B, H, k, d)."""
+    """Project along the sequence: e (k, N), x (B, H, N, d) -> (B, H, k, d).
+
+    The heads of q, k and v are views of one (B, N, 3, H, d) buffer, so in the (B, N, H*d)
+    layout the product is one batched (k, N) @ (N, H*d) GEMM that reads them in place.
+    """
     B, H, N, d = x.shape
     assert e.shape[1] == N, (
         f"Linformer projection is sized for {e.shape[1]} tokens but got {N}; "
         "build the layer for this sequence length"
     )
-    # One (k, N) @ (N, B*H*d) product instead of B*H small ones.
-    xs = x.permute(2, 0, 1, 3).reshape(N, B * H * d)
-    return (e @ xs).view(-1, B, H, d).permute(1, 2, 0, 3)
+    xs = x.transpose(1, 2).reshape(B, N, H * d)  # a view for heads split from (B, N, H, d)
+    return (e @ xs).view(B, -1, H, d).transpose(1, 2)  # (B, H, k, d)
 
 
 def stochastic_rows(f: Tensor) -> Tensor:
@@ -46,10 +52,36 @@ class LinformerAttention(Attention):
         self.e = nn.Parameter(torch.randn(cfg.k, seq_len) * std)
         self.f = self.e if cfg.share_kv else nn.Parameter(torch.randn(cfg.k, seq_len) * std)
 
+    def forward(self, x: Tensor) -> Tensor:
+        """merge_heads(attend(*qkv_heads(x))), evaluated as (E X) W_k rather than E (X W_k).
+
+        Only the queries are projected for all N tokens; keys and values are projected for
+        the k rows of E X and F X (plus E 1 b^T for the bias), saving 2 N C^2 multiply-adds.
+        """
+        B, N, C = x.shape
+        assert self.e.shape[1] == N, (
+            f"Linformer projection is sized for {self.e.shape[1]} tokens but got {N}; "
+            "build the layer for this sequence length"
+        )
+        H, d = self.num_heads, self.head_dim
+        w_q, w_k, w_v = self.qkv.weight.chunk(3)
+        b_q, b_k, b_v = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        q = F.linear(x, w_q, b_q).view(B, N, H, d).transpose(1, 2)  # (B, H, N, d)
+        ex = self.e @ x  # (B, k, C)
+        fx = ex if self.f is self.e else self.f @ x
+        kp, vp = F.linear(ex, w_k), F.linear(fx, w_v)  # (B, k, C)
+        if b_k is not None:
+            kp = kp + self.e.sum(dim=1, keepdim=True) * b_k  # E (1 b_k^T) = (E 1) b_k^T
+            vp = vp + self.f.sum(dim=1, keepdim=True) * b_v
+        kp = (kp * self.scale).view(B, -1, H, d).transpose(1, 2)  # (B, H, k, d)
+        vp = vp.view(B, -1, H, d).transpose(1, 2)
+        attn = torch.softmax(q @ kp.transpose(-2, -1), dim=-1)  # (B, H, N, k)
+        return self.merge_heads(attn @ vp)
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        kp = project_sequence(self.e, k)  # (B, H, k, d)
+        kp = project_sequence(self.e, k) * self.scale  # (B, H, k, d), scaled: k rows, not N
         vp = project_sequence(self.f, v)
-        attn = torch.softmax((q @ kp.transpose(-2, -1)) * self.scale, dim=-1)  # (B, H, N, k)
+        attn = torch.softmax(q @ kp.transpose(-2, -1), dim=-1)  # (B, H, N, k)
         return attn @ vp
 
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
@@ -57,6 +89,14 @@ class LinformerAttention(Attention):
         attn = torch.softmax((q @ kp.transpose(-2, -1)) * self.scale, dim=-1)
         return attn @ stochastic_rows(self.f.float())
 
+    def projection_flops(self, n: int) -> int:
+        """W_q and W_o for n tokens; W_k and W_v for the k projected rows only."""
+        return matmul_flops(n, self.dim, 2 * self.dim) + matmul_flops(
+            self.cfg.k, self.dim, 2 * self.dim
+        )
+
     def attend_flops(self, n: int) -> int:
+        """E X (and F X unless shared), then Q K_p^T and P V_p."""
         h, d, k = self.num_heads, self.head_dim, self.cfg.k
-        return 2 * matmul_flops(h, k, n, d) + 2 * matmul_flops(h, n, d, k)
+        seq = (1 if self.cfg.share_kv else 2) * matmul_flops(k, n, self.dim)
+        return seq + 2 * matmul_flops(h, n, d, k)

@@ -37,35 +37,61 @@ def orthogonal_features(m: int, d: int, *, device: torch.device | None = None) -
     return w * norms
 
 
-def positive_features(x: Tensor, w: Tensor, *, is_query: bool) -> Tensor:
-    """FAVOR+ features phi(x) = exp(w x - |x|^2 / 2 - c) / sqrt(m), x pre-scaled by d^-1/4.
+def _no_grad_needed(*tensors: Tensor) -> bool:
+    """True when autograd records nothing for these tensors, so that in-place ops are safe."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
-    The stabiliser c is each query row's own maximum (it cancels in that row's normalisation)
-    or, for keys, one maximum per (batch, head) (it cancels across all rows).
+
+def positive_features(x: Tensor, w: Tensor, *, is_query: bool, scale: float = 1.0) -> Tensor:
+    """FAVOR+ features phi(x) = exp(w.(s x) - |s x|^2 / 2 - c) + eps, for x scaled by s.
+
+    The paper's 1/sqrt(m) factor and the stabiliser c cancel in the normalisation of
+    `linear_attention`, so the factor is left out; c is each query row's own maximum or, for
+    keys, one maximum per (batch, head) (shared by all rows, so it cancels too). The scale s
+    (d^-1/4 for temperature 1/sqrt(d)) is folded into w and into the squared norm rather than
+    applied to x, which saves a pass over x.
     """
-    proj = x @ w.T  # (B, H, N, m)
-    sq = x.square().sum(dim=-1, keepdim=True) / 2
-    if is_query:
-        stab = proj.amax(dim=-1, keepdim=True)
-    else:
-        stab = proj.amax(dim=(-2, -1), keepdim=True)
-    return (torch.exp(proj - sq - stab) + SOFTMAX_EPS) * w.shape[0] ** -0.5
+    proj = x @ (w * scale).T  # (B, H, N, m)
+    sq = x.square().sum(dim=-1, keepdim=True) * (scale * scale / 2)  # (B, H, N, 1)
+    # The stabiliser only guards exp against overflow and cancels in the normalisation, so no
+    # gradient flows through it (which also spares autograd the max's sparse backward).
+    dims = -1 if is_query else (-2, -1)
+    stab = proj.detach().amax(dim=dims, keepdim=True)
+    shift = sq + stab  # (B, H, N, 1): one broadcast subtraction over the features
+    if _no_grad_needed(x, w):
+        return proj.sub_(shift).exp_().add_(SOFTMAX_EPS)
+    return torch.exp(proj - shift) + SOFTMAX_EPS
 
 
-def relu_features(x: Tensor, w: Tensor) -> Tensor:
-    """Generalised-kernel features relu(w x) + eps."""
-    return torch.relu(x @ w.T) + RELU_EPS
+def relu_features(x: Tensor, w: Tensor, *, scale: float = 1.0) -> Tensor:
+    """Generalised-kernel features relu(w.(s x)) + eps."""
+    proj = x @ (w * scale).T
+    if _no_grad_needed(x, w):
+        return proj.relu_().add_(RELU_EPS)
+    return torch.relu(proj) + RELU_EPS
 
 
 def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
-    """phi(Q) (phi(K)^T V) normalised by phi(Q) (phi(K)^T 1): (B, H, N, m) x3 -> (B, H, N, d)."""
-    v1 = torch.cat([v, v.new_ones(v.shape[:-1]).unsqueeze(-1)], dim=-1)  # (B, H, N, d+1)
-    out = phi_q @ (phi_k.transpose(-2, -1) @ v1)  # (B, H, N, d+1)
-    return out[..., :-1] / out[..., -1:]
+    """phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1)): (B, H, N, m), (B, H, M, m), (B, H, M, d)
+    -> (B, H, N, d). O(N m d) time; nothing of size N x N is formed.
+    """
+    context = phi_k.transpose(-2, -1) @ v  # (B, H, m, d)
+    den = phi_q @ phi_k.sum(dim=-2).unsqueeze(-1)  # (B, H, N, 1)
+    out = phi_q @ context  # (B, H, N, d)
+    if _no_grad_needed(phi_q, phi_k, v):
+        return out.div_(den)
+    return out / den
+
+
+def linear_attention_flops(h: int, n: int, m: int, d: int, *, keys: int | None = None) -> int:
+    """Matrix-product FLOPs of `linear_attention` per sample: n queries, `keys` keys (default
+    n), m features, head dim d, h heads (the key sum is element-wise and not counted)."""
+    keys = n if keys is None else keys
+    return matmul_flops(h, m, keys, d) + matmul_flops(h, n, m, 1) + matmul_flops(h, n, m, d)
 
 
 def linear_weights(phi_q: Tensor, phi_k: Tensor) -> Tensor:
-    """The effective weights of `linear_attention`, row-normalised: (B, H, N, N)."""
+    """The effective weights of `linear_attention`, row-normalised: (B, H, N, M)."""
     w = phi_q @ phi_k.transpose(-2, -1)
     return w / w.sum(dim=-1, keepdim=True)
 
@@ -89,10 +115,13 @@ class PerformerAttention(Attention):
         dtype = torch.promote_types(q.dtype, torch.float32)  # upcast half; keep float64
         w = self.features.to(dtype)
         s = self.head_dim**-0.25  # d^-1/4 on each side gives q.k / sqrt(d)
-        q, k = q.to(dtype) * s, k.to(dtype) * s
+        q, k = q.to(dtype), k.to(dtype)
         if self.cfg.kernel == "relu":
-            return relu_features(q, w), relu_features(k, w)
-        return positive_features(q, w, is_query=True), positive_features(k, w, is_query=False)
+            return relu_features(q, w, scale=s), relu_features(k, w, scale=s)
+        return (
+            positive_features(q, w, is_query=True, scale=s),
+            positive_features(k, w, is_query=False, scale=s),
+        )
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.training and self.cfg.redraw_interval:
@@ -108,4 +137,4 @@ class PerformerAttention(Attention):
 
     def attend_flops(self, n: int) -> int:
         h, d, m = self.num_heads, self.head_dim, self.cfg.features
-        return 2 * matmul_flops(h, n, d, m) + 2 * matmul_flops(h, m, n, d + 1)
+        return 2 * matmul_flops(h, n, d, m) + linear_attention_flops(h, n, m, d)
