@@ -1,7 +1,9 @@
 """Side-by-side CPU benchmark of effbench's efficient attentions, in one run.
 
-Every figure comes from the same process, thread count and input shape (float32, batch 8,
-4 heads of 32 dims, so C = 128), timed with `effbench.measure.time_call`:
+Every figure comes from the same process, thread count, allocator and input shape (float32,
+batch 8, 4 heads of 32 dims, so C = 128). Timings are medians over interleaved rounds: ours and
+the reference alternate block by block (A), and every forward point of B-D is timed once per
+round, round-robin, so that a slow spell of a shared machine hits all points alike:
 
   A. ours vs the reference packages (performer-pytorch, nystrom-attention, linformer) at equal
      settings, forward and forward+backward, ratio ours/theirs (target <= 1.0);
@@ -10,7 +12,9 @@ Every figure comes from the same process, thread count and input shape (float32,
   D. log-log slope of forward time against N over ~1k-16k tokens (hybrid target <= 1.15).
 
 Forward passes run under `torch.inference_mode()` in eval mode; forward+backward runs in train
-mode with an input that requires grad and `out.sum().backward()`.
+mode with an input that requires grad and `out.sum().backward()`. glibc malloc is tuned as
+`effbench profile` tunes it (`effbench.results.tune_glibc_malloc`) unless tcmalloc or jemalloc
+is preloaded; the allocator is printed and saved with the figures.
 
 Usage (from the repository root):
     PYTHONPATH=. python benchmarks/bench_attention.py [--quick] [--threads N] [--out FILE.json]
@@ -23,6 +27,7 @@ import importlib.metadata
 import json
 import math
 import platform
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -42,8 +47,8 @@ from effbench.attention.configs import (
     SdpaConfig,
     StandardConfig,
 )
-from effbench.measure import peak_bytes, time_call
-from effbench.results import cpu_name
+from effbench.measure import peak_bytes
+from effbench.results import allocator_name, cpu_name, tune_glibc_malloc
 
 BATCH = 8
 HEADS = 4
@@ -83,29 +88,32 @@ class Plan:
     d_sides: tuple[int, ...]
     exact_max_n: int  # `standard` materialises B*H*N*N floats: no points above this
     sdpa_max_n: int
-    min_run_time: float
+    rounds: int  # interleaved timing rounds; figures are medians over them
+    min_block_s: float  # each timed block repeats the call until it lasts this long
     warmup: int
     equivalence_n: int = 256  # a multiple of the 32 landmarks: no padding in the reference
 
 
 FULL = Plan(
     a_lengths=(257, 1025, 4097),
-    b_grid=(65, 97, 130, 161, 193, 257, 321, 385, 513, 769, 1025),
+    b_grid=(65, 97, 130, 161, 193, 225, 257, 289, 320, 385, 513, 769, 1025),
     c_length=4097,
     d_sides=(32, 48, 64, 96, 128),
     exact_max_n=4097,
     sdpa_max_n=16385,
-    min_run_time=0.5,
+    rounds=7,
+    min_block_s=0.1,
     warmup=2,
 )
 QUICK = Plan(
     a_lengths=(257, 1025),
-    b_grid=(65, 130, 193, 257, 321, 513, 1025),
+    b_grid=(65, 130, 193, 257, 320, 513, 1025),
     c_length=4097,
     d_sides=(32, 64, 128),
     exact_max_n=1025,
     sdpa_max_n=4097,
-    min_run_time=0.1,
+    rounds=3,
+    min_block_s=0.05,
     warmup=1,
 )
 
@@ -127,6 +135,7 @@ def environment(threads: int, plan: Plan, quick: bool) -> dict[str, Any]:
         "cpu": cpu_name(),
         "logical_cpus": torch.multiprocessing.cpu_count(),
         "threads": threads,
+        "allocator": allocator_name(),
         "interop_threads": torch.get_num_interop_threads(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "mkl": torch.backends.mkl.is_available(),
@@ -149,21 +158,19 @@ def make_input(n: int) -> Tensor:
     return torch.randn(BATCH, n, DIM, generator=g)
 
 
-def forward_ms(module: nn.Module, x: Tensor, plan: Plan) -> float:
-    """Median forward time in eval mode under inference_mode."""
+def forward_fn(module: nn.Module, x: Tensor) -> Callable[[], None]:
+    """One eval-mode forward under inference_mode."""
     module.eval()
 
     def fn() -> None:
         with torch.inference_mode():
             module(x)
 
-    return time_call(
-        fn, device=DEVICE, warmup=plan.warmup, min_run_time=plan.min_run_time
-    ).median_ms
+    return fn
 
 
-def forward_backward_ms(module: nn.Module, x: Tensor, plan: Plan) -> float:
-    """Median forward+backward time in train mode, input requiring grad, loss = out.sum()."""
+def forward_backward_fn(module: nn.Module, x: Tensor) -> Callable[[], None]:
+    """One train-mode forward+backward, input requiring grad, loss = out.sum()."""
     module.train()
     xg = x.detach().clone().requires_grad_(True)
 
@@ -172,9 +179,36 @@ def forward_backward_ms(module: nn.Module, x: Tensor, plan: Plan) -> float:
         xg.grad = None
         module(xg).sum().backward()
 
-    ms = time_call(fn, device=DEVICE, warmup=plan.warmup, min_run_time=plan.min_run_time)
-    module.zero_grad(set_to_none=True)
-    return ms.median_ms
+    return fn
+
+
+def block_s(fn: Callable[[], None], calls: int) -> float:
+    """Seconds per call over `calls` back-to-back calls."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
+def calls_per_block(fn: Callable[[], None], plan: Plan) -> int:
+    """Enough calls for one block to last plan.min_block_s (after plan.warmup calls)."""
+    for _ in range(plan.warmup):
+        fn()
+    return max(1, math.ceil(plan.min_block_s / max(block_s(fn, 1), 1e-6)))
+
+
+def paired_ms(
+    ours: Callable[[], None], theirs: Callable[[], None], plan: Plan
+) -> tuple[float, float, float]:
+    """(ours ms, theirs ms, ratio): medians over plan.rounds rounds of one block each,
+    alternating; the ratio is the median of the per-round ratios."""
+    k_ours, k_theirs = calls_per_block(ours, plan), calls_per_block(theirs, plan)
+    a, b = [], []
+    for _ in range(plan.rounds):
+        a.append(block_s(ours, k_ours))
+        b.append(block_s(theirs, k_theirs))
+    ratio = statistics.median(x / y for x, y in zip(a, b, strict=True))
+    return statistics.median(a) * 1e3, statistics.median(b) * 1e3, ratio
 
 
 def forward_peak_mib(module: nn.Module, x: Tensor) -> tuple[float, str]:
@@ -196,22 +230,40 @@ def build(name: str, n: int, **overrides: Any) -> Attention:
     return build_attention(cfg, dim=DIM, num_heads=HEADS, seq_len=n)
 
 
-class ForwardCache:
-    """Forward times of our mechanisms with their CONFIGS settings, measured once per (name, N).
+class ForwardTimes:
+    """Forward times of our mechanisms (CONFIGS settings) at many lengths, measured together:
+    every point once per round, round-robin, for plan.rounds rounds; the median is kept.
+    Sections B, C and D read the same measurements."""
 
-    Sections C and D share points (4,097 tokens), which are then the same measurement.
-    """
-
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, points: Iterable[tuple[str, int]]) -> None:
         self.plan = plan
+        self.points = sorted(set(points), key=lambda p: (p[1], p[0]))
         self.ms: dict[tuple[str, int], float] = {}
 
-    def __call__(self, name: str, n: int) -> float:
-        if (name, n) not in self.ms:
+    def measure(self) -> None:
+        fns, calls = {}, {}
+        for name, n in self.points:
             torch.manual_seed(SEED)
-            module = build(name, n)
-            self.ms[name, n] = forward_ms(module, make_input(n), self.plan)
+            fns[name, n] = forward_fn(build(name, n), make_input(n))
+            calls[name, n] = calls_per_block(fns[name, n], self.plan)
+        times: dict[tuple[str, int], list[float]] = {p: [] for p in self.points}
+        for _ in range(self.plan.rounds):
+            for p in self.points:
+                times[p].append(block_s(fns[p], calls[p]))
+        self.ms = {p: statistics.median(t) * 1e3 for p, t in times.items()}
+
+    def __call__(self, name: str, n: int) -> float:
         return self.ms[name, n]
+
+
+def forward_points(plan: Plan) -> list[tuple[str, int]]:
+    """Every (mechanism, N) that sections B, C and D read."""
+    pts = [(name, n) for name in ("sdpa", *EFFICIENT) for n in plan.b_grid]
+    pts += [(name, plan.c_length) for name in ("sdpa", *EFFICIENT, "hybrid")]
+    limits = {"standard": plan.exact_max_n, "sdpa": plan.sdpa_max_n}
+    for name in ("hybrid", *EFFICIENT, "sdpa", "standard"):
+        pts += [(name, 1 + s * s) for s in plan.d_sides if 1 + s * s <= limits.get(name, 1 << 62)]
+    return pts
 
 
 # ---------------------------------------------------------------------------- references
@@ -346,7 +398,7 @@ def section_equivalence(pairs: Sequence[Pair], n: int) -> list[dict[str, Any]]:
 
 
 def section_a(pairs: Sequence[Pair], plan: Plan) -> list[dict[str, Any]]:
-    """Ours vs the reference: forward and forward+backward times at each length."""
+    """Ours vs the reference: forward and forward+backward, alternating block by block."""
     rows = []
     for n in plan.a_lengths:
         x = make_input(n)
@@ -355,11 +407,15 @@ def section_a(pairs: Sequence[Pair], plan: Plan) -> list[dict[str, Any]]:
             ours, theirs = pair.ours(n), pair.theirs(n)
             pair.load(theirs, ours)
             row: dict[str, Any] = {"pair": pair.label, "n": n}
-            for mode, timer in (("fwd", forward_ms), ("fwd_bwd", forward_backward_ms)):
-                row[f"ours_{mode}_ms"] = timer(ours, x, plan)
-                row[f"ref_{mode}_ms"] = timer(theirs, x, plan)
-                row[f"ratio_{mode}"] = row[f"ours_{mode}_ms"] / row[f"ref_{mode}_ms"]
+            for mode, make in (("fwd", forward_fn), ("fwd_bwd", forward_backward_fn)):
+                a, b, ratio = paired_ms(make(ours, x), make(theirs, x), plan)
+                row.update({f"ours_{mode}_ms": a, f"ref_{mode}_ms": b, f"ratio_{mode}": ratio})
             rows.append(row)
+            print(
+                f"  A {pair.label} N={n}: ratio fwd {row['ratio_fwd']:.3f}, "
+                f"fwd+bwd {row['ratio_fwd_bwd']:.3f}",
+                flush=True,
+            )
     return rows
 
 
@@ -375,7 +431,7 @@ def crossover(ns: Sequence[int], mech_ms: Sequence[float], sdpa_ms: Sequence[flo
     return {"first_faster_n": first, "stays_faster_from_n": stays}
 
 
-def section_b(fwd: ForwardCache, plan: Plan) -> dict[str, Any]:
+def section_b(fwd: ForwardTimes, plan: Plan) -> dict[str, Any]:
     """Forward ms of sdpa and the efficient mechanisms on the grid, and their crossovers."""
     names = ("sdpa", *EFFICIENT)
     ms = {name: [fwd(name, n) for n in plan.b_grid] for name in names}
@@ -383,14 +439,16 @@ def section_b(fwd: ForwardCache, plan: Plan) -> dict[str, Any]:
     return {"grid": list(plan.b_grid), "forward_ms": ms, "crossover": cross}
 
 
-def section_c(fwd: ForwardCache, plan: Plan) -> list[dict[str, Any]]:
+def section_c(fwd: ForwardTimes, plan: Plan) -> list[dict[str, Any]]:
     """At plan.c_length: forward ms, speed-up over sdpa and peak forward memory."""
     n = plan.c_length
     x = make_input(n)
+    sdpa_flops = build("sdpa", n).flops(n)
     rows = []
     for name in ("sdpa", *EFFICIENT, "hybrid"):
         torch.manual_seed(SEED)
-        peak, source = forward_peak_mib(build(name, n), x)
+        module = build(name, n)
+        peak, source = forward_peak_mib(module, x)
         ms = fwd(name, n)
         rows.append(
             {
@@ -398,6 +456,9 @@ def section_c(fwd: ForwardCache, plan: Plan) -> list[dict[str, Any]]:
                 "n": n,
                 "forward_ms": ms,
                 "speedup_vs_sdpa": fwd("sdpa", n) / ms,
+                # What the speed-up would be at equal FLOP/s: sdpa's analytic FLOPs over ours.
+                "flop_ratio_vs_sdpa": sdpa_flops / module.flops(n),
+                "gflops_per_s": module.flops(n) * BATCH / ms / 1e6,
                 "peak_mib": peak,
                 "peak_source": source,
             }
@@ -415,7 +476,7 @@ def loglog_slope(ns: Sequence[int], ms: Sequence[float]) -> float:
     return sxy / sxx
 
 
-def section_d(fwd: ForwardCache, plan: Plan) -> dict[str, Any]:
+def section_d(fwd: ForwardTimes, plan: Plan) -> dict[str, Any]:
     """Forward time on square grids N = 1 + s^2 and the fitted log-log slope per mechanism."""
     ns = [1 + s * s for s in plan.d_sides]
     limits = {"standard": plan.exact_max_n, "sdpa": plan.sdpa_max_n}
@@ -493,13 +554,17 @@ def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
 
 def print_env(env: dict[str, Any]) -> None:
     print("== Environment")
-    for key in ("torch", "python", "cpu", "logical_cpus", "threads", "interop_threads", "mode"):
+    keys = ("torch", "python", "cpu", "logical_cpus", "threads", "allocator", "mode")
+    for key in keys:
         print(f"  {key}: {env[key]}")
     print(f"  shape: float32, batch {BATCH}, {HEADS} heads x {HEAD_DIM} dims (C = {DIM})")
     refs = ", ".join(f"{k} {v}" for k, v in env["reference_packages"].items())
     print(f"  references: {refs}")
     plan = env["plan"]
-    print(f"  time_call: warmup {plan['warmup']}, min_run_time {plan['min_run_time']} s")
+    print(
+        f"  timing: warmup {plan['warmup']}, {plan['rounds']} interleaved rounds, "
+        f"blocks of >= {plan['min_block_s']} s; medians"
+    )
     print()
 
 
@@ -570,13 +635,21 @@ def print_results(results: dict[str, Any]) -> None:
     print(
         table(
             f"== C. At N = {results['C'][0]['n']}: forward speed-up over sdpa and peak memory",
-            ("mechanism", "fwd ms", "speed-up", "peak MiB"),
+            ("mechanism", "fwd ms", "speed-up", "FLOP ratio", "GFLOP/s", "peak MiB"),
             (
-                (r["mechanism"], r["forward_ms"], r["speedup_vs_sdpa"], r["peak_mib"])
+                (
+                    r["mechanism"],
+                    r["forward_ms"],
+                    r["speedup_vs_sdpa"],
+                    r["flop_ratio_vs_sdpa"],
+                    r["gflops_per_s"],
+                    r["peak_mib"],
+                )
                 for r in results["C"]
             ),
         )
     )
+    print("   FLOP ratio = sdpa's analytic FLOPs / the mechanism's: the speed-up at equal GFLOP/s")
     print(f"   peak memory from: {results['C'][0]['peak_source']}, inference_mode")
     print()
     d = results["D"]
@@ -633,18 +706,21 @@ def run(plan: Plan, quick: bool, threads: int) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # performer_pytorch uses distutils
         pairs = reference_pairs()
-    fwd = ForwardCache(plan)
+    fwd = ForwardTimes(plan, forward_points(plan))
     results: dict[str, Any] = {"env": env}
     sections: list[tuple[str, Callable[[], Any]]] = [
         ("A0", lambda: section_equivalence(pairs, plan.equivalence_n)),
         ("A", lambda: section_a(pairs, plan)),
+        ("forward times", fwd.measure),
         ("B", lambda: section_b(fwd, plan)),
         ("C", lambda: section_c(fwd, plan)),
         ("D", lambda: section_d(fwd, plan)),
     ]
     for key, fn in sections:
         t0 = time.perf_counter()
-        results[key] = fn()
+        out = fn()
+        if out is not None:
+            results[key] = out
         print(f"[section {key} measured in {time.perf_counter() - t0:.0f} s]", flush=True)
     print()
     results["targets"] = targets(results)
@@ -659,6 +735,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    tune_glibc_malloc()
     torch.manual_seed(SEED)
     results = run(QUICK if args.quick else FULL, args.quick, threads)
     if args.out:

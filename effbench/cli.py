@@ -187,8 +187,16 @@ def profile(
 
     import torch  # noqa: F401 - heavy imports only once the spec is known to be good
 
-    from effbench.results import JsonlWriter, environment, new_run_id, write_json_atomic
+    from effbench.results import (
+        JsonlWriter,
+        environment,
+        new_run_id,
+        tune_glibc_malloc,
+        write_json_atomic,
+    )
     from effbench.sweep import profile_grid, resolve_device, run_point
+
+    tune_glibc_malloc()  # steadier CPU timings; every record names the allocator either way
 
     try:
         dev = resolve_device(bench.profile.device)

@@ -113,7 +113,10 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[int, str]:
 # ---------------------------------------------------------------------------- FLOPs
 
 # Ops that do multiply-adds: fvcore must have a handle for each one it meets.
-COMPUTE_OP_MARKERS = ("mm", "matmul", "einsum", "linear", "conv", "attention", "dot", "bilinear")
+COMPUTE_OP_MARKERS = (
+    "mm", "matmul", "einsum", "linear", "conv", "attention", "dot", "bilinear", "aten::mv",
+    "aten::addmv", "aten::addr", "aten::outer", "aten::ger", "aten::inner", "aten::tensordot",
+)  # fmt: skip
 
 
 class FlopCountError(RuntimeError):
@@ -152,6 +155,14 @@ def _einsum_handle(inputs: list[Any], outputs: list[Any]) -> int:
     for letters, shape in zip(lhs, shapes, strict=True):
         sizes.update(zip(letters, shape, strict=True))
     return math.prod(sizes.values())
+
+
+def _baddbmm_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    """aten::baddbmm(input, batch1, batch2): the batched product only (beta/alpha scalings
+    and the addition are element-wise)."""
+    b, n, k = _shape(inputs[1])
+    assert _shape(inputs[2])[-2] == k, "baddbmm shapes do not chain"
+    return b * n * k * _shape(inputs[2])[-1]
 
 
 def _sdpa_handle(inputs: list[Any], outputs: list[Any]) -> int:
@@ -202,6 +213,7 @@ def _fvcore_flops(
     fca.set_op_handle(
         "aten::matmul", _matmul_handle,
         "aten::einsum", _einsum_handle,
+        "aten::baddbmm", _baddbmm_handle,
         "aten::scaled_dot_product_attention", _sdpa_handle,
         **{op: _zero_handle for op in _FVCORE_ELEMENTWISE},
     )  # fmt: skip

@@ -193,11 +193,18 @@ class _Bmm(nn.Module):
         return torch.bmm(x, x.transpose(1, 2))
 
 
-class _Baddbmm(nn.Module):
-    """x + x x^T through aten::baddbmm, which fvcore has no handle for."""
+class _Addbmm(nn.Module):
+    """x[0] + sum_b x_b x_b^T through aten::addbmm, which fvcore has no handle for."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.baddbmm(x, x, x.transpose(1, 2))
+        return torch.addbmm(x[0], x, x.transpose(1, 2))
+
+
+class _Mv(nn.Module):
+    """A matrix-vector product (aten::mv), which fvcore has no handle for."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.mv(x[0], x[0, 0])
 
 
 class _EllipsisEinsum(nn.Module):
@@ -207,16 +214,24 @@ class _EllipsisEinsum(nn.Module):
         return torch.einsum("...ij,...kj->...ik", x, x)
 
 
-def test_counted_op_is_counted() -> None:
+class _Baddbmm(nn.Module):
+    """x + x x^T through aten::baddbmm (the Nystrom pseudo-inverse uses it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(x, x, x.transpose(1, 2), beta=2, alpha=-1)
+
+
+@pytest.mark.parametrize("module", [_Bmm(), _Baddbmm()], ids=["bmm", "baddbmm"])
+def test_counted_op_is_counted(module: nn.Module) -> None:
     n = 8
-    counts = count_flops(_Bmm(), torch.randn(B, n, n), analytic=2 * n**3)
+    counts = count_flops(module, torch.randn(B, n, n), analytic=2 * n**3)
     assert counts.analytic == counts.fvcore == counts.flop_counter
 
 
 @pytest.mark.parametrize(
     ("module", "op"),
-    [(_Baddbmm(), "baddbmm"), (_EllipsisEinsum(), "einsum")],
-    ids=["baddbmm", "einsum"],
+    [(_Addbmm(), "addbmm"), (_Mv(), "aten::mv"), (_EllipsisEinsum(), "einsum")],
+    ids=["addbmm", "mv", "einsum"],
 )
 def test_uncounted_op_raises(module: nn.Module, op: str) -> None:
     with pytest.raises(FlopCountError, match=op):
@@ -433,6 +448,25 @@ def test_hybrid_neighbourhoods_are_dilated_windows(window: int, dilation: int) -
         assert (m.idx[p][~m.valid[p]] == side * side + 1).all()
         outside = [j for j in range(1 + side * side) if j not in keys]
         assert (amap[:, :, 1 + p, outside] == 0).all()
+
+
+def test_hybrid_chunked_inference_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without autograd the local branch runs in query chunks; with it, in one pass.
+    from effbench.attention import hybrid
+
+    n = 1 + 8 * 8
+    m = build("hybrid", seq_len=n).eval()
+    with torch.no_grad():
+        m.gate.fill_(0.3)
+    x = torch.randn(B, n, DIM)
+    monkeypatch.setattr(hybrid, "LOCAL_CHUNK_BYTES", 1)  # one patch query per chunk
+    assert m.chunk_rows(B, 4) == 1
+    with torch.no_grad():
+        chunked = m(x)
+    one_pass = m(x.clone().requires_grad_())
+    assert_close(chunked, one_pass.detach(), atol=1e-6, rtol=0)
+    monkeypatch.setattr(hybrid, "LOCAL_CHUNK_BYTES", 10**12)
+    assert m.chunk_rows(B, 4) > n
 
 
 def test_hybrid_cls_row_is_exact() -> None:

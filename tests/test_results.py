@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
-from effbench.results import JsonlWriter, environment, read_jsonl, write_json_atomic
+import pytest
+
+from effbench.results import (
+    GLIBC_TUNING_ENV,
+    JsonlWriter,
+    environment,
+    read_jsonl,
+    write_json_atomic,
+)
 
 
 def test_writer_appends_and_reader_skips_corrupt_lines(tmp_path: Path) -> None:
@@ -35,4 +47,31 @@ def test_atomic_json(tmp_path: Path) -> None:
 def test_environment_manifest() -> None:
     env = environment("cpu", "float32")
     assert env.device == "cpu" and env.threads >= 1 and env.torch and env.device_name
-    assert env.allocator in ("tcmalloc", "jemalloc", "mimalloc", "glibc malloc", "system malloc")
+    assert env.allocator.split(" (")[0] in (
+        "tcmalloc",
+        "jemalloc",
+        "mimalloc",
+        "glibc malloc",
+        "system malloc",
+    )
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or "glibc" not in platform.libc_ver()[0],
+    reason="glibc malloc tuning is Linux/glibc only",
+)
+@pytest.mark.parametrize(("setting", "tuned"), [("", True), ("default", False)])
+def test_glibc_malloc_tuning_is_applied_and_reported(setting: str, tuned: bool) -> None:
+    # In a fresh interpreter: the tuning lasts for the life of the process that applies it.
+    code = (
+        "from effbench.results import tune_glibc_malloc, allocator_name; "
+        "print(tune_glibc_malloc(), allocator_name(), sep='|')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env[GLIBC_TUNING_ENV] = setting
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    applied, name = out.split("|")
+    assert applied == str(tuned)
+    assert name == ("glibc malloc (mmap and trim off)" if tuned else "glibc malloc")

@@ -29,6 +29,12 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return softmax_weights(q, k, scale) @ v
 
 
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records ops on these tensors. When it does not (inference, no_grad),
+    mechanisms may work in place or in chunks; the results are the same either way."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def matmul_flops(*dims: int) -> int:
     """FLOPs of a matrix product with these sizes (batch..., n, k, m): 2 per multiply-add."""
     return 2 * math.prod(dims)

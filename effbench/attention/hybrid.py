@@ -14,13 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from effbench.attention import register
-from effbench.attention.base import Attention, matmul_flops, softmax_attention, softmax_weights
-from effbench.attention.configs import HybridConfig
-from effbench.attention.performer import (
-    linear_attention,
-    linear_attention_flops,
-    linear_weights,
+from effbench.attention.base import (
+    Attention,
+    matmul_flops,
+    needs_grad,
+    softmax_attention,
+    softmax_weights,
 )
+from effbench.attention.configs import HybridConfig
+from effbench.attention.performer import linear_attention_flops, linear_weights
+
+# Bytes of gathered keys and values per query chunk in inference (see `chunk_rows`).
+LOCAL_CHUNK_BYTES = 4 * 2**20
 
 
 def grid_shape(patches: int) -> tuple[int, int]:
@@ -80,35 +85,59 @@ class HybridAttention(Attention):
             f"tokens) but got {n} tokens; build the layer for this sequence length"
         )
 
-    def _local_logits(self, qp: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits of patch queries over their window + CLS, pad slots at -inf.
-
-        Returns:
-            logits (B, H, P, W+1) and the pad-extended key table's gathered indices.
-        """
-        kt = F.pad(k, (0, 0, 0, 1))  # (B, H, N+1, d): last row is the pad slot
-        kn = kt[:, :, self.idx]  # (B, H, P, W+1, d)
+    def _local_logits(self, qp: Tensor, kn: Tensor, valid: Tensor) -> Tensor:
+        """Logits of patch queries (B, H, c, d) over their gathered window + CLS keys
+        (B, H, c, W+1, d): (B, H, c, W+1), with off-grid pad slots at -inf."""
         logits = (qp.unsqueeze(-2) @ kn.transpose(-2, -1)).squeeze(-2) * self.scale
-        return logits.masked_fill(~self.valid, float("-inf")), kt
+        return logits.masked_fill(~valid, float("-inf"))
+
+    def _gather(self, table: Tensor, rows: slice) -> Tensor:
+        """Window + CLS entries of a pad-extended (B, H, N+1, e) table for the patch queries
+        in `rows`: (B, H, c, W+1, e). One index_select of contiguous rows."""
+        idx = self.idx[rows]
+        B, H, _, e = table.shape
+        return table.index_select(2, idx.reshape(-1)).view(B, H, *idx.shape, e)
+
+    def chunk_rows(self, batch: int, itemsize: int) -> int:
+        """Patch queries per chunk in inference: the gathered keys and values of one chunk
+        take about LOCAL_CHUNK_BYTES, so they stay in cache whatever N is."""
+        per_query = 2 * batch * self.num_heads * self.idx.shape[1] * self.head_dim * itemsize
+        return max(1, LOCAL_CHUNK_BYTES // per_query)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         self._check(q.shape[-2])
-        qc, qp = q[:, :, :1], q[:, :, 1:]  # CLS query (B, H, 1, d), patch queries (B, H, P, d)
-        out_cls = softmax_attention(qc, k, v, self.scale)
-        logits, _ = self._local_logits(qp, k)
-        attn = torch.softmax(logits, dim=-1)  # (B, H, P, W+1)
-        vn = F.pad(v, (0, 0, 0, 1))[:, :, self.idx]  # (B, H, P, W+1, d)
-        local = (attn.unsqueeze(-2) @ vn).squeeze(-2)  # (B, H, P, d)
-        glob = linear_attention(self.phi(qp), self.phi(k), v)  # (B, H, P, d)
-        g = torch.sigmoid(self.gate).view(1, -1, 1, 1).to(local.dtype)
-        return torch.cat([out_cls, g * local + (1 - g) * glob], dim=2)
+        B, H, N, d = q.shape
+        P = N - 1
+        out = q.new_empty(B, H, N, d)
+        out[:, :, :1] = softmax_attention(q[:, :, :1], k, v, self.scale)  # CLS: exact, global
+        # Global branch: phi(K)^T V and phi(K)^T 1 once; each query chunk then reads them.
+        phi_k = self.phi(k)
+        context = phi_k.transpose(-2, -1) @ v  # (B, H, d, d)
+        ksum = phi_k.sum(dim=-2).unsqueeze(-1)  # (B, H, d, 1)
+        g = torch.sigmoid(self.gate).view(1, -1, 1, 1).to(q.dtype)
+        # Local branch: contiguous key and value tables with a zero pad row last, so that
+        # the gathered windows feed the matrix products without another copy.
+        kt, vt = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))  # (B, H, N+1, d)
+        # Under autograd one chunk: every chunk's gather would otherwise back-propagate into
+        # a full-size zero gradient. Without it, chunks bound the temporaries.
+        rows = P if needs_grad(q, k, v) else self.chunk_rows(B, q.element_size())
+        for p0 in range(0, P, rows):
+            sl = slice(p0, min(P, p0 + rows))
+            qp = q[:, :, 1 + sl.start : 1 + sl.stop]  # (B, H, c, d)
+            kn, vn = self._gather(kt, sl), self._gather(vt, sl)  # (B, H, c, W+1, d)
+            attn = torch.softmax(self._local_logits(qp, kn, self.valid[sl]), dim=-1)
+            local = (attn.unsqueeze(-2) @ vn).squeeze(-2)  # (B, H, c, d)
+            phi_q = self.phi(qp)
+            glob = (phi_q @ context) / (phi_q @ ksum)  # (B, H, c, d)
+            out[:, :, 1 + sl.start : 1 + sl.stop] = torch.lerp(glob, local, g)
+        return out
 
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
         self._check(q.shape[-2])
         B, H, N, d = q.shape
         qc, qp = q[:, :, :1], q[:, :, 1:]
-        logits, _ = self._local_logits(qp, k)
-        attn = torch.softmax(logits, dim=-1)  # (B, H, P, W+1)
+        kn = self._gather(F.pad(k, (0, 0, 0, 1)), slice(None))
+        attn = torch.softmax(self._local_logits(qp, kn, self.valid), dim=-1)  # (B, H, P, W+1)
         local = q.new_zeros(B, H, N - 1, N + 1)
         local.scatter_add_(-1, self.idx.expand(B, H, -1, -1), attn)
         g = torch.sigmoid(self.gate.float()).view(1, -1, 1, 1)

@@ -67,8 +67,9 @@ class LinformerAttention(Attention):
         w_q, w_k, w_v = self.qkv.weight.chunk(3)
         b_q, b_k, b_v = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
         q = F.linear(x, w_q, b_q).view(B, N, H, d).transpose(1, 2)  # (B, H, N, d)
-        ex = self.e @ x  # (B, k, C)
-        fx = ex if self.f is self.e else self.f @ x
+        # bmm with E broadcast over the batch reads X in place; E @ X would transpose X first.
+        ex = torch.bmm(self.e.expand(B, -1, -1), x)  # (B, k, C)
+        fx = ex if self.f is self.e else torch.bmm(self.f.expand(B, -1, -1), x)
         kp, vp = F.linear(ex, w_k), F.linear(fx, w_v)  # (B, k, C)
         if b_k is not None:
             kp = kp + self.e.sum(dim=1, keepdim=True) * b_k  # E (1 b_k^T) = (E 1) b_k^T

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from effbench.attention import register
-from effbench.attention.base import Attention, matmul_flops
+from effbench.attention.base import Attention, matmul_flops, needs_grad
 from effbench.attention.configs import PerformerConfig
 
 SOFTMAX_EPS = 1e-4
@@ -37,36 +37,31 @@ def orthogonal_features(m: int, d: int, *, device: torch.device | None = None) -
     return w * norms
 
 
-def _no_grad_needed(*tensors: Tensor) -> bool:
-    """True when autograd records nothing for these tensors, so that in-place ops are safe."""
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+def positive_features(x: Tensor, ws_t: Tensor, *, is_query: bool, scale: float) -> Tensor:
+    """FAVOR+ features phi(x) = exp(w.(s x) - |s x|^2 / 2 - c) + eps: (B, H, N, d) -> (B, H, N, m).
 
-
-def positive_features(x: Tensor, w: Tensor, *, is_query: bool, scale: float = 1.0) -> Tensor:
-    """FAVOR+ features phi(x) = exp(w.(s x) - |s x|^2 / 2 - c) + eps, for x scaled by s.
-
-    The paper's 1/sqrt(m) factor and the stabiliser c cancel in the normalisation of
-    `linear_attention`, so the factor is left out; c is each query row's own maximum or, for
-    keys, one maximum per (batch, head) (shared by all rows, so it cancels too). The scale s
-    (d^-1/4 for temperature 1/sqrt(d)) is folded into w and into the squared norm rather than
-    applied to x, which saves a pass over x.
+    `ws_t` is the projection already scaled and transposed, (s w)^T of shape (d, m): the scale
+    s (d^-1/4, for temperature 1/sqrt(d)) goes into w and into the squared norm instead of
+    into a pass over x. The paper's 1/sqrt(m) factor and the stabiliser c cancel in the
+    normalisation of `linear_attention`, so the factor is left out; c is each query row's own
+    maximum or, for keys, one maximum per (batch, head), shared by all rows.
     """
-    proj = x @ (w * scale).T  # (B, H, N, m)
+    proj = x @ ws_t  # (B, H, N, m)
     sq = x.square().sum(dim=-1, keepdim=True) * (scale * scale / 2)  # (B, H, N, 1)
     # The stabiliser only guards exp against overflow and cancels in the normalisation, so no
     # gradient flows through it (which also spares autograd the max's sparse backward).
     dims = -1 if is_query else (-2, -1)
     stab = proj.detach().amax(dim=dims, keepdim=True)
     shift = sq + stab  # (B, H, N, 1): one broadcast subtraction over the features
-    if _no_grad_needed(x, w):
+    if not needs_grad(x, ws_t):
         return proj.sub_(shift).exp_().add_(SOFTMAX_EPS)
     return torch.exp(proj - shift) + SOFTMAX_EPS
 
 
-def relu_features(x: Tensor, w: Tensor, *, scale: float = 1.0) -> Tensor:
-    """Generalised-kernel features relu(w.(s x)) + eps."""
-    proj = x @ (w * scale).T
-    if _no_grad_needed(x, w):
+def relu_features(x: Tensor, ws_t: Tensor) -> Tensor:
+    """Generalised-kernel features relu(x (s w)^T) + eps, `ws_t` = (s w)^T of shape (d, m)."""
+    proj = x @ ws_t
+    if not needs_grad(x, ws_t):
         return proj.relu_().add_(RELU_EPS)
     return torch.relu(proj) + RELU_EPS
 
@@ -78,7 +73,7 @@ def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
     context = phi_k.transpose(-2, -1) @ v  # (B, H, m, d)
     den = phi_q @ phi_k.sum(dim=-2).unsqueeze(-1)  # (B, H, N, 1)
     out = phi_q @ context  # (B, H, N, d)
-    if _no_grad_needed(phi_q, phi_k, v):
+    if not needs_grad(phi_q, phi_k, v):
         return out.div_(den)
     return out / den
 
@@ -116,11 +111,12 @@ class PerformerAttention(Attention):
         w = self.features.to(dtype)
         s = self.head_dim**-0.25  # d^-1/4 on each side gives q.k / sqrt(d)
         q, k = q.to(dtype), k.to(dtype)
+        ws_t = (w * s).T  # (d, m), shared by queries and keys
         if self.cfg.kernel == "relu":
-            return relu_features(q, w, scale=s), relu_features(k, w, scale=s)
+            return relu_features(q, ws_t), relu_features(k, ws_t)
         return (
-            positive_features(q, w, is_query=True, scale=s),
-            positive_features(k, w, is_query=False, scale=s),
+            positive_features(q, ws_t, is_query=True, scale=s),
+            positive_features(k, ws_t, is_query=False, scale=s),
         )
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
