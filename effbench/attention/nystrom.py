@@ -24,11 +24,19 @@ def segment_means(x: Tensor, m: int) -> Tensor:
     assert m <= n, f"{m} landmarks exceed {n} tokens"
     s, r = divmod(n, m)
     lead = x.shape[:-2]
-    parts = []
-    if r:
-        parts.append(x[..., : r * (s + 1), :].unflatten(-2, (r, s + 1)).mean(dim=-2))
-    parts.append(x[..., r * (s + 1) :, :].unflatten(-2, (m - r, s)).mean(dim=-2))
-    out = torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+    if not r:
+        out = x.unflatten(-2, (m, s)).mean(dim=-2)
+    else:
+        # split, not slicing: its backward concatenates the two gradients, where each
+        # slice's backward would zero-fill a gradient the size of x.
+        longer, shorter = x.split([r * (s + 1), (m - r) * s], dim=-2)
+        out = torch.cat(
+            [
+                longer.unflatten(-2, (r, s + 1)).mean(dim=-2),
+                shorter.unflatten(-2, (m - r, s)).mean(dim=-2),
+            ],
+            dim=-2,
+        )
     assert out.shape == (*lead, m, x.shape[-1])
     return out
 
