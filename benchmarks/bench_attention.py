@@ -12,9 +12,10 @@ round, round-robin, so that a slow spell of a shared machine hits all points ali
   D. log-log slope of forward time against N over ~1k-16k tokens (hybrid target <= 1.15).
 
 Forward passes run under `torch.inference_mode()` in eval mode; forward+backward runs in train
-mode with an input that requires grad and `out.sum().backward()`. glibc malloc is tuned as
-`effbench profile` tunes it (`effbench.results.tune_glibc_malloc`) unless tcmalloc or jemalloc
-is preloaded; the allocator is printed and saved with the figures.
+mode with an input that requires grad and `out.sum().backward()`. Like `effbench profile`, the
+script re-executes itself with tcmalloc or jemalloc preloaded when one is installed
+(`effbench.results.allocator_reexec_env`; EFFBENCH_ALLOCATOR=system keeps glibc malloc); the
+allocator is printed and saved with the figures.
 
 Usage (from the repository root):
     PYTHONPATH=. python benchmarks/bench_attention.py [--quick] [--threads N] [--out FILE.json]
@@ -26,8 +27,10 @@ import argparse
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -48,7 +51,7 @@ from effbench.attention.configs import (
     StandardConfig,
 )
 from effbench.measure import peak_bytes
-from effbench.results import allocator_name, cpu_name, tune_glibc_malloc
+from effbench.results import allocator_name, allocator_reexec_env, cpu_name
 
 BATCH = 8
 HEADS = 4
@@ -732,10 +735,13 @@ def run(plan: Plan, quick: bool, threads: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    env = allocator_reexec_env(dict(os.environ))
+    if env is not None and argv is None:  # as `effbench profile` does: tcmalloc/jemalloc
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    tune_glibc_malloc()
     torch.manual_seed(SEED)
     results = run(QUICK if args.quick else FULL, args.quick, threads)
     if args.out:

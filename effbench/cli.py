@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -111,7 +112,11 @@ def _mib(v: float | None) -> str:
 
 
 def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.3f}"
+    """Four significant figures or so: 0.9621, 7.272, 103.6, 1,429."""
+    if v is None:
+        return "-"
+    digits = 0 if v >= 1000 else 1 if v >= 100 else 2 if v >= 10 else 3
+    return f"{v:,.{digits}f}"
 
 
 def _gflop(v: int | None) -> str:
@@ -129,6 +134,18 @@ PROFILE_COLUMNS = (
     "GFLOP/s",
     "note",
 )
+
+
+PROFILE_WIDTHS = {
+    "model": 10,
+    "N": 5,
+    "status": 6,
+    "fwd ms": 7,
+    "f+b ms": 7,
+    "fwd MiB": 7,
+    "GFLOP": 7,
+    "GFLOP/s": 7,
+}
 
 
 def profile_row(r: Any) -> list[str]:
@@ -187,21 +204,17 @@ def profile(
 
     import torch  # noqa: F401 - heavy imports only once the spec is known to be good
 
-    from effbench.results import (
-        JsonlWriter,
-        environment,
-        new_run_id,
-        tune_glibc_malloc,
-        write_json_atomic,
-    )
+    from effbench.results import JsonlWriter, environment, new_run_id, write_json_atomic
     from effbench.sweep import profile_grid, resolve_device, run_point
-
-    tune_glibc_malloc()  # steadier CPU timings; every record names the allocator either way
 
     try:
         dev = resolve_device(bench.profile.device)
     except ValueError as err:
         raise fail([f"profile.device: {err}"]) from None
+    if dev.type == "cpu":
+        from effbench.measure import cap_cpu_memory
+
+        cap_cpu_memory()  # a point too big for RAM becomes an `oom` record, not a killed run
     run_id = new_run_id()
     env = environment(str(dev), bench.profile.dtype)
     results_path = output / f"profile-{run_id}.jsonl"
@@ -209,9 +222,16 @@ def profile(
     trace_root = output / "traces" / f"profile-{run_id}" if bench.profile.trace else None
 
     points = profile_grid(bench)
-    table = Table(title=f"effbench profile on {env.device_name}", expand=False)
+    table = Table(
+        title=f"effbench profile on {env.device_name}",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
     for col in PROFILE_COLUMNS:
-        table.add_column(col, no_wrap=col != "note", overflow="fold")
+        # Fixed widths for the figures; the note (errors, SDPA backend) takes what is left.
+        width = PROFILE_WIDTHS.get(col)
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -242,8 +262,28 @@ def profile(
         console.print(f"Traces: {trace_root} (trace.json opens in Perfetto; tb/ in TensorBoard)")
 
 
+# Commands that time things: run under tcmalloc or jemalloc when one is installed.
+MEASURING_COMMANDS = frozenset({"profile"})
+
+
+def reexec_with_allocator(argv: list[str]) -> None:
+    """Replace this process by the same command with tcmalloc/jemalloc preloaded, when the
+    command measures and `results.allocator_reexec_env` finds a reason and a library."""
+    if not MEASURING_COMMANDS.intersection(argv[1:2]):
+        return
+    import os
+
+    from effbench.results import allocator_reexec_env
+
+    env = allocator_reexec_env(dict(os.environ))
+    if env is not None:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "effbench", *argv[1:]], env)
+
+
 def main() -> None:
     """Console-script entry point."""
+    reexec_with_allocator(sys.argv)
     try:
         app()
     except KeyboardInterrupt:

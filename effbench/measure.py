@@ -110,6 +110,51 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[int, str]:
     return cpu_peak_bytes(fn), "torch.profiler memory events (CPU)"
 
 
+def _proc_kib_field(path: str, key: str) -> int | None:
+    """A `Key:  N kB` field of a /proc file, in bytes (None when unreadable)."""
+    from pathlib import Path
+
+    try:
+        for line in Path(path).read_text(encoding="ascii").splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cap_cpu_memory(*, headroom: float = 0.9, extra_bytes: int | None = None) -> int | None:
+    """Cap this process's data segment (RLIMIT_DATA) near the memory still available.
+
+    On Linux an allocation that does not fit is otherwise often granted and the kernel's OOM
+    killer later ends the whole sweep; with the cap the allocation fails at once, torch
+    raises "can't allocate memory", and the point becomes an `oom` record. The cap is what
+    the process uses now plus `headroom` of MemAvailable (or plus `extra_bytes`). Returns it,
+    or None where it cannot be set (not Linux, unreadable /proc, or a lower limit exists).
+    """
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+
+    used = _proc_kib_field("/proc/self/status", "VmData")
+    if extra_bytes is None:
+        available = _proc_kib_field("/proc/meminfo", "MemAvailable")
+        extra = None if available is None else int(available * headroom)
+    else:
+        extra = extra_bytes
+    if used is None or extra is None:
+        return None
+    cap = used + extra
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        return None
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    return cap
+
+
 # ---------------------------------------------------------------------------- FLOPs
 
 # Ops that do multiply-adds: fvcore must have a handle for each one it meets.

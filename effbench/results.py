@@ -100,57 +100,70 @@ class ProfileRecord(Record):
 # ---------------------------------------------------------------------------- environment
 
 
-_GLIBC_TUNED = False
-GLIBC_TUNING_ENV = "EFFBENCH_GLIBC_MALLOC"  # set to "default" to leave glibc malloc as it is
+ALLOCATOR_ENV = "EFFBENCH_ALLOCATOR"  # "auto" (default): preload tcmalloc/jemalloc if found
+_REEXEC_MARK = "EFFBENCH_ALLOCATOR_REEXEC"
+# Shared libraries tried in order; Debian/Ubuntu ship them in libtcmalloc-minimal4,
+# libgoogle-perftools4 and libjemalloc2.
+ALLOCATOR_LIBS = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libjemalloc.so.2")
+_LIB_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+)
 
 
-def _preloaded_allocator() -> str | None:
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        maps = os.environ.get("LD_PRELOAD", "")
-    return next((n for n in ("tcmalloc", "jemalloc", "mimalloc") if n in maps), None)
+def _preloaded_allocator(preload: str | None = None) -> str | None:
+    """tcmalloc, jemalloc or mimalloc when loaded into this process (or named in `preload`)."""
+    if preload is None:
+        try:
+            preload = Path("/proc/self/maps").read_text()
+        except OSError:
+            preload = os.environ.get("LD_PRELOAD", "")
+    return next((n for n in ("tcmalloc", "jemalloc", "mimalloc") if n in preload), None)
 
 
-def tune_glibc_malloc() -> bool:
-    """Stop glibc malloc from returning large blocks to the kernel between calls.
+def find_allocator(dirs: tuple[str, ...] = _LIB_DIRS) -> Path | None:
+    """The first tcmalloc or jemalloc shared library installed in the usual places."""
+    for name in ALLOCATOR_LIBS:
+        for d in dirs:
+            if (Path(d) / name).is_file():
+                return Path(d) / name
+    return None
 
-    By default glibc serves blocks above 32 MiB with a fresh mmap and unmaps them on free, so
-    every call that allocates them pays page faults that grow with the tensor: on a 2-core
-    machine that alone turned linear attentions' log-log time slopes from ~1.0 into ~1.3.
-    With mmap and trimming off the heap keeps and reuses those pages, as tcmalloc and jemalloc
-    do. Does nothing when another allocator is preloaded, off Linux/glibc, or when
-    EFFBENCH_GLIBC_MALLOC=default. Returns whether glibc was tuned.
+
+def allocator_reexec_env(
+    environ: dict[str, str], *, library: Path | None = None
+) -> dict[str, str] | None:
+    """The environment to re-execute a measuring command in, with tcmalloc or jemalloc
+    preloaded; None when that is not wanted or not possible.
+
+    glibc malloc returns blocks above 32 MiB to the kernel on every free, so each call pays
+    page faults that grow with the tensors: on a 2-core machine that made CPU timings up to
+    2x slower and linear attentions' time-vs-N slopes ~1.3 instead of ~1.0. Nothing happens
+    off Linux, when an allocator is already preloaded, after one re-execution, when none is
+    installed, or with EFFBENCH_ALLOCATOR=system.
     """
-    global _GLIBC_TUNED
-    if _GLIBC_TUNED:
-        return True
-    if os.environ.get(GLIBC_TUNING_ENV, "").lower() == "default":
-        return False
-    if platform.system() != "Linux" or _preloaded_allocator() is not None:
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
-        ok = libc.mallopt(m_mmap_max, 0) == 1
-        ok = ok and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-    except (OSError, AttributeError):
-        return False
-    _GLIBC_TUNED = ok
-    return ok
+    if platform.system() != "Linux" or environ.get(_REEXEC_MARK):
+        return None
+    if environ.get(ALLOCATOR_ENV, "auto").lower() == "system":
+        return None
+    if _preloaded_allocator(environ.get("LD_PRELOAD", "")):
+        return None
+    library = library or find_allocator()
+    if library is None:
+        return None
+    preload = " ".join(p for p in (str(library), environ.get("LD_PRELOAD", "")) if p)
+    return {**environ, "LD_PRELOAD": preload, _REEXEC_MARK: "1"}
 
 
 def allocator_name() -> str:
-    """The malloc this process runs with: tcmalloc or jemalloc when preloaded, else the libc's
-    (and whether `tune_glibc_malloc` changed its settings)."""
+    """The malloc this process runs with: tcmalloc or jemalloc when preloaded, else the libc's."""
     preloaded = _preloaded_allocator()
     if preloaded:
         return preloaded
-    if platform.system() != "Linux":
-        return "system malloc"
-    return "glibc malloc (mmap and trim off)" if _GLIBC_TUNED else "glibc malloc"
+    return "glibc malloc" if platform.system() == "Linux" else "system malloc"
 
 
 def cpu_name() -> str:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from effbench.results import (
-    GLIBC_TUNING_ENV,
+    ALLOCATOR_ENV,
     JsonlWriter,
+    allocator_reexec_env,
     environment,
+    find_allocator,
     read_jsonl,
     write_json_atomic,
 )
@@ -56,22 +56,60 @@ def test_environment_manifest() -> None:
     )
 
 
-@pytest.mark.skipif(
-    platform.system() != "Linux" or "glibc" not in platform.libc_ver()[0],
-    reason="glibc malloc tuning is Linux/glibc only",
-)
-@pytest.mark.parametrize(("setting", "tuned"), [("", True), ("default", False)])
-def test_glibc_malloc_tuning_is_applied_and_reported(setting: str, tuned: bool) -> None:
-    # In a fresh interpreter: the tuning lasts for the life of the process that applies it.
-    code = (
-        "from effbench.results import tune_glibc_malloc, allocator_name; "
-        "print(tune_glibc_malloc(), allocator_name(), sep='|')"
+def test_allocator_reexec_env(tmp_path: Path) -> None:
+    lib = tmp_path / "libtcmalloc_minimal.so.4"
+    lib.write_bytes(b"")
+    assert find_allocator((str(tmp_path),)) == lib
+    assert find_allocator((str(tmp_path / "none"),)) is None
+    base = {"PATH": "/usr/bin"}
+    env = allocator_reexec_env(base, library=lib)
+    if platform.system() != "Linux":
+        assert env is None
+        return
+    assert env is not None and env["LD_PRELOAD"] == str(lib) and env["PATH"] == "/usr/bin"
+    # Never twice, never over a preloaded allocator, never when the user says so.
+    assert allocator_reexec_env(env, library=lib) is None
+    assert allocator_reexec_env({"LD_PRELOAD": "/x/libjemalloc.so.2"}, library=lib) is None
+    assert allocator_reexec_env({ALLOCATOR_ENV: "system"}, library=lib) is None
+    kept = allocator_reexec_env({"LD_PRELOAD": "/x/libfoo.so"}, library=lib)
+    assert kept is not None and kept["LD_PRELOAD"] == f"{lib} /x/libfoo.so"
+
+
+def test_only_measuring_commands_reexec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from effbench import cli
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(os, "execve", lambda exe, args, env: calls.append(args))
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr(
+        "effbench.results.find_allocator", lambda *a: Path("/x/libtcmalloc_minimal.so.4")
     )
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    env[GLIBC_TUNING_ENV] = setting
+    monkeypatch.setattr("effbench.results._preloaded_allocator", lambda preload=None: None)
+    monkeypatch.setattr("effbench.results.platform.system", lambda: "Linux")
+    cli.reexec_with_allocator(["effbench", "--help"])
+    assert calls == []
+    cli.reexec_with_allocator(["effbench", "profile", "-n", "65"])
+    assert calls and calls[0][1:] == ["-m", "effbench", "profile", "-n", "65"]
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="RLIMIT_DATA capping is Linux only")
+def test_cpu_memory_cap_turns_an_oversized_allocation_into_oom() -> None:
+    # In a fresh interpreter: the cap lasts for the life of the process that sets it.
+    code = """
+import torch
+from effbench.measure import cap_cpu_memory
+from effbench.sweep import classify
+assert cap_cpu_memory(extra_bytes=256 * 2**20) is not None
+torch.ones(16 * 2**20)  # 64 MiB fits
+try:
+    torch.ones(2**30)  # 4 GiB does not
+except RuntimeError as err:
+    print(classify(err))
+"""
+    import subprocess
+    import sys
+
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    applied, name = out.split("|")
-    assert applied == str(tuned)
-    assert name == ("glibc malloc (mmap and trim off)" if tuned else "glibc malloc")
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "oom", out.stderr[-2000:]
