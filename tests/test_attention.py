@@ -122,6 +122,23 @@ def test_forward_is_attend_between_the_shared_projections(kind: str, opts: dict[
 
 
 @pytest.mark.parametrize("kind", available())
+def test_bfloat16_autocast_and_weights(kind: str) -> None:
+    # Training uses bf16 autocast; `profile --dtype bfloat16` casts the layer itself. Both
+    # must run, stay finite and keep the output in the compute dtype.
+    m = build(kind).train()
+    x = torch.randn(B, N, DIM, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    assert out.dtype == torch.bfloat16 and out.isfinite().all()
+    out.float().sum().backward()
+    assert x.grad is not None and x.grad.isfinite().all()
+    m = m.eval().to(torch.bfloat16)
+    with torch.inference_mode():
+        out = m(x.detach().to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.isfinite().all()
+
+
+@pytest.mark.parametrize("kind", available())
 def test_gradients_match_finite_differences(kind: str) -> None:
     # Catches a gradient path cut by a stray detach/no_grad/in-place op, which the finiteness
     # checks above cannot see. float64, and fast_mode (random directions) to stay quick.
