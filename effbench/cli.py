@@ -123,20 +123,8 @@ def _gflop(v: int | None) -> str:
     return "-" if v is None else f"{v / 1e9:,.3f}"
 
 
-PROFILE_COLUMNS = (
-    "model",
-    "N",
-    "status",
-    "fwd ms",
-    "f+b ms",
-    "fwd MiB",
-    "GFLOP",
-    "GFLOP/s",
-    "note",
-)
-
-
-PROFILE_WIDTHS = {
+# Column -> fixed width; the note (errors, SDPA backend) takes what is left.
+PROFILE_COLUMNS: dict[str, int | None] = {
     "model": 10,
     "N": 5,
     "status": 6,
@@ -145,6 +133,7 @@ PROFILE_WIDTHS = {
     "fwd MiB": 7,
     "GFLOP": 7,
     "GFLOP/s": 7,
+    "note": None,
 }
 
 
@@ -228,9 +217,7 @@ def profile(
         collapse_padding=True,
         pad_edge=False,
     )
-    for col in PROFILE_COLUMNS:
-        # Fixed widths for the figures; the note (errors, SDPA backend) takes what is left.
-        width = PROFILE_WIDTHS.get(col)
+    for col, width in PROFILE_COLUMNS.items():
         table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
     progress = Progress(
         TextColumn("{task.description}"),

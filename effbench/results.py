@@ -140,7 +140,7 @@ def allocator_reexec_env(
     preloaded; None when that is not wanted or not possible.
 
     glibc malloc returns blocks above 32 MiB to the kernel on every free, so each call pays
-    page faults that grow with the tensors: on a 2-core machine that made CPU timings up to
+    page faults that grow with the tensors: on a 2-core machine that made CPU timings over
     2x slower and linear attentions' time-vs-N slopes ~1.3 instead of ~1.0. Nothing happens
     off Linux, when an allocator is already preloaded, after one re-execution, when none is
     installed, or with EFFBENCH_ALLOCATOR=system.

@@ -22,7 +22,12 @@ from effbench.attention.base import (
     softmax_weights,
 )
 from effbench.attention.configs import HybridConfig
-from effbench.attention.performer import linear_attention_flops, linear_weights
+from effbench.attention.performer import (
+    linear_attention_flops,
+    linear_context,
+    linear_readout,
+    linear_weights,
+)
 
 # Bytes of gathered keys and values per query chunk in inference (see `chunk_rows`).
 LOCAL_CHUNK_BYTES = 4 * 2**20
@@ -111,9 +116,7 @@ class HybridAttention(Attention):
         out = q.new_empty(B, H, N, d)
         out[:, :, :1] = softmax_attention(q[:, :, :1], k, v, self.scale)  # CLS: exact, global
         # Global branch: phi(K)^T V and phi(K)^T 1 once; each query chunk then reads them.
-        phi_k = self.phi(k)
-        context = phi_k.transpose(-2, -1) @ v  # (B, H, d, d)
-        ksum = phi_k.sum(dim=-2).unsqueeze(-1)  # (B, H, d, 1)
+        context, ksum = linear_context(self.phi(k), v)  # (B, H, d, d), (B, H, d, 1)
         g = torch.sigmoid(self.gate).view(1, -1, 1, 1).to(q.dtype)
         # Local branch: contiguous key and value tables with a zero pad row last, so that
         # the gathered windows feed the matrix products without another copy.
@@ -127,8 +130,7 @@ class HybridAttention(Attention):
             kn, vn = self._gather(kt, sl), self._gather(vt, sl)  # (B, H, c, W+1, d)
             attn = torch.softmax(self._local_logits(qp, kn, self.valid[sl]), dim=-1)
             local = (attn.unsqueeze(-2) @ vn).squeeze(-2)  # (B, H, c, d)
-            phi_q = self.phi(qp)
-            glob = (phi_q @ context) / (phi_q @ ksum)  # (B, H, c, d)
+            glob = linear_readout(self.phi(qp), context, ksum)  # (B, H, c, d)
             out[:, :, 1 + sl.start : 1 + sl.stop] = torch.lerp(glob, local, g)
         return out
 

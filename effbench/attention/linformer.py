@@ -17,19 +17,28 @@ from effbench.attention.base import Attention, matmul_flops
 from effbench.attention.configs import LinformerConfig
 
 
-def project_sequence(e: Tensor, x: Tensor) -> Tensor:
-    """Project along the sequence: e (k, N), x (B, H, N, d) -> (B, H, k, d).
+def project_rows(e: Tensor, x: Tensor) -> Tensor:
+    """Project along the sequence: e (k, N), x (B, N, C) -> (B, k, C).
 
-    The heads of q, k and v are views of one (B, N, 3, H, d) buffer, so in the (B, N, H*d)
-    layout the product is one batched (k, N) @ (N, H*d) GEMM that reads them in place.
+    A bmm with E broadcast over the batch reads X in place; E @ X would transpose X first.
     """
-    B, H, N, d = x.shape
+    B, N, C = x.shape
     assert e.shape[1] == N, (
         f"Linformer projection is sized for {e.shape[1]} tokens but got {N}; "
         "build the layer for this sequence length"
     )
-    xs = x.transpose(1, 2).reshape(B, N, H * d)  # a view for heads split from (B, N, H, d)
-    return (e @ xs).view(B, -1, H, d).transpose(1, 2)  # (B, H, k, d)
+    return torch.bmm(e.expand(B, -1, -1), x)
+
+
+def project_sequence(e: Tensor, x: Tensor) -> Tensor:
+    """`project_rows` for heads: e (k, N), x (B, H, N, d) -> (B, H, k, d).
+
+    The heads of q, k and v are views of one (B, N, 3, H, d) buffer, so the (B, N, H*d)
+    layout that `project_rows` takes is a view of them, not a copy.
+    """
+    B, H, N, d = x.shape
+    xs = x.transpose(1, 2).reshape(B, N, H * d)
+    return project_rows(e, xs).view(B, -1, H, d).transpose(1, 2)  # (B, H, k, d)
 
 
 def stochastic_rows(f: Tensor) -> Tensor:
@@ -59,17 +68,12 @@ class LinformerAttention(Attention):
         the k rows of E X and F X (plus E 1 b^T for the bias), saving 2 N C^2 multiply-adds.
         """
         B, N, C = x.shape
-        assert self.e.shape[1] == N, (
-            f"Linformer projection is sized for {self.e.shape[1]} tokens but got {N}; "
-            "build the layer for this sequence length"
-        )
         H, d = self.num_heads, self.head_dim
         w_q, w_k, w_v = self.qkv.weight.chunk(3)
         b_q, b_k, b_v = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
         q = F.linear(x, w_q, b_q).view(B, N, H, d).transpose(1, 2)  # (B, H, N, d)
-        # bmm with E broadcast over the batch reads X in place; E @ X would transpose X first.
-        ex = torch.bmm(self.e.expand(B, -1, -1), x)  # (B, k, C)
-        fx = ex if self.f is self.e else torch.bmm(self.f.expand(B, -1, -1), x)
+        ex = project_rows(self.e, x)  # (B, k, C)
+        fx = ex if self.f is self.e else project_rows(self.f, x)
         kp, vp = F.linear(ex, w_k), F.linear(fx, w_v)  # (B, k, C)
         if b_k is not None:
             kp = kp + self.e.sum(dim=1, keepdim=True) * b_k  # E (1 b_k^T) = (E 1) b_k^T

@@ -66,16 +66,25 @@ def relu_features(x: Tensor, ws_t: Tensor) -> Tensor:
     return torch.relu(proj) + RELU_EPS
 
 
+def linear_context(phi_k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """The key side of linear attention: phi(K)^T V (B, H, m, d) and phi(K)^T 1 (B, H, m, 1)."""
+    return phi_k.transpose(-2, -1) @ v, phi_k.sum(dim=-2).unsqueeze(-1)
+
+
+def linear_readout(phi_q: Tensor, context: Tensor, ksum: Tensor) -> Tensor:
+    """The query side: phi(Q) context / (phi(Q) ksum), (B, H, N, m) -> (B, H, N, d)."""
+    out = phi_q @ context  # (B, H, N, d)
+    den = phi_q @ ksum  # (B, H, N, 1)
+    if not needs_grad(phi_q, context, ksum):
+        return out.div_(den)
+    return out / den
+
+
 def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
     """phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1)): (B, H, N, m), (B, H, M, m), (B, H, M, d)
     -> (B, H, N, d). O(N m d) time; nothing of size N x N is formed.
     """
-    context = phi_k.transpose(-2, -1) @ v  # (B, H, m, d)
-    den = phi_q @ phi_k.sum(dim=-2).unsqueeze(-1)  # (B, H, N, 1)
-    out = phi_q @ context  # (B, H, N, d)
-    if not needs_grad(phi_q, phi_k, v):
-        return out.div_(den)
-    return out / den
+    return linear_readout(phi_q, *linear_context(phi_k, v))
 
 
 def linear_attention_flops(h: int, n: int, m: int, d: int, *, keys: int | None = None) -> int:
