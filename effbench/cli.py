@@ -16,7 +16,15 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from effbench import __version__
-from effbench.spec import DEFAULT_SPEC, BenchSpec, Dtype, SpecError, load_spec, select_models
+from effbench.spec import (
+    DEFAULT_SPEC,
+    BenchSpec,
+    Dtype,
+    SpecError,
+    load_spec,
+    parse_set,
+    select_models,
+)
 
 EXIT_USAGE = 2
 
@@ -100,8 +108,24 @@ DtypeOpt = Annotated[
 ]
 
 
-def resolve_spec(path: Path, overrides: dict[str, Any], attention: list[str] | None) -> BenchSpec:
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override any spec key: --set train.lr=3e-4 backbone.depth=4 (values are TOML; "
+        "applied after the other options).",
+    ),
+]
+
+
+def resolve_spec(
+    path: Path,
+    overrides: dict[str, Any],
+    attention: list[str] | None,
+    sets: list[str] | None = None,
+) -> BenchSpec:
     try:
+        overrides = {**overrides, **parse_set(sets or [])}
         return select_models(load_spec(path, overrides), attention)
     except SpecError as err:
         raise fail(err.lines()) from None
@@ -179,6 +203,7 @@ def profile(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
     ] = Path("results"),
+    set_: SetOpt = None,
 ) -> None:
     """Time, memory and FLOPs of each attention layer alone, across sequence lengths."""
     overrides = {
@@ -189,7 +214,7 @@ def profile(
         "profile.trace": trace,
         "profile.min_run_time": min_run_time,
     }
-    bench = resolve_spec(spec, overrides, attention)
+    bench = resolve_spec(spec, overrides, attention, set_)
 
     import torch  # noqa: F401 - heavy imports only once the spec is known to be good
 
@@ -249,8 +274,280 @@ def profile(
         console.print(f"Traces: {trace_root} (trace.json opens in Perfetto; tb/ in TensorBoard)")
 
 
+# ---------------------------------------------------------------------------- train
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{100 * mean:.1f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def train_summary(finals: list[dict[str, Any]]) -> tuple[Table, list[dict[str, Any]]]:
+    """Per model: test accuracy mean ± std over seeds, cost, and each run's status."""
+    table = Table(title="effbench train: test accuracy of the best-validation weights")
+    for col in ("model", "seeds", "top-1 %", "top-5 %", "params", "GFLOP/img", "img/s", "min"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    rows: list[dict[str, Any]] = []
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in finals:
+        by_model.setdefault(r["model"], []).append(r)
+    for model, runs in by_model.items():
+        ok = [r for r in runs if r["status"] == "ok"]
+        top1 = [r["test_top1"] for r in ok]
+        top5 = [r["test_top5"] for r in ok]
+        speeds = [r["images_per_s"] for r in ok if r.get("images_per_s")]
+        failed = [f"seed {r['seed']}: {r['status']}" for r in runs if r["status"] != "ok"]
+        rows.append(
+            {
+                "model": model,
+                "seeds": [r["seed"] for r in runs],
+                "ok": len(ok),
+                "test_top1": top1,
+                "test_top5": top5,
+                "params": runs[0]["params"],
+                "flops_per_image": runs[0]["flops_per_image"],
+                "images_per_s": sum(speeds) / len(speeds) if speeds else None,
+                "total_s": [r["total_s"] for r in runs],
+                "failed": failed,
+            }
+        )
+        minutes = sum(r["total_s"] for r in runs) / len(runs) / 60
+        table.add_row(
+            model,
+            f"{len(ok)}/{len(runs)}" + (f" ({'; '.join(failed)})" if failed else ""),
+            _mean_std(top1),
+            _mean_std(top5),
+            f"{runs[0]['params']:,}",
+            f"{runs[0]['flops_per_image'] / 1e9:.3f}",
+            "-" if not speeds else f"{sum(speeds) / len(speeds):,.0f}",
+            f"{minutes:.1f}",
+        )
+    return table, rows
+
+
+@app.command(cls=ListOptionCommand)
+def train(
+    spec: SpecOpt = Path(DEFAULT_SPEC),
+    attention: AttentionOpt = None,
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seeds", help="Seeds, several allowed: --seeds 0 1 2.")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="cifar10, imagenet100 or synthetic.")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="CIFAR-10: a cifar-10-batches-py directory or its parent (downloaded there "
+            "when absent). ImageNet-100: the root holding train/ and val/."
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (the same for every model).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", help="Global batch size.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW peak learning rate.")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16."),
+    ] = None,
+    compile_: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile; compile time is recorded."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option("--tensorboard/--no-tensorboard", help="Also write TensorBoard scalars."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Runs directory: <output>/<model>/seed<seed>/."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="'auto': continue each run from its checkpoint (finished runs are skipped); "
+            "or the path of one run's checkpoint or directory."
+        ),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train ViTs that differ only in their attention, under one budget, and test each once.
+
+    Each model x seed writes <output>/<model>/seed<seed>/: train.jsonl (one record per
+    epoch, then the final record), spec.json, checkpoint.pt and model.safetensors. Runs under
+    torchrun as DDP (one process per GPU, or gloo on CPU).
+    """
+    overrides = {
+        "train.seeds": seeds or None,
+        "train.dataset": dataset,
+        "train.data_dir": None if data_dir is None else str(data_dir),
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.precision": precision,
+        "train.compile": compile_,
+        "train.device": device,
+        "train.tensorboard": tensorboard,
+        "train.output_dir": None if output is None else str(output),
+    }
+    bench = resolve_spec(spec, overrides, attention, set_)
+    cfg = bench.train
+    runs = [(m, s) for m in bench.models for s in cfg.seeds]
+    if resume not in (None, "auto") and len(runs) > 1:
+        raise fail(
+            [
+                f"--resume {resume}: a checkpoint path resumes one run; pick one model and one "
+                "seed, or use --resume auto"
+            ]
+        )
+
+    import torch
+
+    from effbench.data import DataError
+    from effbench.results import new_run_id, write_json_atomic
+    from effbench.train import (
+        Interrupted,
+        StopFlag,
+        Trainer,
+        TrainError,
+        completed,
+        holds_run,
+        init_distributed,
+        run_dir,
+    )
+
+    try:
+        dist = init_distributed(cfg.device)
+    except ValueError as err:
+        raise fail([f"train.device: {err}"]) from None
+    quiet = not dist.main
+    out = Console(quiet=quiet)
+    if resume is None:
+        taken = [d for d in (run_dir(cfg, m.name, s) for m, s in runs) if holds_run(d)]
+        if taken:
+            raise fail(
+                [f"{d} already holds a run" for d in taken]
+                + [
+                    "pass --resume auto to continue (finished runs are skipped), or "
+                    "--output DIR for new runs"
+                ]
+            )
+    run_id = new_run_id()
+    stop = StopFlag()
+    finals: list[dict[str, Any]] = []
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=out,
+        disable=quiet or not out.is_terminal,
+        transient=False,
+    )
+    out.print(
+        f"{len(runs)} run(s): {len(bench.models)} model(s) x {len(cfg.seeds)} seed(s), "
+        f"{cfg.dataset}, {cfg.epochs} epochs, batch {cfg.batch_size}, {dist.device}"
+        + (f", {dist.world} processes" if dist.world > 1 else "")
+    )
+    try:
+        with stop.installed(), progress:
+            runs_task = progress.add_task("runs", total=len(runs), note="")
+            for entry, seed in runs:
+                name = f"{entry.name} seed {seed}"
+                directory = run_dir(cfg, entry.name, seed)
+                done = completed(directory) if resume == "auto" else None
+                if done is not None:
+                    out.print(f"{name}: already finished ({done['status']}), skipped")
+                    finals.append(done)
+                    progress.advance(runs_task)
+                    continue
+                epoch_task = progress.add_task(name, total=cfg.epochs, note="")
+                batch_task = progress.add_task("  batches", total=None, note="")
+
+                def on_batch(phase: str, i: int, n: int, _t: Any = batch_task) -> None:
+                    progress.update(_t, description=f"  {phase}", completed=i, total=n)
+
+                trainer = Trainer(
+                    bench,
+                    entry,
+                    seed,
+                    dist=dist,
+                    run_id=run_id,
+                    resume=resume,
+                    stop=stop,
+                    progress=_TrainProgress(on_batch, out),
+                )
+                for rec in trainer.run():
+                    if rec.kind == "train_epoch":
+                        progress.update(epoch_task, completed=rec.epoch, note=_epoch_note(rec))
+                        out.print(f"{name} epoch {rec.epoch}/{rec.epochs}: {_epoch_note(rec)}")
+                    else:
+                        finals.append(rec.model_dump(mode="json"))
+                        out.print(f"{name}: {_final_note(rec)}")
+                progress.remove_task(batch_task)
+                progress.advance(runs_task)
+    except Interrupted as err:
+        where = f"; checkpoint {err.checkpoint}" if err.checkpoint else ""
+        err_console.print(
+            f"stopped by signal {err.signum}{where}. Continue with the same command and "
+            "--resume auto."
+        )
+        raise typer.Exit(err.exit_code) from None
+    except (DataError, TrainError) as err:
+        raise fail([str(err)]) from None
+    finally:
+        if dist.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    table, rows = train_summary(finals)
+    out.print(table)
+    if dist.main and finals:
+        path = Path(cfg.output_dir) / f"summary-{run_id}.json"
+        write_json_atomic(path, {"run_id": run_id, "models": rows})
+        out.print(f"Runs in {cfg.output_dir}/<model>/seed<seed>/; summary: {path}")
+    if any(r["status"] != "ok" for r in finals):
+        raise typer.Exit(1)
+
+
+class _TrainProgress:
+    """The trainer's callbacks: batch progress and messages printed above the bars."""
+
+    def __init__(self, on_batch: Any, out: Console) -> None:
+        self.on_batch = on_batch
+        self.out = out
+
+    def on_message(self, text: str) -> None:
+        self.out.print(text, markup=False, highlight=False)
+
+
+def _epoch_note(rec: Any) -> str:
+    val = f", val {_pct(rec.val_top1)}%" if rec.val_top1 is not None else ""
+    return (
+        f"loss {rec.train_loss:.3f}, train {_pct(rec.train_top1)}%{val}, "
+        f"{rec.images_per_s:,.0f} img/s, {rec.epoch_s:.1f} s"
+    )
+
+
+def _final_note(rec: Any) -> str:
+    if rec.status != "ok":
+        return f"[{rec.status}] {rec.error}"
+    return (
+        f"test top-1 {_pct(rec.test_top1)}%, top-5 {_pct(rec.test_top5)}% "
+        f"(weights of epoch {rec.best_epoch}), {rec.total_s / 60:.1f} min"
+    )
+
+
 # Commands that time things: run under tcmalloc or jemalloc when one is installed.
-MEASURING_COMMANDS = frozenset({"profile"})
+MEASURING_COMMANDS = frozenset({"profile", "train"})
 
 
 def reexec_with_allocator(argv: list[str]) -> None:

@@ -97,6 +97,63 @@ class ProfileRecord(Record):
     trace_dir: str | None = None
 
 
+class TrainEpochRecord(Record):
+    """One training epoch of one model and seed."""
+
+    kind: Literal["train_epoch"] = "train_epoch"
+    seed: int
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # optimizer steps so far
+    train_loss: float
+    train_top1: float
+    val_loss: float | None = None
+    val_top1: float | None = None
+    val_top5: float | None = None
+    lr: float
+    epoch_s: float  # training and validation
+    train_s: float
+    images_per_s: float  # training images (all processes) per second of training
+    peak_mib: float | None = None
+    mem_source: str | None = None
+
+
+class TrainRecord(Record):
+    """The end of one training run: test accuracy of the selected (best-validation) weights."""
+
+    kind: Literal["train"] = "train"
+    seed: int
+    dataset: str
+    image_size: int
+    seq_len: int
+    epochs: int
+    epochs_run: int
+    steps: int
+    best_epoch: int | None = None
+    best_val_top1: float | None = None
+    test_loss: float | None = None
+    test_top1: float | None = None
+    test_top5: float | None = None
+    params: int
+    flops_unit: str = FLOPS_UNIT
+    flops_per_image: int
+    precision: str
+    compiled: bool = False
+    compile_s: float | None = None
+    world_size: int = 1
+    batch_size: int
+    n_train: int
+    n_val: int
+    n_test: int
+    train_s: float  # time in training steps, all epochs (this process's clock)
+    total_s: float
+    images_per_s: float | None = None
+    peak_mib: float | None = None
+    mem_source: str | None = None
+    stopped_early: bool = False
+    weights: str | None = None  # safetensors file of the selected weights, relative to the run
+
+
 # ---------------------------------------------------------------------------- environment
 
 

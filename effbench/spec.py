@@ -84,6 +84,73 @@ class ProfileSection(_Section):
         return _check_device(v)
 
 
+class TrainSection(_Section):
+    """`effbench train`: one budget shared by every model and seed."""
+
+    dataset: Literal["cifar10", "imagenet100", "synthetic"] = "cifar10"
+    data_dir: str = Field(
+        "data",
+        description="a cifar-10-batches-py directory (or its parent), or an ImageFolder root "
+        "with train/ and val/",
+    )
+    download: bool = Field(True, description="download CIFAR-10 into data_dir when absent")
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(128, gt=0, description="global batch, split across processes")
+    eval_batch_size: int = Field(512, gt=0)
+    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate")
+    min_lr: float = Field(1e-5, ge=0, description="learning rate at the end of the cosine")
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(2.0, ge=0, description="linear warm-up, then cosine decay")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 turns it off")
+    crop_padding: int = Field(4, ge=0, description="random crop after padding (CIFAR); 0: off")
+    hflip: bool = Field(True, description="random horizontal flip")
+    random_erasing: float = Field(0.0, ge=0, le=1, description="probability per image")
+    mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a); 0 turns it off")
+    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a); 0 turns it off")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="of the training set, held out")
+    split_seed: int = Field(0, ge=0, description="seed of the validation split")
+    patience: int = Field(
+        0,
+        ge=0,
+        description="early stop after this many epochs without "
+        "validation improvement; 0 turns it off",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the model")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    workers: int = Field(4, ge=0, description="DataLoader workers for folder datasets")
+    synthetic_samples: int = Field(1024, gt=0, description="training images of `synthetic`")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    output_dir: str = Field("runs", description="one directory per model and seed inside")
+    tensorboard: bool = Field(False, description="also write TensorBoard scalars")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return _check_device(v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat: {v}")
+        if any(s < 0 for s in v):
+            raise ValueError(f"seeds must be >= 0, got {v}")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must lie in [0, 1), got {list(v)}")
+        return v
+
+
 def _check_device(v: str) -> str:
     ok = v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
     if not ok:
@@ -97,6 +164,7 @@ class BenchSpec(_Section):
     backbone: Backbone = Field(default_factory=Backbone)
     models: list[ModelEntry] = Field(min_length=1)
     profile: ProfileSection = Field(default_factory=ProfileSection)
+    train: TrainSection = Field(default_factory=TrainSection)
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field checks that one field's validator cannot see, as (location, message)."""
@@ -118,6 +186,13 @@ class BenchSpec(_Section):
             if m.name in seen:
                 out.append((f"models[{i}].name", f"{m.name!r} repeats models[{seen[m.name]}]"))
             seen.setdefault(m.name, i)
+        tr = self.train
+        if tr.min_lr > tr.lr:
+            out.append(("train.min_lr", f"{tr.min_lr} exceeds train.lr {tr.lr}"))
+        if tr.warmup_epochs > tr.epochs:
+            out.append(
+                ("train.warmup_epochs", f"{tr.warmup_epochs} exceeds train.epochs {tr.epochs}")
+            )
         if out:
             return out
         tokens = bb.seq_len()
@@ -206,6 +281,30 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             raise SpecError([(key, f"{p!r} is not a table")])
         node = nxt
     node[parts[-1]] = value
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """`--set section.key=value` options as overrides; values are TOML (`3`, `1e-3`, `true`,
+    `[0, 1]`, `"text"`), and anything TOML cannot read is taken as a string.
+
+    Raises:
+        SpecError: for an item without `=` or without a section.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or "." not in key or not all(key.split(".")):
+            raise SpecError(
+                [("--set", f"{item!r} is not section.key=value (e.g. train.lr=3e-4)")],
+                "command line",
+            )
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key] = value
+    return out
 
 
 def parse_spec(
