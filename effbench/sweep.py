@@ -34,20 +34,6 @@ class FlopMismatchError(RuntimeError):
     """Analytic and counted FLOPs disagree by more than FLOP_TOLERANCE."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu.
-
-    Raises:
-        ValueError: when CUDA is asked for but absent.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return dev
-
-
 def classify(err: BaseException) -> Status:
     """The record status for an exception raised while measuring."""
     if isinstance(err, torch.OutOfMemoryError | MemoryError):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effbench.data import batch_seed, build_loaders, class_count, mix_batch
+from effbench.device import resolve_device
 from effbench.model import build_model
 from effbench.results import (
     Env,
@@ -43,7 +44,6 @@ from effbench.results import (
     write_json_atomic,
 )
 from effbench.spec import BenchSpec, ModelEntry, TrainSection
-from effbench.sweep import resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 RECORDS = "train.jsonl"

@@ -1,0 +1,488 @@
+"""`effbench train`: real training on the mini CIFAR-10, exact resume, signals, errors,
+ImageFolder data and a 2-process torchrun run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from effbench.attention.configs import KINDS
+from effbench.cli import app
+from effbench.data import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET100_CLASSES,
+    ArrayData,
+    TensorLoader,
+    check_imagenet100,
+    load_cifar10,
+    mix_batch,
+    random_crop,
+    split_validation,
+)
+from effbench.results import read_jsonl
+from effbench.spec import SpecError, load_spec, parse_set, select_models
+from effbench.train import (
+    CHECKPOINT,
+    RECORDS,
+    CheckpointError,
+    Dist,
+    Interrupted,
+    Progress,
+    StopFlag,
+    Trainer,
+    TrainError,
+    lr_factor,
+)
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
+needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"{MINI} is absent")
+
+SPEC = """
+[backbone]
+image_size = 32
+patch_size = 8
+dim = 32
+depth = 1
+heads = 2
+mlp_ratio = 2.0
+
+[[models]]
+name = "standard"
+attention = {{ kind = "standard" }}
+[[models]]
+name = "fused"
+attention = {{ kind = "fused" }}
+[[models]]
+name = "sdpa"
+attention = {{ kind = "sdpa" }}
+[[models]]
+name = "linformer"
+attention = {{ kind = "linformer", k = 8 }}
+[[models]]
+name = "performer"
+attention = {{ kind = "performer", features = 16 }}
+[[models]]
+name = "nystrom"
+attention = {{ kind = "nystrom", landmarks = 4 }}
+[[models]]
+name = "hybrid"
+attention = {{ kind = "hybrid", window = 3, dilation = 1 }}
+
+[profile]
+seq_lens = [17]
+
+[train]
+dataset = "{dataset}"
+data_dir = "{data_dir}"
+download = false
+epochs = {epochs}
+batch_size = 64
+eval_batch_size = 256
+lr = 2e-3
+warmup_epochs = 0.5
+device = "cpu"
+output_dir = "{out}"
+synthetic_samples = 256
+{extra}
+"""
+
+
+def write_spec(
+    tmp_path: Path,
+    *,
+    dataset: str = "cifar10",
+    data_dir: Path = MINI,
+    epochs: int = 2,
+    extra: str = "",
+) -> Path:
+    p = tmp_path / "bench.toml"
+    p.write_text(
+        SPEC.format(
+            dataset=dataset, data_dir=data_dir, epochs=epochs, out=tmp_path / "runs", extra=extra
+        )
+    )
+    return p
+
+
+def trainer(spec_path: Path, model: str, seed: int = 0, **kw: object) -> Trainer:
+    bench = select_models(load_spec(spec_path), [model])
+    return Trainer(
+        bench, bench.models[0], seed, dist=Dist(device=torch.device("cpu")), run_id="t", **kw
+    )
+
+
+def records(spec_path: Path, model: str, seed: int = 0) -> list[dict]:
+    out = spec_path.parent / "runs" / model / f"seed{seed}" / RECORDS
+    good, bad = read_jsonl(out)
+    assert not bad
+    return good
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@needs_mini
+def test_reads_cifar_subset_as_is_from_dir_or_parent() -> None:
+    train, test = load_cifar10(MINI, download=False)
+    assert train.images.shape == (4660, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert test.images.shape == (932, 3, 32, 32)
+    assert set(train.labels.unique().tolist()) == set(range(10))
+    again, _ = load_cifar10(MINI / "cifar-10-batches-py", download=False)
+    assert torch.equal(again.images, train.images)
+
+
+def test_random_crop_matches_per_sample_reference() -> None:
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    out = random_crop(x, 2, g1)
+    oy = torch.randint(0, 5, (6,), generator=g2)
+    ox = torch.randint(0, 5, (6,), generator=g2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(6):
+        ref = padded[b, :, oy[b] : oy[b] + 8, ox[b] : ox[b] + 8]
+        assert torch.equal(out[b], ref)
+
+
+def test_mix_batch_targets_are_distributions() -> None:
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    for kw in ({"mixup": 0.8, "cutmix": 0.0}, {"mixup": 0.0, "cutmix": 1.0}):
+        mixed, target = mix_batch(x, y, 10, g=torch.Generator().manual_seed(0), **kw)
+        assert mixed.shape == x.shape
+        assert torch.allclose(target.sum(-1), torch.ones(8))
+
+
+def _loader(data: ArrayData, **kw: object) -> TensorLoader:
+    return TensorLoader(
+        data,
+        batch_size=4,
+        device=torch.device("cpu"),
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        image_size=8,
+        train=True,
+        seed=1,
+        crop_padding=2,
+        hflip=True,
+        **kw,
+    )
+
+
+def test_tensor_loader_is_deterministic_resumable_and_sharded() -> None:
+    data = ArrayData(
+        torch.randint(0, 256, (22, 3, 8, 8), dtype=torch.uint8), torch.arange(22), ("a",)
+    )
+    full = list(_loader(data).iterate())
+    assert len(full) == 5  # 22 // 4, last partial batch dropped
+    again = list(_loader(data).iterate(start=2))
+    for (xa, ya), (xb, yb) in zip(full[2:], again, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    other = _loader(data)
+    other.set_epoch(1)
+    assert not torch.equal(next(other.iterate())[1], full[0][1])  # a new order each epoch
+    shards = [_loader(data, rank=r, world=2) for r in (0, 1)]
+    seen = [torch.cat([y for _, y in s.iterate()]) for s in shards]
+    assert len(shards[0]) == 2 and not set(seen[0].tolist()) & set(seen[1].tolist())
+
+
+def test_validation_split_is_fixed_and_disjoint() -> None:
+    a_tr, a_val = split_validation(100, 0.1, seed=0)
+    b_tr, b_val = split_validation(100, 0.1, seed=0)
+    assert torch.equal(a_val, b_val) and len(a_val) == 10 and len(a_tr) == 90
+    assert not set(a_tr.tolist()) & set(a_val.tolist())
+
+
+def test_imagenet100_class_check() -> None:
+    assert len(set(IMAGENET100_CLASSES)) == 100
+    assert check_imagenet100(IMAGENET100_CLASSES) is None
+    swapped = [*IMAGENET100_CLASSES[:-1], "n99999999"]
+    msg = check_imagenet100(swapped)
+    assert msg and "n99999999" in msg and IMAGENET100_CLASSES[-1] in msg
+    assert "3 class folders" in check_imagenet100(["n1", "n2", "n3"])
+
+
+# ---------------------------------------------------------------------------- spec
+
+
+def test_train_section_validation(tmp_path: Path) -> None:
+    cases = {
+        "epochs = 0": "train.epochs",
+        'precision = "fp8"': "train.precision",
+        "min_lr = 1.0": "train.min_lr",
+        "seeds = [1, 1]": "train.seeds",
+        "betas = [0.9, 1.5]": "train.betas",
+        "learning_rate = 0.1": "train.learning_rate",
+    }
+    for extra, loc in cases.items():
+        p = write_spec(tmp_path, extra=extra)
+        text = p.read_text().replace("epochs = 2\n", "") if extra.startswith("epochs") else None
+        if text is not None:
+            p.write_text(text)
+        with pytest.raises(SpecError) as err:
+            load_spec(p)
+        assert any(loc in line for line in err.value.lines()), (extra, err.value.lines())
+
+
+def test_parse_set_reads_toml_values() -> None:
+    got = parse_set(["train.lr=3e-4", "train.seeds=[0, 1]", "train.dataset=synthetic"])
+    assert got == {"train.lr": 3e-4, "train.seeds": [0, 1], "train.dataset": "synthetic"}
+    with pytest.raises(SpecError):
+        parse_set(["lr=3"])
+
+
+def test_lr_schedule_warms_up_then_decays_to_floor() -> None:
+    f = [lr_factor(s, warmup=10, total=100, floor=0.01) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(f[9:]))
+    assert f[100] == pytest.approx(0.01)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@needs_mini
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_mechanism_learns_mini_cifar(tmp_path: Path, kind: str) -> None:
+    """Three epochs of a one-block ViT on the real 4,660-image subset: well above chance."""
+    spec = write_spec(tmp_path, epochs=3)
+    out = list(trainer(spec, kind).run())
+    final = out[-1]
+    assert final.kind == "train" and final.status == "ok"
+    assert [r.epoch for r in out[:-1]] == [1, 2, 3]
+    assert out[-1].n_train + out[-1].n_val == 4660 and out[-1].n_test == 932
+    # Chance is 10 %; its standard error over 932 test images is 1 point.
+    assert final.test_top1 > 0.2, f"{kind}: {final.test_top1:.3f}"
+    assert final.test_top5 > final.test_top1
+    assert (tmp_path / "runs" / kind / "seed0" / "model.safetensors").is_file()
+
+
+def _losses(recs: list) -> list[float]:
+    return [r["train_loss"] if isinstance(r, dict) else r.train_loss for r in recs]
+
+
+@needs_mini
+def test_resume_after_an_epoch_and_mid_epoch_matches_uninterrupted(tmp_path: Path) -> None:
+    extra = "random_erasing = 0.25\nmixup = 0.2\ncutmix = 0.2\nval_fraction = 0.05"
+    whole_dir = tmp_path / "whole"
+    whole_dir.mkdir()
+    whole = [r for r in trainer(write_spec(whole_dir, epochs=3, extra=extra), "performer").run()]
+    base = [r for r in whole if r.kind == "train_epoch"]
+
+    # Stop mid-way through epoch 2 as a SIGTERM would, then resume twice (auto, then path).
+    cut_dir = tmp_path / "cut"
+    cut_dir.mkdir()
+    spec = write_spec(cut_dir, epochs=3, extra=extra)
+    stop = StopFlag()
+    seen = {"batches": 0}
+
+    def on_batch(phase: str, i: int, n: int) -> None:
+        if phase == "train":
+            seen["batches"] += 1
+            if seen["batches"] == 90:  # epoch 1 has 62 batches of 64
+                stop.signum = signal.SIGTERM
+
+    with pytest.raises(Interrupted) as err:
+        list(trainer(spec, "performer", stop=stop, progress=Progress(on_batch=on_batch)).run())
+    assert err.value.exit_code == 143
+    assert (cut_dir / "runs" / "performer" / "seed0" / CHECKPOINT).is_file()
+    assert len(records(spec, "performer")) == 1  # epoch 1 only
+    resumed = list(trainer(spec, "performer", resume="auto").run())
+    losses = _losses(records(spec, "performer")[:3])
+    assert losses == _losses(base)  # bit-identical on CPU
+    assert resumed[-1].test_top1 == whole[-1].test_top1
+    assert resumed[-1].steps == whole[-1].steps
+
+
+@needs_mini
+def test_resume_refuses_other_settings_and_corrupt_checkpoints(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, epochs=1)
+    list(trainer(spec, "sdpa").run())
+    with pytest.raises(TrainError, match="already holds a run"):
+        trainer(spec, "sdpa")
+    changed = write_spec(tmp_path, epochs=1, extra="label_smoothing = 0.0")
+    with pytest.raises(CheckpointError, match=r"train\.label_smoothing: checkpoint 0\.1, now 0\.0"):
+        list(trainer(changed, "sdpa", resume="auto").run())
+    ckpt = tmp_path / "runs" / "sdpa" / "seed0" / CHECKPOINT
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        list(trainer(spec, "sdpa", resume="auto").run())
+    with pytest.raises(CheckpointError, match="not found"):
+        trainer(spec, "sdpa", resume=str(tmp_path / "nope.pt"))
+
+
+def test_nan_loss_stops_with_a_nan_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import effbench.train as train_mod
+
+    real = train_mod.F.cross_entropy
+    calls = {"n": 0}
+
+    def flaky(*a: object, **kw: object) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real(*a, **kw)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", flaky)
+    spec = write_spec(tmp_path, dataset="synthetic", epochs=2)
+    out = list(trainer(spec, "sdpa").run())
+    assert out[-1].status == "nan"
+    assert "epoch 1, step 3" in out[-1].error
+    assert records(spec, "sdpa")[-1]["status"] == "nan"
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def run_cli(args: list[str]) -> object:
+    return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+def test_cli_trains_several_models_and_seeds_and_skips_finished(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, dataset="synthetic", epochs=1)
+    args = ["train", "--spec", str(spec), "-a", "sdpa", "linformer", "--seeds", "0", "1"]
+    res = run_cli(args)
+    assert res.exit_code == 0, res.output
+    for model in ("sdpa", "linformer"):
+        for seed in (0, 1):
+            recs = records(spec, model, seed)
+            assert [r["kind"] for r in recs] == ["train_epoch", "train"]
+            assert recs[-1]["seed"] == seed and recs[-1]["world_size"] == 1
+    summary = json.loads(next((tmp_path / "runs").glob("summary-*.json")).read_text())
+    assert [m["model"] for m in summary["models"]] == ["sdpa", "linformer"]
+    assert all(len(m["test_top1"]) == 2 for m in summary["models"])
+    before = (tmp_path / "runs" / "sdpa" / "seed0" / RECORDS).read_text()
+    res = run_cli(args)  # the same runs again: refused, nothing touched
+    assert res.exit_code == 2 and "already holds a run" in res.output
+    assert (tmp_path / "runs" / "sdpa" / "seed0" / RECORDS).read_text() == before
+    res = run_cli([*args, "--resume", "auto"])
+    assert res.exit_code == 0 and res.output.count("already finished") == 4
+
+
+def test_cli_errors_are_clear_and_lose_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    spec = write_spec(tmp_path, data_dir=missing, epochs=1)
+    res = run_cli(["train", "--spec", str(spec), "-a", "sdpa"])
+    assert res.exit_code == 2
+    assert "--data-dir" in res.output and "--dataset synthetic" in res.output
+    res = run_cli(["train", "--spec", str(spec), "-a", "nope"])
+    assert res.exit_code == 2 and "unknown attention 'nope'" in res.output
+    res = run_cli(["train", "--spec", str(spec), "--set", "train.epochs=-1"])
+    assert res.exit_code == 2 and "train.epochs" in res.output
+    res = run_cli(["train", "--spec", str(spec), "--resume", "x.pt"])
+    assert res.exit_code == 2 and "resumes one run" in res.output
+
+
+def _image_tree(root: Path, classes: list[str], per_class: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(per_class if split == "train" else 2):
+                pixels = torch.randint(0, 64, (40, 48, 3), generator=g) + 60 * c
+                Image.fromarray(pixels.clamp(0, 255).to(torch.uint8).numpy()).save(d / f"{i}.png")
+
+
+def test_image_folder_trains_as_imagenet100_style_data(tmp_path: Path) -> None:
+    root = tmp_path / "in100"
+    _image_tree(root, ["n01", "n02", "n03"], per_class=10)
+    spec = write_spec(tmp_path, dataset="imagenet100", data_dir=root, epochs=1, extra="workers = 1")
+    res = run_cli(["train", "--spec", str(spec), "-a", "sdpa", "-b", "8"])
+    assert res.exit_code == 0, res.output
+    assert "3 class folders, not the 100 of ImageNet-100" in res.output
+    assert "num_classes set to 3" in res.output
+    final = records(spec, "sdpa")[-1]
+    assert final["status"] == "ok" and final["n_test"] == 6 and final["n_train"] == 27
+    spec_json = json.loads((tmp_path / "runs" / "sdpa" / "seed0" / "spec.json").read_text())
+    assert spec_json["backbone"]["num_classes"] == 3
+
+    bad = tmp_path / "bad"
+    _image_tree(bad, ["n01", "n02"], per_class=2)
+    (bad / "val" / "n02").rename(bad / "val" / "n09")
+    spec = write_spec(tmp_path, dataset="imagenet100", data_dir=bad, epochs=1)
+    res = run_cli(["train", "--spec", str(spec), "-a", "sdpa", "-o", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "only in train: n02" in res.output
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "EFFBENCH_ALLOCATOR": "system", "OMP_NUM_THREADS": "1"}
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command in its own process group, killing the whole group if it hangs (torchrun's
+    workers included)."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s:\n{out.decode()[-2000:]}{err.decode()[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, dataset="synthetic", epochs=40)
+    cmd = [sys.executable, "-m", "effbench", "train", "--spec", str(spec), "-a", "sdpa"]
+    recs = tmp_path / "runs" / "sdpa" / "seed0" / RECORDS
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (recs.is_file() and recs.read_text().strip()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out.decode()
+    assert b"--resume auto" in out
+    assert (tmp_path / "runs" / "sdpa" / "seed0" / CHECKPOINT).is_file()
+    done = [r for r in read_jsonl(recs)[0] if r["kind"] == "train_epoch"]
+    assert 1 <= len(done) < 40
+    res = _run([*cmd, "--resume", "auto", "--epochs", "40"], tmp_path)
+    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    epochs = [r["epoch"] for r in read_jsonl(recs)[0] if r["kind"] == "train_epoch"]
+    assert epochs == list(range(1, 41))
+
+
+def test_torchrun_two_processes_write_one_set_of_results(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, dataset="synthetic", epochs=2)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "effbench",
+        "train",
+        "--spec",
+        str(spec),
+        "-a",
+        "nystrom",
+    ]
+    res = _run(cmd, tmp_path)
+    assert res.returncode == 0, res.stdout.decode()[-3000:] + res.stderr.decode()[-3000:]
+    recs = records(spec, "nystrom")
+    assert [r["kind"] for r in recs] == ["train_epoch", "train_epoch", "train"]
+    assert recs[-1]["world_size"] == 2 and recs[-1]["n_test"] == 64
+    assert len(list((tmp_path / "runs").glob("summary-*.json"))) == 1
+    assert res.stdout.decode().count("test top-1") == 1  # only rank 0 prints
