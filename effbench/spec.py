@@ -189,10 +189,6 @@ class BenchSpec(_Section):
         tr = self.train
         if tr.min_lr > tr.lr:
             out.append(("train.min_lr", f"{tr.min_lr} exceeds train.lr {tr.lr}"))
-        if tr.warmup_epochs > tr.epochs:
-            out.append(
-                ("train.warmup_epochs", f"{tr.warmup_epochs} exceeds train.epochs {tr.epochs}")
-            )
         if out:
             return out
         tokens = bb.seq_len()

@@ -407,6 +407,8 @@ class Trainer:
         self.bench = bench.model_copy(update={"models": [entry]})
         self.fingerprint = fingerprint(self.bench, entry, seed)
         self.resume_path = self._resume_path(resume)
+        if self.cfg.tensorboard:
+            _tensorboard_writer()  # fail before anything is written when it is missing
 
     # -- setup
 
@@ -492,7 +494,7 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.loaders.train)
         total = self.steps_per_epoch * cfg.epochs
-        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
+        warmup = min(round(cfg.warmup_epochs * self.steps_per_epoch), total)  # a short run
         floor = cfg.min_lr / cfg.lr
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, partial(lr_factor, warmup=warmup, total=total, floor=floor)
@@ -554,7 +556,7 @@ class Trainer:
                 os.replace(tmp, self.dir / RECORDS)
                 writer = files.enter_context(JsonlWriter(self.dir / RECORDS))
                 if self.cfg.tensorboard:
-                    tb = _tensorboard(self.dir / "tb")
+                    tb = _tensorboard_writer()(str(self.dir / "tb"))
                     files.callback(tb.close)
             base = self._record_base(self._env())
             status, error = "ok", None
@@ -792,7 +794,12 @@ def _jsonl(record: dict[str, Any]) -> str:
     return json.dumps(record) + "\n"
 
 
-def _tensorboard(path: Path) -> Any:
+def _tensorboard_writer() -> Any:
+    """TensorBoard's SummaryWriter class.
+
+    Raises:
+        TrainError: when TensorBoard is not installed.
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -800,7 +807,7 @@ def _tensorboard(path: Path) -> Any:
             "train.tensorboard is on but TensorBoard is not installed: pip install "
             "'effbench[tb]', or turn it off"
         ) from None
-    return SummaryWriter(str(path))
+    return SummaryWriter
 
 
 def _tb_scalars(tb: Any, rec: TrainEpochRecord) -> None:

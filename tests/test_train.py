@@ -486,3 +486,32 @@ def test_torchrun_two_processes_write_one_set_of_results(tmp_path: Path) -> None
     assert recs[-1]["world_size"] == 2 and recs[-1]["n_test"] == 64
     assert len(list((tmp_path / "runs").glob("summary-*.json"))) == 1
     assert res.stdout.decode().count("test top-1") == 1  # only rank 0 prints
+
+
+def test_tensorboard_scalars_or_a_clear_error(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, dataset="synthetic", epochs=1)
+    res = run_cli(["train", "--spec", str(spec), "-a", "sdpa", "--tensorboard"])
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        assert res.exit_code == 2 and "effbench[tb]" in res.output
+        assert not (tmp_path / "runs").exists()
+        return
+    assert res.exit_code == 0, res.output
+    assert list((tmp_path / "runs" / "sdpa" / "seed0" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_download_failure_names_the_ways_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.datasets
+
+    def offline(*a: object, **kw: object) -> None:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    spec = write_spec(tmp_path, data_dir=tmp_path / "data", extra="download = true")
+    spec.write_text(spec.read_text().replace("download = false\n", ""))
+    res = run_cli(["train", "--spec", str(spec), "-a", "sdpa"])
+    assert res.exit_code == 2
+    assert "could not be downloaded" in res.output and "--dataset synthetic" in res.output
