@@ -422,7 +422,10 @@ class Trainer:
                 )
             return None
         if resume == "auto":
-            return own if own.exists() else None
+            if own.exists():
+                return own
+            self.progress.on_message(f"--resume auto: no checkpoint in {self.dir}, starting anew")
+            return None
         path = Path(resume).expanduser()
         if path.is_dir():
             path = path / CHECKPOINT
