@@ -329,7 +329,8 @@ class TensorLoader:
                 x = random_crop(x, self.crop_padding, g)
             if self.train and self.hflip:
                 x = random_hflip(x, g)
-            x = (x.float() - self.mean) / self.std
+            x = x.to(torch.float32, memory_format=torch.contiguous_format)
+            x = (x - self.mean) / self.std
             if x.shape[-1] != self.image_size:
                 x = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True)
             if self.train and self.random_erasing > 0:
