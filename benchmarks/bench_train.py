@@ -15,7 +15,6 @@ the figures quoted in the README.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

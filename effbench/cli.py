@@ -218,8 +218,8 @@ def profile(
 
     import torch  # noqa: F401 - heavy imports only once the spec is known to be good
 
-    from effbench.results import JsonlWriter, environment, new_run_id, write_json_atomic
     from effbench.device import resolve_device
+    from effbench.results import JsonlWriter, environment, new_run_id, write_json_atomic
     from effbench.sweep import profile_grid, run_point
 
     try:

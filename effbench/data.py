@@ -260,7 +260,40 @@ def _beta(alpha: float, g: torch.Generator) -> float:
 # ---------------------------------------------------------------------------- loaders
 
 
-class TensorLoader:
+class _EpochOrder:
+    """Which samples each process sees in each epoch, and in what order.
+
+    Training: a permutation from a generator seeded by (seed, epoch), trimmed to a multiple of
+    the process count and dealt out round-robin, so every process gets as many samples as the
+    others and no sample twice; the last partial batch is dropped. Evaluation: every sample
+    once, in order, dealt out the same way.
+    """
+
+    n: int
+    batch_size: int
+    train: bool
+    seed: int
+    rank: int
+    world: int
+    epoch: int
+
+    def order(self) -> Tensor:
+        if not self.train:
+            return torch.arange(self.rank, self.n, self.world)
+        g = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch))
+        perm = torch.randperm(self.n, generator=g)
+        usable = (self.n // self.world) * self.world
+        return perm[:usable][self.rank :: self.world]
+
+    def __len__(self) -> int:
+        n = len(self.order())
+        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class TensorLoader(_EpochOrder):
     """Batches from an in-memory uint8 dataset on `device`, augmented there.
 
     Each epoch's order comes from a generator seeded by (seed, epoch); each batch's
@@ -301,25 +334,8 @@ class TensorLoader:
         self.rank, self.world = rank, world
         self.epoch = 0
 
-    def __len__(self) -> int:
-        per_rank = self.n // self.world if self.train else math.ceil(self.n / self.world)
-        if self.train:
-            return per_rank // self.batch_size  # drop the last partial batch
-        return math.ceil(per_rank / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> Tensor:
-        if not self.train:
-            return torch.arange(self.rank, self.n, self.world)
-        g = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch))
-        perm = torch.randperm(self.n, generator=g)
-        usable = (self.n // self.world) * self.world
-        return perm[:usable][self.rank :: self.world]
-
     def iterate(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self._order()
+        order = self.order()
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size].to(self.device)
             x = self.images.index_select(0, idx)
@@ -378,7 +394,7 @@ class _SeededOrder(torch.utils.data.Sampler):
         return len(self.loader.order()) - self.loader.start * self.loader.batch_size
 
 
-class FolderLoader:
+class FolderLoader(_EpochOrder):
     """DataLoader over an image folder: workers, pinned memory, persistent workers."""
 
     def __init__(
@@ -412,21 +428,6 @@ class FolderLoader:
             persistent_workers=workers > 0,
             drop_last=train,
         )
-
-    def order(self) -> Tensor:
-        if not self.train:
-            return torch.arange(self.rank, self.n, self.world)
-        g = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch))
-        perm = torch.randperm(self.n, generator=g)
-        usable = (self.n // self.world) * self.world
-        return perm[:usable][self.rank :: self.world]
-
-    def __len__(self) -> int:
-        n = len(self.order())
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def iterate(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         self.start = start

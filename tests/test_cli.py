@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from specs import TINY_MODELS
 from typer.testing import CliRunner
 
 from effbench import sweep
@@ -22,27 +23,7 @@ patch_size = 4
 dim = 32
 heads = 2
 
-[[models]]
-name = "standard"
-attention = {{ kind = "standard" }}
-[[models]]
-name = "fused"
-attention = {{ kind = "fused" }}
-[[models]]
-name = "sdpa"
-attention = {{ kind = "sdpa" }}
-[[models]]
-name = "linformer"
-attention = {{ kind = "linformer", k = 8 }}
-[[models]]
-name = "performer"
-attention = {{ kind = "performer", features = 16 }}
-[[models]]
-name = "nystrom"
-attention = {{ kind = "nystrom", landmarks = 4, conv_kernel = 3 }}
-[[models]]
-name = "hybrid"
-attention = {{ kind = "hybrid", window = 3, dilation = 1 }}
+{models}
 {extra}
 
 [profile]
@@ -56,7 +37,7 @@ min_run_time = 0.01
 
 def write_spec(tmp_path: Path, extra: str = "") -> Path:
     p = tmp_path / "bench.toml"
-    p.write_text(TINY.format(extra=extra))
+    p.write_text(TINY.format(extra=extra, models=TINY_MODELS))
     return p
 
 

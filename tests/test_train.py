@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from specs import TINY_MODELS
 from typer.testing import CliRunner
 
 from effbench.attention.configs import KINDS
@@ -58,28 +59,7 @@ depth = 1
 heads = 2
 mlp_ratio = 2.0
 
-[[models]]
-name = "standard"
-attention = {{ kind = "standard" }}
-[[models]]
-name = "fused"
-attention = {{ kind = "fused" }}
-[[models]]
-name = "sdpa"
-attention = {{ kind = "sdpa" }}
-[[models]]
-name = "linformer"
-attention = {{ kind = "linformer", k = 8 }}
-[[models]]
-name = "performer"
-attention = {{ kind = "performer", features = 16 }}
-[[models]]
-name = "nystrom"
-attention = {{ kind = "nystrom", landmarks = 4 }}
-[[models]]
-name = "hybrid"
-attention = {{ kind = "hybrid", window = 3, dilation = 1 }}
-
+{models}
 [profile]
 seq_lens = [17]
 
@@ -110,7 +90,12 @@ def write_spec(
     p = tmp_path / "bench.toml"
     p.write_text(
         SPEC.format(
-            dataset=dataset, data_dir=data_dir, epochs=epochs, out=tmp_path / "runs", extra=extra
+            dataset=dataset,
+            data_dir=data_dir,
+            epochs=epochs,
+            out=tmp_path / "runs",
+            extra=extra,
+            models=TINY_MODELS,
         )
     )
     return p
@@ -442,24 +427,25 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, dataset="synthetic", epochs=40)
+    spec = write_spec(tmp_path, dataset="synthetic", epochs=20)
+    spec.write_text(spec.read_text().replace("synthetic_samples = 256", "synthetic_samples = 1024"))
     cmd = [sys.executable, "-m", "effbench", "train", "--spec", str(spec), "-a", "sdpa"]
     recs = tmp_path / "runs" / "sdpa" / "seed0" / RECORDS
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (recs.is_file() and recs.read_text().strip()):
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out.decode()
     assert b"--resume auto" in out
     assert (tmp_path / "runs" / "sdpa" / "seed0" / CHECKPOINT).is_file()
     done = [r for r in read_jsonl(recs)[0] if r["kind"] == "train_epoch"]
-    assert 1 <= len(done) < 40
-    res = _run([*cmd, "--resume", "auto", "--epochs", "40"], tmp_path)
+    assert 1 <= len(done) < 20
+    res = _run([*cmd, "--resume", "auto"], tmp_path)
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
     epochs = [r["epoch"] for r in read_jsonl(recs)[0] if r["kind"] == "train_epoch"]
-    assert epochs == list(range(1, 41))
+    assert epochs == list(range(1, 21))
 
 
 def test_torchrun_two_processes_write_one_set_of_results(tmp_path: Path) -> None:
