@@ -351,6 +351,12 @@ def test_cli_trains_several_models_and_seeds_and_skips_finished(tmp_path: Path) 
     assert (tmp_path / "runs" / "sdpa" / "seed0" / RECORDS).read_text() == before
     res = run_cli([*args, "--resume", "auto"])
     assert res.exit_code == 0 and res.output.count("already finished") == 4
+    run = tmp_path / "runs" / "sdpa" / "seed0"
+    (run / CHECKPOINT).write_bytes(b"not a checkpoint")
+    one = ["train", "--spec", str(spec), "-a", "sdpa", "--seeds", "0", "--resume", str(run)]
+    res = run_cli(one)
+    assert res.exit_code == 2 and "corrupt or not an effbench checkpoint" in res.output
+    assert (run / RECORDS).read_text() == before  # nothing already written is lost
 
 
 def test_cli_errors_are_clear_and_lose_nothing(tmp_path: Path) -> None:
