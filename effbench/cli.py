@@ -306,6 +306,7 @@ def train_summary(finals: list[dict[str, Any]]) -> tuple[Table, list[dict[str, A
         top1 = [r["test_top1"] for r in ok]
         top5 = [r["test_top5"] for r in ok]
         speeds = [r["images_per_s"] for r in ok if r.get("images_per_s")]
+        speed = sum(speeds) / len(speeds) if speeds else None
         failed = [f"seed {r['seed']}: {r['status']}" for r in runs if r["status"] != "ok"]
         rows.append(
             {
@@ -316,7 +317,7 @@ def train_summary(finals: list[dict[str, Any]]) -> tuple[Table, list[dict[str, A
                 "test_top5": top5,
                 "params": runs[0]["params"],
                 "flops_per_image": runs[0]["flops_per_image"],
-                "images_per_s": sum(speeds) / len(speeds) if speeds else None,
+                "images_per_s": speed,
                 "total_s": [r["total_s"] for r in runs],
                 "failed": failed,
             }
@@ -329,7 +330,7 @@ def train_summary(finals: list[dict[str, Any]]) -> tuple[Table, list[dict[str, A
             _mean_std(top5),
             f"{runs[0]['params']:,}",
             f"{runs[0]['flops_per_image'] / 1e9:.3f}",
-            "-" if not speeds else f"{sum(speeds) / len(speeds):,.0f}",
+            "-" if speed is None else f"{speed:,.0f}",
             f"{minutes:.1f}",
         )
     return table, rows
@@ -420,6 +421,7 @@ def train(
         StopFlag,
         Trainer,
         TrainError,
+        TrainProgress,
         completed,
         holds_run,
         init_distributed,
@@ -486,7 +488,10 @@ def train(
                     run_id=run_id,
                     resume=resume,
                     stop=stop,
-                    progress=_TrainProgress(on_batch, out),
+                    progress=TrainProgress(
+                        on_batch=on_batch,
+                        on_message=lambda text: out.print(text, markup=False, highlight=False),
+                    ),
                 )
                 for rec in trainer.run():
                     if rec.kind == "train_epoch":
@@ -517,17 +522,6 @@ def train(
         out.print(f"Runs in {cfg.output_dir}/<model>/seed<seed>/; summary: {path}")
     if any(r["status"] != "ok" for r in finals):
         raise typer.Exit(1)
-
-
-class _TrainProgress:
-    """The trainer's callbacks: batch progress and messages printed above the bars."""
-
-    def __init__(self, on_batch: Any, out: Console) -> None:
-        self.on_batch = on_batch
-        self.out = out
-
-    def on_message(self, text: str) -> None:
-        self.out.print(text, markup=False, highlight=False)
 
 
 def _epoch_note(rec: Any) -> str:

@@ -107,9 +107,8 @@ def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
         with path.open("rb") as fh:
             entry = pickle.load(fh, encoding="bytes")
         data = entry[b"data"]
-        labels = entry.get(b"labels", entry.get(b"fine_labels"))
         images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32)
-        y = torch.as_tensor(list(labels), dtype=torch.int64)
+        y = torch.as_tensor(list(entry[b"labels"]), dtype=torch.int64)
     except Exception as err:  # any unpickling or shape problem means the file is not usable
         raise DataError(f"{path} is not a CIFAR-10 batch ({type(err).__name__}: {err})") from None
     if len(images) != len(y):
@@ -269,13 +268,12 @@ class _EpochOrder:
     once, in order, dealt out the same way.
     """
 
-    n: int
-    batch_size: int
-    train: bool
-    seed: int
-    rank: int
-    world: int
-    epoch: int
+    def __init__(
+        self, n: int, *, batch_size: int, train: bool, seed: int, rank: int, world: int
+    ) -> None:
+        self.n, self.batch_size, self.train, self.seed = n, batch_size, train, seed
+        self.rank, self.world = rank, world
+        self.epoch = 0
 
     def order(self) -> Tensor:
         if not self.train:
@@ -285,12 +283,24 @@ class _EpochOrder:
         usable = (self.n // self.world) * self.world
         return perm[:usable][self.rank :: self.world]
 
+    def samples(self) -> int:
+        """How many samples this process sees per epoch (the length of `order()`)."""
+        if self.train:
+            return self.n // self.world
+        return len(range(self.rank, self.n, self.world))
+
     def __len__(self) -> int:
-        n = len(self.order())
+        n = self.samples()
         return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def iterate(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iterate()
 
 
 class TensorLoader(_EpochOrder):
@@ -318,21 +328,18 @@ class TensorLoader(_EpochOrder):
         rank: int = 0,
         world: int = 1,
     ) -> None:
+        super().__init__(
+            len(data), batch_size=batch_size, train=train, seed=seed, rank=rank, world=world
+        )
         self.images = data.images.to(device, non_blocking=True)
         self.labels = data.labels.to(device, non_blocking=True)
-        self.n = len(data)
-        self.batch_size = batch_size
         self.device = device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.image_size = image_size
-        self.train = train
-        self.seed = seed
         self.crop_padding = crop_padding
         self.hflip = hflip
         self.random_erasing = random_erasing
-        self.rank, self.world = rank, world
-        self.epoch = 0
 
     def iterate(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.order()
@@ -352,9 +359,6 @@ class TensorLoader(_EpochOrder):
             if self.train and self.random_erasing > 0:
                 x = random_erase(x, self.random_erasing, g)
             yield x, y
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iterate()
 
 
 class _SeededItems(torch.utils.data.Dataset):
@@ -391,7 +395,7 @@ class _SeededOrder(torch.utils.data.Sampler):
             yield i, batch_seed(ld.seed, ld.epoch, i)
 
     def __len__(self) -> int:
-        return len(self.loader.order()) - self.loader.start * self.loader.batch_size
+        return self.loader.samples() - self.loader.start * self.loader.batch_size
 
 
 class FolderLoader(_EpochOrder):
@@ -411,13 +415,10 @@ class FolderLoader(_EpochOrder):
         world: int = 1,
     ) -> None:
         self.items = _SeededItems(folder, indices)
-        self.n = len(self.items)
-        self.batch_size = batch_size
+        super().__init__(
+            len(self.items), batch_size=batch_size, train=train, seed=seed, rank=rank, world=world
+        )
         self.device = device
-        self.train = train
-        self.seed = seed
-        self.rank, self.world = rank, world
-        self.epoch = 0
         self.start = 0
         self.dl = torch.utils.data.DataLoader(
             self.items,
@@ -439,9 +440,6 @@ class FolderLoader(_EpochOrder):
                 )
         finally:
             self.start = 0
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iterate()
 
 
 # ---------------------------------------------------------------------------- ImageNet-100

@@ -4,6 +4,7 @@ record at a time so that an interrupted run loses nothing it measured.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -286,12 +287,31 @@ class JsonlWriter:
         self.close()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename: the file is whole or absent."""
+@contextlib.contextmanager
+def replace_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write; on success it is fsynced and renamed
+    over `path`, so the file is always whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename: the file is whole or absent."""
+    with replace_atomically(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace a JSON Lines file by exactly `records`, whole or not at all."""
+    with replace_atomically(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
 class BadLine(BaseModel):

@@ -10,14 +10,24 @@ import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from effbench.attention.configs import KINDS, AttentionConfig
 
 DEFAULT_SPEC = "bench.toml"
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def _check_device(v: str) -> str:
+    ok = v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
+    if not ok:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+    return v
+
+
+DeviceName = Annotated[str, AfterValidator(_check_device)]
 
 
 class _Section(BaseModel):
@@ -62,7 +72,7 @@ class ProfileSection(_Section):
     )
     batch_size: int = Field(8, gt=0)
     dtype: Dtype = "float32"
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     warmup: int = Field(2, ge=0, description="untimed calls before timing")
     min_run_time: float = Field(0.3, gt=0, description="seconds of timing per measurement")
     backward: bool = Field(True, description="also time forward+backward")
@@ -77,11 +87,6 @@ class ProfileSection(_Section):
         if bad:
             raise ValueError(f"sequence lengths must be >= 2 (CLS + one patch), got {bad}")
         return v
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return _check_device(v)
 
 
 class TrainSection(_Section):
@@ -106,7 +111,9 @@ class TrainSection(_Section):
     grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 turns it off")
     crop_padding: int = Field(4, ge=0, description="random crop after padding (CIFAR); 0: off")
     hflip: bool = Field(True, description="random horizontal flip")
-    random_erasing: float = Field(0.0, ge=0, le=1, description="probability per image")
+    random_erasing: float = Field(
+        0.0, ge=0, le=1, description="probability per image (CIFAR and synthetic)"
+    )
     mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a); 0 turns it off")
     cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a); 0 turns it off")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="of the training set, held out")
@@ -122,17 +129,12 @@ class TrainSection(_Section):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
     )
     compile: bool = Field(False, description="torch.compile the model")
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     workers: int = Field(4, ge=0, description="DataLoader workers for folder datasets")
     synthetic_samples: int = Field(1024, gt=0, description="training images of `synthetic`")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     output_dir: str = Field("runs", description="one directory per model and seed inside")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars")
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return _check_device(v)
 
     @field_validator("seeds")
     @classmethod
@@ -149,13 +151,6 @@ class TrainSection(_Section):
         if not all(0 <= b < 1 for b in v):
             raise ValueError(f"betas must lie in [0, 1), got {list(v)}")
         return v
-
-
-def _check_device(v: str) -> str:
-    ok = v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
-    if not ok:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
-    return v
 
 
 class BenchSpec(_Section):

@@ -41,7 +41,9 @@ from effbench.results import (
     TrainRecord,
     environment,
     read_jsonl,
+    replace_atomically,
     write_json_atomic,
+    write_jsonl_atomic,
 )
 from effbench.spec import BenchSpec, ModelEntry, TrainSection
 
@@ -282,23 +284,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file, fsync and rename: the file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def save_weights(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    with replace_atomically(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -332,6 +323,7 @@ class RunState:
     acc: dict[str, torch.Tensor]  # this epoch so far: loss sum, correct, seen (float64)
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0  # batches of the current epoch completed
+    epoch_train_s: float = 0.0  # training time of those batches (before an interruption)
     global_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)  # epoch records so far
     best_epoch: int | None = None
@@ -360,8 +352,8 @@ class RunState:
 
 
 @dataclass
-class Progress:
-    """Callbacks for a caller that draws progress: (phase, done, total)."""
+class TrainProgress:
+    """Callbacks for a caller that draws progress: batches (phase, done, total) and messages."""
 
     on_batch: Callable[[str, int, int], None] = lambda phase, done, total: None
     on_message: Callable[[str], None] = lambda text: None
@@ -385,7 +377,7 @@ class Trainer:
         run_id: str,
         resume: str | None = None,
         stop: StopFlag | None = None,
-        progress: Progress | None = None,
+        progress: TrainProgress | None = None,
     ) -> None:
         self.cfg = bench.train
         self.dist = dist
@@ -394,7 +386,7 @@ class Trainer:
         self.seed = seed
         self.run_id = run_id
         self.stop = stop or StopFlag()
-        self.progress = progress or Progress()
+        self.progress = progress or TrainProgress()
         self.dir = run_dir(self.cfg, entry.name, seed)
         self.precision = resolve_precision(self.cfg.precision, self.device)
         classes = class_count(self.cfg, num_classes=bench.backbone.num_classes)
@@ -433,11 +425,8 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} not found (from --resume {resume})")
         return path
 
-    def _dtype(self) -> torch.dtype | None:
-        return PRECISIONS[self.precision]
-
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = self._dtype()
+        dtype = PRECISIONS[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
@@ -528,20 +517,18 @@ class Trainer:
         path = self.dir / CHECKPOINT
         self.dist.barrier()
         if self.dist.main:
-            st = self.state
-            save_atomic(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "fingerprint": self.fingerprint,
-                    "model": self.model.state_dict(),
-                    "optimizer": self.opt.state_dict(),
-                    "scheduler": self.sched.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "rng": rng_state(),
-                    **st.to_checkpoint(),
-                },
-                path,
-            )
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "fingerprint": self.fingerprint,
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+                **self.state.to_checkpoint(),
+            }
+            with replace_atomically(path) as tmp:
+                torch.save(state, tmp)
         self.dist.barrier()
         return path
 
@@ -554,9 +541,7 @@ class Trainer:
                 write_json_atomic(self.dir / "spec.json", self.bench.model_dump(mode="json"))
                 # The records file holds exactly the checkpoint's history: epochs after it
                 # (computed again, identically) are dropped rather than duplicated.
-                tmp = self.dir / f".{RECORDS}.tmp"
-                tmp.write_text("".join(_jsonl(r) for r in self.state.history), "utf-8")
-                os.replace(tmp, self.dir / RECORDS)
+                write_jsonl_atomic(self.dir / RECORDS, self.state.history)
                 writer = files.enter_context(JsonlWriter(self.dir / RECORDS))
                 if self.cfg.tensorboard:
                     tb = _tensorboard_writer()(str(self.dir / "tb"))
@@ -599,13 +584,16 @@ class Trainer:
                 st.global_step += 1
                 self.progress.on_batch("train", st.step_in_epoch, self.steps_per_epoch)
                 if self._stop_requested():
-                    st.train_s += time.perf_counter() - t_epoch
+                    elapsed = time.perf_counter() - t_epoch
+                    st.train_s += elapsed
+                    st.epoch_train_s += elapsed
                     st.total_s = time.perf_counter() - start
                     raise Interrupted(self.stop.signum or signal.SIGTERM, self.checkpoint())
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            train_s = time.perf_counter() - t_epoch
-            st.train_s += train_s
+            elapsed = time.perf_counter() - t_epoch
+            st.train_s += elapsed
+            train_s = st.epoch_train_s + elapsed  # the whole epoch's, across a resume
             sums = self.dist.all_sum(torch.stack(list(st.acc.values())))
             loss_sum, correct, seen = sums.tolist()
             val = self.evaluate(self.loaders.val, "val") if self.loaders.val else None
@@ -621,14 +609,14 @@ class Trainer:
                 val_top1=val["top1"] if val else None,
                 val_top5=val["top5"] if val else None,
                 lr=self.opt.param_groups[0]["lr"],
-                epoch_s=time.perf_counter() - t_epoch,
+                epoch_s=st.epoch_train_s + time.perf_counter() - t_epoch,
                 train_s=train_s,
                 images_per_s=seen / train_s,
                 peak_mib=peak,
                 mem_source=mem_source,
             )
             st.epoch += 1
-            st.step_in_epoch = 0
+            st.step_in_epoch, st.epoch_train_s = 0, 0.0
             st.acc = self._zero_acc()
             # Model selection on the validation split (the training accuracy without one).
             score = val["top1"] if val else rec.train_top1
@@ -666,7 +654,6 @@ class Trainer:
             if self.dist.main:
                 save_weights(self.model, self.dir / FINAL)
         peak, mem_source = peak_memory(self.device)
-        trained = [h for h in st.history if h["train_s"] > 0]
         return TrainRecord(
             **base,
             status=status,
@@ -694,10 +681,10 @@ class Trainer:
             n_test=self.loaders.n_test,
             train_s=st.train_s,
             total_s=time.perf_counter() - start,
-            images_per_s=(
-                sum(h["images_per_s"] * h["train_s"] for h in trained)
-                / sum(h["train_s"] for h in trained)
-                if trained
+            images_per_s=(  # all training images over all training time
+                sum(h["images_per_s"] * h["train_s"] for h in st.history)
+                / sum(h["train_s"] for h in st.history)
+                if st.history
                 else None
             ),
             peak_mib=peak,
@@ -711,11 +698,13 @@ class Trainer:
         return {"loss_sum": z.clone(), "correct": z.clone(), "seen": z.clone()}
 
     def _stop_requested(self) -> bool:
+        """Whether a signal arrived, here or (under DDP) in any process: all stop together."""
+        if self.dist.world == 1:
+            return self.stop.signum is not None
         flag = torch.tensor(float(self.stop.signum is not None), device=self.device)
-        if self.dist.world > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if flag.item() and self.stop.signum is None:
-                self.stop.signum = signal.SIGTERM
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and self.stop.signum is None:
+            self.stop.signum = signal.SIGTERM
         return bool(flag.item())
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -789,12 +778,6 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 self.net(x)
             self.net.train()
-
-
-def _jsonl(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record) + "\n"
 
 
 def _tensorboard_writer() -> Any:

@@ -40,10 +40,10 @@ from effbench.train import (
     CheckpointError,
     Dist,
     Interrupted,
-    Progress,
     StopFlag,
     Trainer,
     TrainError,
+    TrainProgress,
     lr_factor,
 )
 
@@ -278,7 +278,7 @@ def test_resume_after_an_epoch_and_mid_epoch_matches_uninterrupted(tmp_path: Pat
                 stop.signum = signal.SIGTERM
 
     with pytest.raises(Interrupted) as err:
-        list(trainer(spec, "performer", stop=stop, progress=Progress(on_batch=on_batch)).run())
+        list(trainer(spec, "performer", stop=stop, progress=TrainProgress(on_batch=on_batch)).run())
     assert err.value.exit_code == 143
     assert (cut_dir / "runs" / "performer" / "seed0" / CHECKPOINT).is_file()
     assert len(records(spec, "performer")) == 1  # epoch 1 only
