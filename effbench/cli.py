@@ -161,8 +161,26 @@ PROFILE_COLUMNS: dict[str, int | None] = {
 }
 
 
+def _breakdown_note(parts: dict[str, float] | None, step: float | None, what: str) -> str:
+    """'attn 61% mlp 22% norm 5% other 12% of <what>' from a breakdown."""
+    if not parts or not step:
+        return ""
+    share = " ".join(f"{k[:4]} {100 * v / step:.0f}%" for k, v in parts.items())
+    return f"{share} of {what}"
+
+
+def _backend_note(r: Any) -> str:
+    if not r.sdpa_backend:
+        return ""
+    return f"sdpa {r.sdpa_backend}" + (" (math fallback!)" if r.sdpa_math_fallback else "")
+
+
 def profile_row(r: Any) -> list[str]:
-    note = r.error or (f"sdpa {r.sdpa_backend}" if r.sdpa_backend else "")
+    notes = [
+        _backend_note(r),
+        _breakdown_note(r.breakdown_ms, r.breakdown_step_ms, "a block"),
+    ]
+    note = r.error or "; ".join(n for n in notes if n)
     style = {"ok": "green", "oom": "yellow", "nan": "magenta", "error": "red"}[r.status]
     return [
         r.model,
@@ -200,6 +218,14 @@ def profile(
     min_run_time: Annotated[
         float | None, typer.Option(help="Seconds of timing per measurement.")
     ] = None,
+    breakdown: Annotated[
+        bool | None,
+        typer.Option(
+            "--breakdown/--no-breakdown",
+            help="Also profile one transformer block per point: time in attention / MLP / "
+            "norm / other (CPU time, or CUDA kernel time on a GPU).",
+        ),
+    ] = None,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
     ] = Path("results"),
@@ -213,6 +239,7 @@ def profile(
         "profile.device": device,
         "profile.trace": trace,
         "profile.min_run_time": min_run_time,
+        "profile.breakdown": breakdown,
     }
     bench = resolve_spec(spec, overrides, attention, set_)
 
@@ -541,8 +568,277 @@ def _final_note(rec: Any) -> str:
     )
 
 
+# ---------------------------------------------------------------------------- scale
+
+SCALE_COLUMNS: dict[str, int | None] = {
+    "model": 10,
+    "px": 4,
+    "N": 5,
+    "status": 6,
+    "inf ms": 7,
+    "img/s": 7,
+    "inf MiB": 7,
+    "step ms": 7,
+    "step MiB": 8,
+    "GFLOP": 7,
+    "attn %": 6,
+    "top-1": 5,
+    "note": None,
+}
+
+
+def scale_row(r: Any) -> list[str]:
+    style = {"ok": "green", "oom": "yellow", "nan": "magenta", "error": "red"}[r.status]
+    share = None
+    if r.breakdown_ms and r.breakdown_step_ms:
+        share = 100 * r.breakdown_ms["attention"] / r.breakdown_step_ms
+    note = r.error or "; ".join(n for n in (r.note, _backend_note(r)) if n)
+    return [
+        r.model,
+        str(r.image_size),
+        str(r.seq_len),
+        f"[{style}]{r.status}[/{style}]",
+        _ms(r.infer_ms),
+        "-" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
+        _mib(r.infer_peak_mib),
+        _ms(r.train_ms),
+        _mib(r.train_peak_mib),
+        _gflop(r.flops_analytic),
+        "-" if share is None else f"{share:.0f}",
+        _pct(r.test_top1),
+        note[:80],
+    ]
+
+
+def _crossover(c: Any) -> str:
+    if c is None:
+        return "none"
+    return f"{'≤' if c.at_start else ''}{c.resolution}px"
+
+
+def scale_summary_table(summaries: list[Any], mode: str) -> Table:
+    """Per model and metric: the crossover against the baseline, then the slope."""
+    from effbench.scaling import metrics_for
+
+    metrics = metrics_for(mode)
+    base = summaries[0].baseline if summaries else None
+    table = Table(
+        title=f"Crossover against {base}: the resolution from which it stays ahead (≤: from "
+        "the smallest; none: not reached in range) · log-log slope against tokens",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("model")
+    for m in metrics:
+        table.add_column(m.replace("_", " ").replace("memory", "mem"), justify="right")
+    for s in summaries:
+        cells = []
+        for m in metrics:
+            cross = "base" if s.model == base else _crossover(s.crossovers.get(m))
+            slope = "-" if s.slopes.get(m) is None else f"{s.slopes[m]:.2f}"
+            cells.append(f"{cross} · {slope}")
+        table.add_row(s.model, *cells)
+    return table
+
+
+@app.command(cls=ListOptionCommand)
+def scale(
+    spec: SpecOpt = Path(DEFAULT_SPEC),
+    attention: AttentionOpt = None,
+    res: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--res",
+            "-r",
+            help="Input sides in pixels. Two values sweep a ladder between them (the ends and "
+            "the powers of two in between, divisible by the patch); more are taken as given.",
+        ),
+    ] = None,
+    patch: Annotated[
+        int | None, typer.Option("--patch", "-p", help="Patch size (default: the backbone's).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", help="Batch size.")
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="infer (forward only), train (one optimizer step) or both."),
+    ] = None,
+    dtype: DtypeOpt = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help="Timed repeats per point; their spread is recorded.")
+    ] = None,
+    breakdown: Annotated[
+        bool | None,
+        typer.Option(
+            "--breakdown/--no-breakdown",
+            help="Profile one forward per point: time in attention / MLP / norm / other.",
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="A trained run (runs/<model>/seed<N>): evaluate its test accuracy at each "
+            "resolution (position embedding and Linformer projections interpolated).",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="With --checkpoint: the dataset, when not where it was trained."),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
+    ] = Path("results"),
+    set_: SetOpt = None,
+) -> None:
+    """Whole ViTs across input resolutions: latency, one training step, peak memory, FLOPs
+    (analytic and counted two ways), time by part; then where each mechanism overtakes
+    `sdpa` and how its cost grows with the token count."""
+    overrides: dict[str, Any] = {
+        "scale.patch_size": patch,
+        "scale.batch_size": batch_size,
+        "scale.mode": mode,
+        "scale.dtype": dtype,
+        "scale.device": device,
+        "scale.repeats": repeats,
+        "scale.breakdown": breakdown,
+    }
+    bench = resolve_spec(spec, overrides, attention, set_)
+
+    import torch  # noqa: F401 - heavy imports only once the spec is known to be good
+
+    from effbench.data import DataError
+    from effbench.device import resolve_device
+    from effbench.results import JsonlWriter, environment, new_run_id, write_json_atomic
+    from effbench.scale import (
+        ScaleError,
+        checkpoint_spec,
+        checkpoint_sweep,
+        find_run,
+        load_state,
+        scale_grid,
+        scale_sweep,
+        summary_records,
+    )
+    from effbench.spec import resolution_ladder
+
+    run = None
+    if checkpoint is not None:
+        try:
+            run = find_run(checkpoint)
+        except ScaleError as err:
+            raise fail(str(err).splitlines()) from None
+        if patch is None:
+            overrides["scale.patch_size"] = run.spec.backbone.patch_size
+    if res:
+        patch_size = overrides["scale.patch_size"] or bench.scale_patch()
+        try:
+            overrides["scale.resolutions"] = (
+                resolution_ladder(res[0], res[1], patch_size) if len(res) == 2 else res
+            )
+        except ValueError as err:
+            raise fail([f"--res: {err}"]) from None
+    bench = resolve_spec(spec, overrides, attention, set_)
+    state = None
+    if run is not None:
+        try:
+            bench = checkpoint_spec(run, bench, None if data_dir is None else str(data_dir))
+            state = load_state(run)
+        except ScaleError as err:
+            raise fail(str(err).splitlines()) from None
+    elif not any(m.attention.kind == "sdpa" for m in bench.models):
+        # crossovers need the baseline: add the spec's sdpa model, or a default one
+        names = [m.name for m in bench.models]
+        bench = resolve_spec(spec, overrides, [*names, "sdpa"], set_)
+    try:
+        dev = resolve_device(bench.scale.device)
+    except ValueError as err:
+        raise fail([f"scale.device: {err}"]) from None
+    if dev.type == "cpu":
+        from effbench.measure import cap_cpu_memory
+
+        cap_cpu_memory()  # a point too big for RAM becomes an `oom` record, not a killed run
+    run_id = new_run_id()
+    env = environment(str(dev), bench.scale.dtype)
+    results_path = output / f"scale-{run_id}.jsonl"
+    if run is not None:
+        from effbench.data import eval_loader
+
+        try:  # a missing dataset is an error before any point runs
+            eval_loader(
+                bench.train,
+                image_size=bench.backbone.image_size,
+                channels=bench.backbone.channels,
+                num_classes=bench.backbone.num_classes,
+                device=dev,
+            )
+        except DataError as err:
+            raise fail([f"--checkpoint {run.directory}: {err}"]) from None
+        records = checkpoint_sweep(bench, run, state, device=dev, env=env, run_id=run_id)
+    else:
+        records = scale_sweep(bench, device=dev, env=env, run_id=run_id)
+    write_json_atomic(output / f"scale-{run_id}.spec.json", bench.model_dump(mode="json"))
+
+    sc = bench.scale
+    points = scale_grid(bench)
+    table = Table(
+        title=f"effbench scale on {env.device_name}"
+        + (f": {run.entry.name} trained at {bench.backbone.image_size} px" if run else ""),
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    for col, width in SCALE_COLUMNS.items():
+        if col == "top-1" and run is None:
+            continue
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = progress.add_task("scaling", total=len(points))
+    console.print(
+        f"{len(points)} points: {len(bench.models)} models x {len(sc.resolutions)} resolutions "
+        f"({', '.join(map(str, sc.resolutions))} px, patch {bench.scale_patch()}), "
+        f"batch {sc.batch_size}, {sc.mode}, {sc.dtype}, {dev}, {env.threads} threads, "
+        f"{env.allocator}, {sc.repeats} repeats"
+    )
+    done: list[Any] = []
+    statuses: Counter[str] = Counter()
+    with JsonlWriter(results_path) as writer:
+        with Live(Group(table, progress), console=console):
+            for point in points:
+                progress.update(task, description=f"{point.model.name} {point.image_size}px")
+                try:
+                    rec = next(records)
+                except DataError as err:
+                    raise fail([str(err)]) from None
+                writer.write(rec)
+                done.append(rec)
+                statuses[rec.status] += 1
+                row = scale_row(rec)
+                if run is None:
+                    del row[11]
+                table.add_row(*row)
+                progress.advance(task)
+        if not console.is_terminal:
+            console.print()
+        if run is None:
+            summaries = summary_records(bench, done, env=env, run_id=run_id)
+            for s in summaries:
+                writer.write(s)
+            console.print(scale_summary_table(summaries, sc.mode))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    console.print(f"{summary}. Results: {results_path}")
+
+
 # Commands that time things: run under tcmalloc or jemalloc when one is installed.
-MEASURING_COMMANDS = frozenset({"profile", "train"})
+MEASURING_COMMANDS = frozenset({"profile", "train", "scale"})
 
 
 def reexec_with_allocator(argv: list[str]) -> None:

@@ -590,18 +590,9 @@ def build_loaders(
             len(test_f),
             warning,
         )
-    if cfg.dataset == "cifar10":
-        train_d, test_d = load_cifar10(data_dir, download=cfg.download)
-        mean, std = CIFAR10_MEAN, CIFAR10_STD
-        if channels != 3:
-            raise DataError(f"CIFAR-10 has 3 channels; set backbone.channels = 3 (not {channels})")
-    else:
-        train_d, test_d = synthetic(
-            cfg.synthetic_samples, image_size=image_size, channels=channels, classes=num_classes
-        )
-        mean, std = (0.5,) * channels, (0.25,) * channels
-    if len(train_d) == 0 or len(test_d) == 0:
-        raise DataError(f"{data_dir}: the training or test split holds no images")
+    train_d, test_d, mean, std = _in_memory(
+        cfg, data_dir, image_size=image_size, channels=channels, num_classes=num_classes
+    )
     tr_idx, val_idx = split_validation(len(train_d), cfg.val_fraction, cfg.split_seed)
     if len(tr_idx) < per_rank * world:
         raise DataError(
@@ -627,3 +618,61 @@ def build_loaders(
     )
     test = TensorLoader(test_d, batch_size=eval_bs, train=False, **common)
     return Loaders(train, val, test, train_d.classes, len(tr_idx), len(val_idx), len(test_d))
+
+
+def _in_memory(
+    cfg: TrainSection, data_dir: Path, *, image_size: int, channels: int, num_classes: int
+) -> tuple[ArrayData, ArrayData, tuple[float, ...], tuple[float, ...]]:
+    """Training and test arrays of CIFAR-10 or `synthetic`, with their normalisation."""
+    if cfg.dataset == "cifar10":
+        train_d, test_d = load_cifar10(data_dir, download=cfg.download)
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+        if channels != 3:
+            raise DataError(f"CIFAR-10 has 3 channels; set backbone.channels = 3 (not {channels})")
+    else:
+        train_d, test_d = synthetic(
+            cfg.synthetic_samples, image_size=image_size, channels=channels, classes=num_classes
+        )
+        mean, std = (0.5,) * channels, (0.25,) * channels
+    if len(train_d) == 0 or len(test_d) == 0:
+        raise DataError(f"{data_dir}: the training or test split holds no images")
+    return train_d, test_d, tuple(mean), tuple(std)
+
+
+def eval_loader(
+    cfg: TrainSection,
+    *,
+    image_size: int,
+    channels: int,
+    num_classes: int,
+    device: torch.device,
+) -> TensorLoader | FolderLoader:
+    """The test split of the `[train]` section's dataset at `image_size` (images resized
+    as the training loaders resize them), in batches of `eval_batch_size`.
+
+    Raises:
+        DataError: with what to change.
+    """
+    data_dir = Path(cfg.data_dir).expanduser()
+    if cfg.dataset == "imagenet100":
+        _, _, test_f, _ = imagenet_folders(data_dir, image_size)
+        return FolderLoader(
+            test_f,
+            None,
+            batch_size=cfg.eval_batch_size,
+            train=False,
+            device=device,
+            workers=cfg.workers,
+        )
+    _, test_d, mean, std = _in_memory(
+        cfg, data_dir, image_size=image_size, channels=channels, num_classes=num_classes
+    )
+    return TensorLoader(
+        test_d,
+        batch_size=cfg.eval_batch_size,
+        train=False,
+        device=device,
+        mean=mean,
+        std=std,
+        image_size=image_size,
+    )

@@ -8,6 +8,7 @@ both are patched here, and an attention op that would count as zero raises inste
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -63,6 +64,31 @@ def time_call(
         runs=len(m.times),
         calls_per_run=m.number_per_run,
     )
+
+
+def time_repeats(
+    fn: Callable[[], Any],
+    *,
+    device: torch.device,
+    repeats: int,
+    warmup: int = 1,
+    min_run_time: float = 0.2,
+) -> tuple[Timing, float]:
+    """`time_call` repeated: the median of the repeats' medians (IQR: their median IQR; runs:
+    all of them) and the spread (max - min) / median of those medians."""
+    timings = [
+        time_call(fn, device=device, warmup=warmup if i == 0 else 0, min_run_time=min_run_time)
+        for i in range(repeats)
+    ]
+    medians = [t.median_ms for t in timings]
+    median = statistics.median(medians)
+    combined = Timing(
+        median_ms=median,
+        iqr_ms=statistics.median(t.iqr_ms for t in timings),
+        runs=sum(t.runs for t in timings),
+        calls_per_run=timings[0].calls_per_run,
+    )
+    return combined, (max(medians) - min(medians)) / median
 
 
 # ---------------------------------------------------------------------------- memory
@@ -233,8 +259,10 @@ def _zero_handle(inputs: list[Any], outputs: list[Any]) -> int:
     return 0
 
 
-def fvcore_flops(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, dict[str, int]]:
-    """fvcore's count (x2, so 2 per multiply-add) and its split by op.
+def fvcore_flops(
+    module: nn.Module, *inputs: torch.Tensor
+) -> tuple[int, dict[str, int], dict[str, int]]:
+    """fvcore's count (x2, so 2 per multiply-add), its split by op and by module name.
 
     Norms, pooling and upsampling handles are switched off so that the count holds matrix
     products only, like FlopCounterMode's and the analytic one.
@@ -249,7 +277,7 @@ def fvcore_flops(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, dict[st
 
 def _fvcore_flops(
     module: nn.Module, inputs: tuple[torch.Tensor, ...]
-) -> tuple[int, dict[str, int]]:
+) -> tuple[int, dict[str, int], dict[str, int]]:
     from fvcore.nn import FlopCountAnalysis
 
     fca = FlopCountAnalysis(module, inputs)
@@ -268,7 +296,8 @@ def _fvcore_flops(
     uncounted = sorted(op for op in missed if any(m in op for m in COMPUTE_OP_MARKERS))
     if uncounted:
         raise FlopCountError(f"fvcore has no FLOP handle for {', '.join(uncounted)}")
-    return sum(by_op.values()), by_op
+    by_module = {k: 2 * int(v) for k, v in fca.by_module().items()}
+    return sum(by_op.values()), by_op, by_module
 
 
 def _cpu_flash_sdpa_flops(
@@ -298,8 +327,9 @@ _SDPA_KERNELS = (
 )
 
 
-def flop_counter_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
-    """torch.utils.flop_counter.FlopCounterMode's count of fn (already 2 per multiply-add).
+def flop_counter_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int], dict[str, int]]:
+    """torch.utils.flop_counter.FlopCounterMode's count of fn (already 2 per multiply-add),
+    its split by op and by module name (as `named_modules` gives it; the root is "").
 
     Raises:
         FlopCountError: when an SDPA kernel ran that the counter has no formula for.
@@ -324,40 +354,83 @@ def flop_counter_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     missing = sorted(n for n in seen.names if n in _SDPA_KERNELS and n not in known)
     if missing:
         raise FlopCountError(f"FlopCounterMode has no formula for {', '.join(missing)}")
-    by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
-    return int(counter.get_total_flops()), by_op
+    counts = counter.get_flop_counts()
+    by_op = {str(k): int(v) for k, v in counts.get("Global", {}).items()}
+    # Module keys are "<root class>.<name>"; the root's own key is the bare class name.
+    by_module = {
+        k.partition(".")[2]: sum(int(v) for v in ops.values())
+        for k, ops in counts.items()
+        if k != "Global"
+    }
+    return int(counter.get_total_flops()), by_op, by_module
+
+
+def rel_spread(*values: int) -> float:
+    """(max - min) / max of some counts of the same thing; 0 when all are 0."""
+    return (max(values) - min(values)) / max(max(values), 1)
 
 
 @dataclass(frozen=True)
 class FlopCounts:
-    """Forward FLOPs per sample, 2 per multiply-add, from three sources."""
+    """Forward FLOPs per sample, 2 per multiply-add, from three sources, in all and for the
+    attention layers alone."""
 
     analytic: int
     fvcore: int
     flop_counter: int
     by_op: dict[str, int]
+    attention_analytic: int
+    attention_fvcore: int
+    attention_flop_counter: int
 
     def max_rel_diff(self) -> float:
-        vals = (self.analytic, self.fvcore, self.flop_counter)
-        return (max(vals) - min(vals)) / max(max(vals), 1)
+        """The largest disagreement of the three counts, in all or in the attention."""
+        return max(
+            rel_spread(self.analytic, self.fvcore, self.flop_counter),
+            rel_spread(self.attention_analytic, self.attention_fvcore, self.attention_flop_counter),
+        )
+
+    def mismatch(self) -> str:
+        return (
+            f"FLOP counts disagree by {self.max_rel_diff():.1%}: analytic {self.analytic:,}, "
+            f"fvcore {self.fvcore:,}, FlopCounterMode {self.flop_counter:,} (attention: "
+            f"{self.attention_analytic:,}, {self.attention_fvcore:,}, "
+            f"{self.attention_flop_counter:,})"
+        )
+
+
+def attention_module_names(module: nn.Module) -> list[str]:
+    """Names (as `named_modules` gives them) of the attention layers in `module`; [""] when
+    `module` is one."""
+    from effbench.attention.base import Attention
+
+    names = [n for n, m in module.named_modules() if isinstance(m, Attention)]
+    return [""] if "" in names else names
 
 
 @torch.no_grad()
-def count_flops(module: nn.Module, x: torch.Tensor, *, analytic: int) -> FlopCounts:
-    """Count module(x)'s forward FLOPs both ways and return them per sample beside `analytic`."""
+def count_flops(
+    module: nn.Module, x: torch.Tensor, *, analytic: int, attention_analytic: int | None = None
+) -> FlopCounts:
+    """Count module(x)'s forward FLOPs both ways and return them per sample beside the
+    analytic counts (`attention_analytic`: of its attention layers; default: all of it)."""
     was_training = module.training
     module.eval()
     try:
-        fv, by_op = fvcore_flops(module, x)
-        fc, _ = flop_counter_flops(lambda: module(x))
+        fv, by_op, fv_modules = fvcore_flops(module, x)
+        fc, _, fc_modules = flop_counter_flops(lambda: module(x))
     finally:
         module.train(was_training)
+    names = attention_module_names(module)
     b = x.shape[0]
     return FlopCounts(
         analytic=analytic,
         fvcore=fv // b,
         flop_counter=fc // b,
         by_op={k: v // b for k, v in by_op.items()},
+        attention_analytic=analytic if attention_analytic is None else attention_analytic,
+        attention_fvcore=sum(fv_modules.get(n, 0) for n in names) // b,
+        attention_flop_counter=sum(fc_modules.get(n, 0) for n in names) // b,
     )
 
 

@@ -115,8 +115,12 @@ class ViT(nn.Module):
         k = self.patch_embed.proj.kernel_size[0]
         embed = 2 * (n - 1) * c * self.patch_embed.proj.in_channels * k * k
         mlp = sum(2 * n * 2 * c * blk.mlp.fc1.out_features for blk in self.blocks)
-        attn = sum(layer.flops(n) for layer in self.attention_layers())
-        return embed + mlp + attn + 2 * c * self.head.out_features
+        return embed + mlp + self.attention_flops() + 2 * c * self.head.out_features
+
+    def attention_flops(self) -> int:
+        """Analytic forward FLOPs per image of the attention layers alone, projections
+        included."""
+        return sum(layer.flops(self.seq_len) for layer in self.attention_layers())
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -127,6 +131,40 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+def resize_sequence_projection(
+    e: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> Tensor:
+    """A Linformer projection (k, 1 + gh*gw) for another patch grid.
+
+    The CLS column is kept; the patch columns are resized bicubically as k maps over the
+    grid, like the position embedding, and scaled by old/new patch count so that each
+    projected row (a weighted sum over the tokens) keeps its magnitude.
+    """
+    if old_grid == new_grid:
+        return e
+    resized = resize_pos_embed(e.t()[None], old_grid, new_grid)[0].t()  # (k, 1 + gh'*gw')
+    ratio = (old_grid[0] * old_grid[1]) / (new_grid[0] * new_grid[1])
+    return torch.cat([resized[:, :1], resized[:, 1:] * ratio], dim=1)
+
+
+def adapt_state_dict(
+    state: dict[str, Tensor], model: ViT, *, trained_grid: tuple[int, int]
+) -> dict[str, Tensor]:
+    """Weights trained on `trained_grid` patches, made to fit `model` (another grid): the
+    position embedding and Linformer's sequence projections are resized; every other weight,
+    Nystrom's landmark count and Performer's features included, is kept as it is."""
+    from effbench.attention.linformer import LinformerAttention
+
+    out = dict(state)
+    out["pos_embed"] = resize_pos_embed(state["pos_embed"], trained_grid, model.grid)
+    for name, module in model.named_modules():
+        if isinstance(module, LinformerAttention):
+            for p in ("e", "f"):
+                key = f"{name}.{p}"
+                out[key] = resize_sequence_projection(state[key], trained_grid, model.grid)
+    return out
 
 
 def build_model(

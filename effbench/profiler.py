@@ -1,16 +1,22 @@
-"""torch.profiler wrapper: the top operators (CPU) or kernels (CUDA) by self time, and traces
-that Perfetto (Chrome trace JSON) and TensorBoard's profiler plugin open.
+"""torch.profiler wrapper: the top operators (CPU) or kernels (CUDA) by self time, the time
+of a model split into attention / MLP / norm / other, and traces that Perfetto (Chrome trace
+JSON) and TensorBoard's profiler plugin open.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch import nn
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from effbench.results import OpTime
 
@@ -64,3 +70,119 @@ def write_traces(prof: profile, trace_dir: Path, *, worker: str) -> None:
     trace = trace_dir / "trace.json"
     prof.export_chrome_trace(str(trace))
     shutil.copyfile(trace, trace_dir / "tb" / f"{worker}.pt.trace.json")
+
+
+# ---------------------------------------------------------------------------- breakdown
+
+# record_function labels of the parts of a model, and of one whole call around them.
+PARTS = ("attention", "mlp", "norm")
+STEP_LABEL = "effbench.step"
+
+
+def _part_of(module: nn.Module) -> str | None:
+    from effbench.attention.base import Attention
+    from effbench.model import Mlp
+
+    if isinstance(module, Attention):
+        return "attention"
+    if isinstance(module, Mlp):
+        return "mlp"
+    if isinstance(module, nn.LayerNorm):
+        return "norm"
+    return None
+
+
+def _labelled_forward(label: str, forward: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with record_function(label):
+            return forward(*args, **kwargs)
+
+    return run
+
+
+@contextlib.contextmanager
+def labelled(model: nn.Module) -> Iterator[None]:
+    """Wrap the forward of every attention, MLP and norm module of `model` in a
+    `record_function` range named after its part, for as long as the context lasts."""
+    patched = []
+    for module in model.modules():
+        part = _part_of(module)
+        if part is not None and "forward" not in vars(module):
+            module.forward = _labelled_forward(part, module.forward)
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Time per call of one profiled callable, split by part (milliseconds)."""
+
+    parts_ms: dict[str, float]  # attention, mlp, norm, other
+    step_ms: float  # the whole call, as the profiler saw it
+    source: str  # "CPU time" or "CUDA kernel time"
+    top_ops: list[OpTime]
+    kernel_names: list[str]  # CUDA kernels that ran (empty on CPU)
+    op_names: list[str]  # aten operators that ran
+
+
+def breakdown(
+    fn: Callable[[], Any], *, model: nn.Module, device: torch.device, calls: int = 3, top: int = 8
+) -> Breakdown:
+    """Profile `calls` calls of fn with `model`'s parts labelled; split the median call's time.
+
+    On CPU a part's time is the wall time of its ranges; on CUDA, the time of the kernels
+    launched inside them. `other` is the rest of the call (embedding, residual additions,
+    head, and on CPU the dispatch between parts), so the parts sum to the call's time. The
+    call reported is the one with the median total, so that one slow call (a page fault, the
+    profiler's own start) does not move the figures; the top-ops table averages all calls.
+    """
+    cuda = device.type == "cuda"
+    with labelled(model):
+        fn()  # the first call under new wrappers pays one-off costs; keep it out
+        with profile(activities=activities(device)) as prof:
+            for _ in range(calls):
+                with record_function(STEP_LABEL):
+                    fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+    events = prof.events()
+    steps = sorted((e for e in events if e.name == STEP_LABEL), key=lambda e: e.time_range.start)
+    assert len(steps) == calls, f"profiled {len(steps)} calls of {calls}"
+    starts = [e.time_range.start for e in steps]
+    per_call = [dict.fromkeys(PARTS, 0.0) for _ in steps]
+    kernels: set[str] = set()
+    ops: set[str] = set()
+
+    def elapsed_ms(e: Any) -> float:
+        return (e.device_time_total if cuda else e.cpu_time_total) / 1e3
+
+    for e in events:
+        if e.device_type == DeviceType.CUDA:
+            kernels.add(e.name)
+        elif e.name in PARTS:
+            i = bisect.bisect_right(starts, e.time_range.start) - 1
+            per_call[i][e.name] += elapsed_ms(e)
+        elif e.name.startswith("aten::"):
+            ops.add(e.name)
+    totals = [elapsed_ms(e) for e in steps]
+    median = sorted(range(calls), key=totals.__getitem__)[calls // 2]
+    step = totals[median]
+    parts = dict(per_call[median])
+    parts["other"] = max(0.0, step - sum(parts.values()))
+    table = [
+        OpTime(name=o.name, self_ms=o.self_ms / calls, total_ms=o.total_ms / calls, calls=o.calls)
+        for o in op_table(prof, device=device, top=top + len(PARTS) + 1)
+        if o.name not in (*PARTS, STEP_LABEL)
+    ][:top]
+    return Breakdown(
+        parts_ms=parts,
+        step_ms=step,
+        source="CUDA kernel time" if cuda else "CPU time",
+        top_ops=table,
+        kernel_names=sorted(kernels),
+        op_names=sorted(ops),
+    )

@@ -96,6 +96,89 @@ class ProfileRecord(Record):
     fwd_gflops_per_s: float | None = None
     top_ops: list[OpTime] | None = None
     trace_dir: str | None = None
+    breakdown_ms: dict[str, float] | None = None  # one transformer block: attention/mlp/norm/other
+    breakdown_step_ms: float | None = None
+    breakdown_source: str | None = None
+    sdpa_backend_source: str | None = None
+    sdpa_math_fallback: bool | None = None
+
+
+class ScaleRecord(Record):
+    """One whole model at one input resolution (`effbench scale`)."""
+
+    kind: Literal["scale"] = "scale"
+    image_size: int
+    patch_size: int
+    seq_len: int
+    batch_size: int
+    mode: str
+    precision: str  # "float32", or e.g. "bfloat16 autocast" (weights stay float32)
+    dim: int
+    depth: int
+    heads: int
+    repeats: int
+    note: str | None = None  # options fitted to the token count, and the like
+    params: int | None = None
+    flops_unit: str = FLOPS_UNIT
+    flops_analytic: int | None = None
+    flops_fvcore: int | None = None
+    flops_flop_counter: int | None = None
+    attn_flops_analytic: int | None = None
+    attn_flops_fvcore: int | None = None
+    attn_flops_flop_counter: int | None = None
+    flops_by_op: dict[str, int] | None = None
+    infer_ms: float | None = None  # one batch, median over all repeats
+    infer_iqr_ms: float | None = None
+    infer_runs: int | None = None
+    infer_calls_per_run: int | None = None
+    infer_repeat_spread: float | None = None  # (max - min) / median of the repeats' medians
+    images_per_s: float | None = None
+    infer_peak_mib: float | None = None
+    train_ms: float | None = None  # one optimizer step: forward, loss, backward, AdamW
+    train_iqr_ms: float | None = None
+    train_runs: int | None = None
+    train_calls_per_run: int | None = None
+    train_repeat_spread: float | None = None
+    train_images_per_s: float | None = None
+    train_peak_mib: float | None = None
+    mem_source: str | None = None
+    sdpa_backend: str | None = None
+    sdpa_backend_source: str | None = None
+    sdpa_math_fallback: bool | None = None
+    breakdown_ms: dict[str, float] | None = None  # inference forward: attention/mlp/norm/other
+    breakdown_step_ms: float | None = None
+    breakdown_source: str | None = None
+    top_ops: list[OpTime] | None = None
+    checkpoint: str | None = None  # `scale --checkpoint`: the run evaluated
+    trained_image_size: int | None = None
+    test_loss: float | None = None
+    test_top1: float | None = None
+    test_top5: float | None = None
+    n_test: int | None = None
+
+
+class Crossover(BaseModel):
+    """The smallest resolution from which a mechanism beats the baseline at every larger one."""
+
+    resolution: int
+    tokens: int
+    at_start: bool  # already ahead at the smallest resolution compared
+
+
+class ScaleSummaryRecord(Record):
+    """Per mechanism, after a scale grid: crossovers against the baseline and fitted slopes.
+
+    Metrics are `infer_time`, `infer_memory`, `train_time` and `train_memory`. A crossover
+    of None means "not reached in range"; a slope of None, too few points to fit.
+    """
+
+    kind: Literal["scale_summary"] = "scale_summary"
+    baseline: str | None  # the `sdpa` model compared against
+    mode: str
+    resolutions: list[int]
+    crossovers: dict[str, Crossover | None]
+    slopes: dict[str, float | None]  # d log(value) / d log(tokens) over slope_tokens
+    slope_tokens: dict[str, list[int]]  # the token counts each slope was fitted over
 
 
 class TrainEpochRecord(Record):

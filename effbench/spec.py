@@ -79,6 +79,10 @@ class ProfileSection(_Section):
     count_flops: bool = Field(True, description="count FLOPs with fvcore and FlopCounterMode")
     top_ops: int = Field(8, ge=0, description="operators/kernels kept per point, by self time")
     trace: bool = Field(False, description="write Chrome/Perfetto and TensorBoard traces")
+    breakdown: bool = Field(
+        False,
+        description="also profile one transformer block: time in attention / MLP / norm / other",
+    )
 
     @field_validator("seq_lens")
     @classmethod
@@ -153,6 +157,66 @@ class TrainSection(_Section):
         return v
 
 
+class ScaleSection(_Section):
+    """`effbench scale`: whole models across input resolutions."""
+
+    resolutions: list[int] = Field(
+        default_factory=lambda: [32, 64, 128, 224],
+        min_length=1,
+        description="input sides in pixels, each divisible by the patch size",
+    )
+    patch_size: int | None = Field(
+        None, gt=0, description="patch side in pixels; unset: the backbone's"
+    )
+    batch_size: int = Field(8, gt=0)
+    mode: Literal["infer", "train", "both"] = Field(
+        "infer", description="time inference, one training step, or both"
+    )
+    dtype: Dtype = "float32"
+    device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    warmup: int = Field(1, ge=0, description="untimed calls before timing")
+    min_run_time: float = Field(0.2, gt=0, description="seconds of timing per repeat")
+    repeats: int = Field(
+        3, ge=1, description="timed repeats per point; the record keeps their spread"
+    )
+    count_flops: bool = Field(True, description="count FLOPs with fvcore and FlopCounterMode")
+    breakdown: bool = Field(
+        True, description="profile one forward: time in attention / MLP / norm / other"
+    )
+    top_ops: int = Field(8, ge=0, description="operators/kernels kept per point, by self time")
+
+    @field_validator("resolutions")
+    @classmethod
+    def _resolutions(cls, v: list[int]) -> list[int]:
+        bad = [r for r in v if r <= 0]
+        if bad:
+            raise ValueError(f"resolutions must be positive, got {bad}")
+        return sorted(set(v))
+
+
+def resolution_ladder(low: int, high: int, patch: int) -> list[int]:
+    """The ends and every power of two between them that divides into patches.
+
+    Raises:
+        ValueError: when an end is not a positive multiple of the patch, or low > high.
+    """
+    for end in (low, high):
+        if end <= 0 or end % patch:
+            nearest = max(patch, round(end / patch) * patch)
+            raise ValueError(
+                f"{end} px is not divisible by patch size {patch}; use a multiple such as {nearest}"
+            )
+    if low > high:
+        raise ValueError(f"--res {low} {high}: the first must not exceed the second")
+    ladder = {low, high}
+    p = 1
+    while p < high:
+        if p > low and p % patch == 0:
+            ladder.add(p)
+        p *= 2
+    return sorted(ladder)
+
+
 class BenchSpec(_Section):
     """The whole of `bench.toml`."""
 
@@ -160,6 +224,11 @@ class BenchSpec(_Section):
     models: list[ModelEntry] = Field(min_length=1)
     profile: ProfileSection = Field(default_factory=ProfileSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    scale: ScaleSection = Field(default_factory=ScaleSection)
+
+    def scale_patch(self) -> int:
+        """The patch size of `effbench scale`: its own, else the backbone's."""
+        return self.scale.patch_size or self.backbone.patch_size
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field checks that one field's validator cannot see, as (location, message)."""
@@ -181,6 +250,15 @@ class BenchSpec(_Section):
             if m.name in seen:
                 out.append((f"models[{i}].name", f"{m.name!r} repeats models[{seen[m.name]}]"))
             seen.setdefault(m.name, i)
+        patch = self.scale_patch()
+        odd = [r for r in self.scale.resolutions if r % patch]
+        if odd:
+            out.append(
+                (
+                    "scale.resolutions",
+                    f"{odd} not divisible by patch size {patch}; use multiples of {patch}",
+                )
+            )
         tr = self.train
         if tr.min_lr > tr.lr:
             out.append(("train.min_lr", f"{tr.min_lr} exceeds train.lr {tr.lr}"))

@@ -12,10 +12,16 @@ from typing import Any
 
 import torch
 
-from effbench.attention import build_attention
-from effbench.attention.sdpa import SdpaAttention
+from effbench.attention import Attention, build_attention
+from effbench.attention.sdpa import (
+    SdpaAttention,
+    backend_from_kernels,
+    backend_from_ops,
+    dispatched_ops,
+)
 from effbench.measure import count_flops, param_count, peak_bytes, time_call
-from effbench.profiler import profile_call
+from effbench.model import Block
+from effbench.profiler import breakdown, profile_call
 from effbench.results import Env, ProfileRecord, Status
 from effbench.spec import BenchSpec, ModelEntry
 
@@ -52,6 +58,36 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def attempt(measure: Callable[[], None], device: torch.device) -> tuple[Status, str | None]:
+    """Run `measure`; an exception becomes its record status and message. Memory is freed
+    afterwards, outside the except block, so that the traceback's frames are gone."""
+    status: Status = "ok"
+    error = None
+    try:
+        measure()
+    except Exception as err:
+        status, error = classify(err), f"{type(err).__name__}: {err}".strip()[:2000]
+    free_memory(device)
+    return status, error
+
+
+def sdpa_backend_fields(
+    requested: str, *, device: torch.device, kernels: list[str], ops: list[str]
+) -> dict[str, Any]:
+    """The SDPA backend that ran, from the CUDA kernel names on a GPU (the aten operators
+    otherwise), and whether it fell back to the math path though another was allowed."""
+    if device.type == "cuda" and kernels:
+        backend, source = backend_from_kernels(kernels) or "math", "CUDA kernel names"
+    else:
+        backend = backend_from_ops([o.removeprefix("aten::") for o in ops])
+        source = "aten operators"
+    return {
+        "sdpa_backend": backend,
+        "sdpa_backend_source": source,
+        "sdpa_math_fallback": backend == "math" and requested != "math",
+    }
+
+
 @dataclass(frozen=True)
 class Point:
     model: ModelEntry
@@ -66,7 +102,7 @@ def profile_grid(spec: BenchSpec) -> list[Point]:
     return [Point(m, n) for m in spec.models for n in spec.profile.seq_lens]
 
 
-def _check_finite(t: torch.Tensor, what: str) -> None:
+def check_finite(t: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         raise NonFiniteError(f"{what} is not finite (NaN or Inf)")
 
@@ -94,9 +130,10 @@ def measure_attention(
         with torch.inference_mode():
             return layer(x)
 
-    _check_finite(fwd(), "forward output")
+    check_finite(fwd(), "forward output")
     if isinstance(layer, SdpaAttention):
-        out["sdpa_backend"] = layer.backend_used(x)
+        ops = dispatched_ops(fwd)
+        out.update(sdpa_backend_fields(layer.cfg.backend, device=device, kernels=[], ops=ops))
     timing = time_call(fwd, device=device, warmup=prof.warmup, min_run_time=prof.min_run_time)
     out.update(timing.as_dict("fwd"))
     out["fwd_gflops_per_s"] = out["flops_analytic"] * B / (timing.median_ms / 1e3) / 1e9
@@ -111,6 +148,8 @@ def measure_attention(
             worker=point.label,
         )
         out["top_ops"] = [o.model_dump() for o in ops]
+    if prof.breakdown:
+        block_breakdown(layer, x, spec=spec, device=device, out=out)
 
     if prof.backward:
         layer.train()
@@ -121,7 +160,7 @@ def measure_attention(
         def fwdbwd() -> tuple[torch.Tensor, ...]:
             return torch.autograd.grad(layer(xg), [xg, *params], grad_outputs=grad_out)
 
-        _check_finite(fwdbwd()[0], "input gradient")
+        check_finite(fwdbwd()[0], "input gradient")
         timing = time_call(
             fwdbwd, device=device, warmup=prof.warmup, min_run_time=prof.min_run_time
         )
@@ -145,10 +184,31 @@ def measure_attention(
             flops_by_op=counts.by_op,
         )
         if counts.max_rel_diff() > FLOP_TOLERANCE:
-            raise FlopMismatchError(
-                f"FLOP counts disagree by {counts.max_rel_diff():.1%}: analytic {counts.analytic}, "
-                f"fvcore {counts.fvcore}, FlopCounterMode {counts.flop_counter}"
+            raise FlopMismatchError(counts.mismatch())
+
+
+def block_breakdown(
+    layer: Attention, x: torch.Tensor, *, spec: BenchSpec, device: torch.device, out: dict
+) -> None:
+    """Time of one transformer block around `layer` (pre-norm, attention, MLP), split into
+    attention / MLP / norm / other by the profiler; on CUDA also the SDPA backend from the
+    kernels that ran."""
+    bb = spec.backbone
+    block = Block(layer, mlp_ratio=bb.mlp_ratio, dropout=0.0).to(device=device, dtype=x.dtype)
+    block.eval()
+
+    def fwd() -> torch.Tensor:
+        with torch.inference_mode():
+            return block(x)
+
+    b = breakdown(fwd, model=block, device=device, top=0)
+    out.update(breakdown_ms=b.parts_ms, breakdown_step_ms=b.step_ms, breakdown_source=b.source)
+    if isinstance(layer, SdpaAttention) and device.type == "cuda":
+        out.update(
+            sdpa_backend_fields(
+                layer.cfg.backend, device=device, kernels=b.kernel_names, ops=b.op_names
             )
+        )
 
 
 def _sub(root: Path | None, name: str) -> Path | None:
@@ -172,14 +232,10 @@ def run_point(
     measure = measure or measure_attention
     bb = spec.backbone
     out: dict[str, Any] = {}
-    status: Status = "ok"
-    error = None
     trace_dir = None if trace_root is None else trace_root / point.label
-    try:
-        measure(spec, point, device=device, out=out, trace_dir=trace_dir)
-    except Exception as err:
-        status, error = classify(err), f"{type(err).__name__}: {err}".strip()[:2000]
-    free_memory(device)  # outside the except block, so the traceback's frames are gone
+    status, error = attempt(
+        lambda: measure(spec, point, device=device, out=out, trace_dir=trace_dir), device
+    )
     if trace_dir is not None and trace_dir.exists():
         out["trace_dir"] = str(trace_dir)
     return ProfileRecord(

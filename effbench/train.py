@@ -737,25 +737,18 @@ class Trainer:
             st.acc["correct"] += (logits.argmax(-1) == y).sum()
             st.acc["seen"] += n
 
-    @torch.no_grad()
     def evaluate(self, loader: Any, phase: str) -> dict[str, float]:
         """Loss (no smoothing), top-1 and top-5 over the whole split, summed across processes."""
         self.net.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        total = len(loader)
-        k = min(5, self.bench.backbone.num_classes)
-        for i, (x, y) in enumerate(loader.iterate(), start=1):
-            with self._autocast():
-                logits = self.net(x).float()
-            top = logits.topk(k, dim=-1).indices
-            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-            sums[1] += (top[:, 0] == y).sum()
-            sums[2] += (top == y[:, None]).any(-1).sum()
-            sums[3] += y.shape[0]
-            self.progress.on_batch(phase, i, total)
+        sums = evaluation_sums(
+            self.net,
+            loader,
+            autocast=self._autocast,
+            num_classes=self.bench.backbone.num_classes,
+            on_batch=lambda i, n: self.progress.on_batch(phase, i, n),
+        )
         self.net.train()
-        loss, top1, top5, n = self.dist.all_sum(sums).tolist()
-        return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n}
+        return accuracy(self.dist.all_sum(sums))
 
     def _warm_compile(self) -> None:
         """Compile the training and evaluation graphs before the clock starts, leaving weights
@@ -778,6 +771,42 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 self.net(x)
             self.net.train()
+
+
+@torch.no_grad()
+def evaluation_sums(
+    net: nn.Module,
+    loader: Any,
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    num_classes: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """(loss sum without smoothing, top-1 hits, top-5 hits, images) of `net` over a loader,
+    as one float64 tensor on the loader's device (so that processes can add theirs)."""
+    sums: torch.Tensor | None = None
+    total = len(loader)
+    k = min(5, num_classes)
+    for i, (x, y) in enumerate(loader.iterate(), start=1):
+        with autocast():
+            logits = net(x).float()
+        if sums is None:
+            sums = torch.zeros(4, dtype=torch.float64, device=logits.device)
+        top = logits.topk(k, dim=-1).indices
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += (top[:, 0] == y).sum()
+        sums[2] += (top == y[:, None]).any(-1).sum()
+        sums[3] += y.shape[0]
+        if on_batch is not None:
+            on_batch(i, total)
+    assert sums is not None, "evaluation on an empty split"
+    return sums
+
+
+def accuracy(sums: torch.Tensor) -> dict[str, float]:
+    """`evaluation_sums` as mean loss, top-1 and top-5."""
+    loss, top1, top5, n = sums.tolist()
+    return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n, "n": n}
 
 
 def _tensorboard_writer() -> Any:

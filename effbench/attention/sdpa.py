@@ -6,7 +6,8 @@ O(N^2) time; the fused kernels (flash, memory-efficient, cuDNN, CPU flash) keep 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,28 @@ KERNEL_BACKENDS = {
 }
 
 
+# Substrings of CUDA kernel names and the SDPA backend each one means, checked in this order:
+# cuDNN's fused kernels ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop...") also say
+# "flash"; the memory-efficient kernels are CUTLASS FMHA ("fmha_cutlassF_...", templated on
+# "PyTorchMemEffAttention::AttentionKernel"); FlashAttention's are "pytorch_flash::flash_fwd...".
+KERNEL_NAME_BACKENDS = (
+    ("cudnn", "cudnn"),
+    ("fmha_cutlass", "efficient"),
+    ("memeffattention", "efficient"),
+    ("flash", "flash"),
+)
+
+
+def backend_from_kernels(kernel_names: list[str]) -> str | None:
+    """The SDPA backend that the CUDA kernels which ran show: 'cudnn', 'efficient' or
+    'flash'; None when no fused attention kernel ran (the math path, or no SDPA at all)."""
+    lowered = [k.lower() for k in kernel_names]
+    for marker, backend in KERNEL_NAME_BACKENDS:
+        if any(marker in k for k in lowered):
+            return backend
+    return None
+
+
 class _OpRecorder(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -51,6 +74,14 @@ def backend_from_ops(op_names: list[str]) -> str:
         if name in KERNEL_BACKENDS:
             return KERNEL_BACKENDS[name]
     return "math"
+
+
+def dispatched_ops(fn: Callable[[], Any]) -> list[str]:
+    """The aten op names (without overload) that fn dispatches, in order."""
+    rec = _OpRecorder()
+    with rec:
+        fn()
+    return rec.names
 
 
 @register("sdpa")
@@ -76,7 +107,4 @@ class SdpaAttention(ExactAttention):
     def backend_used(self, x: Tensor) -> str:
         """Run one forward and report which SDPA kernel actually executed."""
         q, k, v = self.qkv_heads(x)
-        rec = _OpRecorder()
-        with rec:
-            self.attend(q, k, v)
-        return backend_from_ops(rec.names)
+        return backend_from_ops(dispatched_ops(lambda: self.attend(q, k, v)))

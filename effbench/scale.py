@@ -1,0 +1,444 @@
+"""`effbench scale`: whole ViTs across input resolutions (time, memory, FLOPs, time by part),
+and one trained model evaluated at several resolutions. A failed point is a record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from effbench.attention.configs import AttentionConfig
+from effbench.attention.sdpa import dispatched_ops
+from effbench.measure import count_flops, param_count, peak_bytes, time_repeats
+from effbench.model import ViT, adapt_state_dict, build_model
+from effbench.profiler import breakdown
+from effbench.results import Env, ScaleRecord, ScaleSummaryRecord, read_jsonl
+from effbench.scaling import summarize
+from effbench.spec import Backbone, BenchSpec, ModelEntry, SpecError, parse_spec
+from effbench.sweep import (
+    DTYPES,
+    FLOP_TOLERANCE,
+    MIB,
+    FlopMismatchError,
+    attempt,
+    check_finite,
+    sdpa_backend_fields,
+)
+
+# A profiled breakdown repeats a call this many times, once when the call is slower than this.
+BREAKDOWN_CALLS = 3
+SLOW_CALL_MS = 500.0
+
+
+class ScaleError(ValueError):
+    """A `--checkpoint` that cannot be evaluated, with what to change."""
+
+
+@dataclass(frozen=True)
+class ScalePoint:
+    model: ModelEntry
+    image_size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name}-{self.image_size}px"
+
+
+def scale_backbone(spec: BenchSpec) -> Backbone:
+    """The backbone at `[scale]`'s patch size."""
+    return spec.backbone.model_copy(update={"patch_size": spec.scale_patch()})
+
+
+def scale_grid(spec: BenchSpec) -> list[ScalePoint]:
+    return [ScalePoint(m, r) for m in spec.models for r in spec.scale.resolutions]
+
+
+def baseline_name(spec: BenchSpec) -> str | None:
+    """The model that crossovers are measured against: the first `sdpa` one."""
+    return next((m.name for m in spec.models if m.attention.kind == "sdpa"), None)
+
+
+def fit_to_tokens(cfg: AttentionConfig, tokens: int) -> tuple[AttentionConfig, str | None]:
+    """The options capped at the token count (Linformer's k, Nystrom's landmarks) and a note
+    saying so; unchanged options give no note."""
+    over = {k: v for k, v in cfg.token_limits().items() if v > tokens}
+    if not over:
+        return cfg, None
+    changes = ", ".join(f"{k} {v} -> {tokens}" for k, v in over.items())
+    return cfg.model_copy(update=dict.fromkeys(over, tokens)), f"{changes} (only {tokens} tokens)"
+
+
+def precision_name(dtype: str) -> str:
+    return "float32" if dtype == "float32" else f"{dtype} autocast"
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision for a non-float32 dtype (weights stay float32), else nothing."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+# ---------------------------------------------------------------------------- one point
+
+Evaluate = Callable[[ViT, Callable[[], contextlib.AbstractContextManager[Any]]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Trained:
+    """Weights to load into every point's model, and how to score it (`--checkpoint`)."""
+
+    state: dict[str, torch.Tensor]
+    grid: tuple[int, int]
+    evaluate: Evaluate
+
+
+def measure_model(
+    spec: BenchSpec,
+    point: ScalePoint,
+    *,
+    device: torch.device,
+    out: dict[str, Any],
+    trained: Trained | None = None,
+) -> None:
+    """Measure one whole model at one resolution, filling `out` as it goes."""
+    sc, bb = spec.scale, scale_backbone(spec)
+    res, B = point.image_size, sc.batch_size
+    torch.manual_seed(0)
+    model = build_model(bb, point.model.attention, image_size=res)
+    if trained is not None:
+        model.load_state_dict(adapt_state_dict(trained.state, model, trained_grid=trained.grid))
+    model = model.to(device)
+    out.update(
+        params=param_count(model),
+        flops_analytic=model.flops(),
+        attn_flops_analytic=model.attention_flops(),
+    )
+    x = torch.randn(B, bb.channels, res, res, device=device)
+
+    def amp() -> contextlib.AbstractContextManager[Any]:
+        return autocast(device, sc.dtype)
+
+    if trained is not None:
+        model.eval()
+        out.update(trained.evaluate(model, amp))
+    if sc.mode in ("infer", "both"):
+        _inference(spec, point, model, x, amp=amp, device=device, out=out)
+    if sc.count_flops:
+        counts = count_flops(
+            model, x, analytic=out["flops_analytic"], attention_analytic=out["attn_flops_analytic"]
+        )
+        out.update(
+            flops_fvcore=counts.fvcore,
+            flops_flop_counter=counts.flop_counter,
+            attn_flops_fvcore=counts.attention_fvcore,
+            attn_flops_flop_counter=counts.attention_flop_counter,
+            flops_by_op=counts.by_op,
+        )
+        if counts.max_rel_diff() > FLOP_TOLERANCE:
+            raise FlopMismatchError(counts.mismatch())
+    if sc.mode in ("train", "both"):
+        _training(spec, model, x, amp=amp, device=device, out=out)
+
+
+def _inference(
+    spec: BenchSpec,
+    point: ScalePoint,
+    model: ViT,
+    x: torch.Tensor,
+    *,
+    amp: Callable[[], contextlib.AbstractContextManager[Any]],
+    device: torch.device,
+    out: dict[str, Any],
+) -> None:
+    sc = spec.scale
+    model.eval()
+
+    def fwd() -> torch.Tensor:
+        with torch.inference_mode(), amp():
+            return model(x)
+
+    check_finite(fwd(), "forward output")
+    timing, spread = time_repeats(
+        fwd, device=device, repeats=sc.repeats, warmup=sc.warmup, min_run_time=sc.min_run_time
+    )
+    out.update(timing.as_dict("infer"))
+    out.update(infer_repeat_spread=spread, images_per_s=x.shape[0] / (timing.median_ms / 1e3))
+    peak, out["mem_source"] = peak_bytes(fwd, device)
+    out["infer_peak_mib"] = peak / MIB
+    kernels: list[str] = []
+    ops: list[str] | None = None
+    if sc.breakdown or sc.top_ops:
+        calls = 1 if timing.median_ms > SLOW_CALL_MS else BREAKDOWN_CALLS
+        b = breakdown(fwd, model=model, device=device, calls=calls, top=sc.top_ops)
+        kernels, ops = b.kernel_names, b.op_names
+        out["top_ops"] = [o.model_dump() for o in b.top_ops]
+        if sc.breakdown:
+            out.update(
+                breakdown_ms=b.parts_ms, breakdown_step_ms=b.step_ms, breakdown_source=b.source
+            )
+    cfg = point.model.attention
+    if cfg.kind == "sdpa":
+        ops = ops if ops is not None else dispatched_ops(fwd)
+        out.update(sdpa_backend_fields(cfg.backend, device=device, kernels=kernels, ops=ops))
+
+
+def _training(
+    spec: BenchSpec,
+    model: ViT,
+    x: torch.Tensor,
+    *,
+    amp: Callable[[], contextlib.AbstractContextManager[Any]],
+    device: torch.device,
+    out: dict[str, Any],
+) -> None:
+    """One optimizer step: forward, cross-entropy, backward, AdamW."""
+    sc = spec.scale
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    g = torch.Generator(device="cpu").manual_seed(0)
+    y = torch.randint(0, model.head.out_features, (x.shape[0],), generator=g).to(device)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    check_finite(step(), "training loss")
+    timing, spread = time_repeats(
+        step, device=device, repeats=sc.repeats, warmup=sc.warmup, min_run_time=sc.min_run_time
+    )
+    out.update(timing.as_dict("train"))
+    out.update(train_repeat_spread=spread, train_images_per_s=x.shape[0] / (timing.median_ms / 1e3))
+    peak, out["mem_source"] = peak_bytes(step, device)
+    out["train_peak_mib"] = peak / MIB
+    opt.zero_grad(set_to_none=True)
+
+
+def run_scale_point(
+    spec: BenchSpec,
+    point: ScalePoint,
+    *,
+    device: torch.device,
+    env: Env,
+    run_id: str,
+    trained: Trained | None = None,
+    checkpoint: dict[str, Any] | None = None,
+) -> ScaleRecord:
+    """One model at one resolution as a record; failures become a status, never an exception.
+
+    Without `trained`, options above the token count are capped (and noted); a trained
+    model keeps its own, and a point where they do not fit fails.
+    """
+    sc, bb = spec.scale, scale_backbone(spec)
+    tokens = bb.seq_len(point.image_size)
+    cfg, note = point.model.attention, None
+    if trained is None:
+        cfg, note = fit_to_tokens(cfg, tokens)
+        point = ScalePoint(point.model.model_copy(update={"attention": cfg}), point.image_size)
+    out: dict[str, Any] = {}
+    status, error = attempt(
+        lambda: measure_model(spec, point, device=device, out=out, trained=trained), device
+    )
+    return ScaleRecord(
+        status=status,
+        error=error,
+        run_id=run_id,
+        spec_hash=spec.hash(),
+        model=point.model.name,
+        attention=cfg.model_dump(mode="json"),
+        env=env,
+        image_size=point.image_size,
+        patch_size=bb.patch_size,
+        seq_len=tokens,
+        batch_size=sc.batch_size,
+        mode=sc.mode,
+        precision=precision_name(sc.dtype),
+        dim=bb.dim,
+        depth=bb.depth,
+        heads=bb.heads,
+        repeats=sc.repeats,
+        note=note,
+        **(checkpoint or {}),
+        **out,
+    )
+
+
+def scale_sweep(
+    spec: BenchSpec, *, device: torch.device, env: Env, run_id: str
+) -> Iterator[ScaleRecord]:
+    """Every model x resolution of the spec's scale grid, one record each."""
+    for point in scale_grid(spec):
+        yield run_scale_point(spec, point, device=device, env=env, run_id=run_id)
+
+
+def summary_records(
+    spec: BenchSpec, records: list[ScaleRecord], *, env: Env, run_id: str
+) -> list[ScaleSummaryRecord]:
+    """Per model: crossovers against the `sdpa` baseline and slopes, as records."""
+    base = baseline_name(spec)
+    found = summarize([r.model_dump() for r in records], baseline=base, mode=spec.scale.mode)
+    return [
+        ScaleSummaryRecord(
+            run_id=run_id,
+            spec_hash=spec.hash(),
+            model=m.name,
+            attention=m.attention.model_dump(mode="json"),
+            env=env,
+            baseline=base,
+            mode=spec.scale.mode,
+            resolutions=spec.scale.resolutions,
+            **found[m.name],
+        )
+        for m in spec.models
+        if m.name in found
+    ]
+
+
+# ---------------------------------------------------------------------------- --checkpoint
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished (or checkpointed) `effbench train` run directory."""
+
+    directory: Path
+    spec: BenchSpec
+    entry: ModelEntry
+    weights: Path
+
+
+def find_run(path: Path) -> TrainedRun:
+    """The run in `path` (a run directory, or a file inside one).
+
+    Raises:
+        ScaleError: naming what is missing or unreadable.
+    """
+    from effbench.train import BEST, FINAL, RECORDS
+
+    directory = path if path.is_dir() else path.parent
+    if not path.exists():
+        raise ScaleError(f"--checkpoint {path}: no such run directory (runs/<model>/seed<N>)")
+    spec_path = directory / "spec.json"
+    if not spec_path.is_file():
+        raise ScaleError(f"--checkpoint {directory}: no spec.json; is it an effbench run?")
+    import json
+
+    try:
+        spec = parse_spec(json.loads(spec_path.read_text(encoding="utf-8")), source=str(spec_path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ScaleError(f"{spec_path} is corrupt ({err}); the run cannot be evaluated") from None
+    except SpecError as err:
+        raise ScaleError("\n".join(err.lines())) from None
+    name = directory.parent.name
+    records = directory / RECORDS
+    if records.is_file():
+        names = [r["model"] for r in read_jsonl(records)[0] if "model" in r]
+        name = names[-1] if names else name
+    try:
+        entry = spec.model(name)
+    except KeyError:
+        raise ScaleError(f"{spec_path} has no model named {name!r}") from None
+    weights = next((directory / w for w in (FINAL, BEST) if (directory / w).is_file()), None)
+    if weights is None:
+        raise ScaleError(
+            f"--checkpoint {directory}: neither {FINAL} nor {BEST} is there; "
+            "train at least one epoch first"
+        )
+    return TrainedRun(directory=directory, spec=spec, entry=entry, weights=weights)
+
+
+def load_state(run: TrainedRun) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(run.weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ScaleError(f"{run.weights} is corrupt or unreadable ({err})") from None
+
+
+def checkpoint_spec(run: TrainedRun, current: BenchSpec, data_dir: str | None) -> BenchSpec:
+    """The trained run's spec with this command's `[scale]` section and only its model.
+
+    Raises:
+        ScaleError: when the scale patch differs from the trained one, or a resolution does
+            not divide into the trained patches.
+    """
+    trained = run.spec.backbone.patch_size
+    if current.scale.patch_size not in (None, trained):
+        raise ScaleError(
+            f"--patch {current.scale.patch_size}: {run.directory} was trained with patch "
+            f"{trained}; a trained model keeps its patch size (drop --patch)"
+        )
+    data = run.spec.model_dump(mode="json")
+    data["models"] = [run.entry.model_dump(mode="json")]
+    data["scale"] = {**current.scale.model_dump(mode="json"), "patch_size": trained}
+    if data_dir is not None:
+        data["train"]["data_dir"] = data_dir
+    try:
+        return parse_spec(data, source=f"{run.directory}/spec.json with [scale]")
+    except SpecError as err:
+        raise ScaleError("\n".join(err.lines())) from None
+
+
+def scorer_on_test_split(spec: BenchSpec, device: torch.device) -> Evaluate:
+    """A scorer: test loss, top-1 and top-5 of a model on the trained run's test split,
+    resized to the model's input size."""
+    from effbench.data import eval_loader
+    from effbench.train import accuracy, evaluation_sums
+
+    bb = spec.backbone
+
+    def evaluate(
+        model: ViT, amp: Callable[[], contextlib.AbstractContextManager[Any]]
+    ) -> dict[str, Any]:
+        loader = eval_loader(
+            spec.train,
+            image_size=model.image_size,
+            channels=bb.channels,
+            num_classes=bb.num_classes,
+            device=device,
+        )
+        acc = accuracy(evaluation_sums(model, loader, autocast=amp, num_classes=bb.num_classes))
+        return {
+            "test_loss": acc["loss"],
+            "test_top1": acc["top1"],
+            "test_top5": acc["top5"],
+            "n_test": int(acc["n"]),
+        }
+
+    return evaluate
+
+
+def checkpoint_sweep(
+    spec: BenchSpec,
+    run: TrainedRun,
+    state: dict[str, torch.Tensor],
+    *,
+    device: torch.device,
+    env: Env,
+    run_id: str,
+) -> Iterator[ScaleRecord]:
+    """The trained model (`state`, from `load_state`) at every resolution of `spec` (from
+    `checkpoint_spec`): accuracy on the test split beside the cost figures."""
+    trained = Trained(
+        state=state,
+        grid=run.spec.backbone.grid(),
+        evaluate=scorer_on_test_split(spec, device),
+    )
+    extra = {"checkpoint": str(run.directory), "trained_image_size": spec.backbone.image_size}
+    for point in scale_grid(spec):
+        yield run_scale_point(
+            spec, point, device=device, env=env, run_id=run_id, trained=trained, checkpoint=extra
+        )

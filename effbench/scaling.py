@@ -1,0 +1,111 @@
+"""What a scale grid shows, from its records alone (no torch): the crossover resolution at
+which each mechanism beats the `sdpa` baseline, and log-log slopes of time and memory against
+tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Summary metric -> the scale record field it reads.
+METRICS = {
+    "infer_time": "infer_ms",
+    "infer_memory": "infer_peak_mib",
+    "train_time": "train_ms",
+    "train_memory": "train_peak_mib",
+}
+# Slopes are fitted over the points with at least this fraction of the largest token count:
+# the upper part of the range, where the leading term dominates.
+SLOPE_SPAN = 1 / 16
+
+
+def metrics_for(mode: str) -> list[str]:
+    """The summary metrics that a scale mode measures."""
+    return [m for m in METRICS if mode == "both" or m.startswith(mode)]
+
+
+def crossover(
+    mine: Mapping[int, float | None], base: Mapping[int, float | None]
+) -> tuple[int, bool] | None:
+    """The smallest resolution from which `mine` is below `base` at it and every larger one.
+
+    Both map resolution -> figure, None where the point failed (out of memory, error): a
+    failed baseline counts as beaten, a failed `mine` as not ahead; where both failed the
+    resolution is left out. Returns (resolution, whether that is the smallest compared) or
+    None when `mine` is not ahead at the largest resolution compared ("not reached").
+    """
+    compared = sorted(
+        r for r in set(mine) | set(base) if (mine.get(r), base.get(r)) != (None, None)
+    )
+    ahead = []
+    for r in compared:
+        m, b = mine.get(r), base.get(r)
+        ahead.append(m is not None and (b is None or m < b))
+    if not ahead or not ahead[-1]:
+        return None
+    first = len(ahead) - 1
+    while first > 0 and ahead[first - 1]:
+        first -= 1
+    return compared[first], first == 0
+
+
+def loglog_slope(points: Iterable[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log(y) against log(x); None with fewer than two distinct x."""
+    pts = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
+    if len({x for x, _ in pts}) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx
+
+
+def upper_slope(by_tokens: Mapping[int, float | None]) -> tuple[float | None, list[int]]:
+    """The log-log slope over the upper part of the token range (>= SLOPE_SPAN of the
+    largest measured), and the token counts it used."""
+    measured = {n: v for n, v in by_tokens.items() if v is not None and v > 0}
+    if not measured:
+        return None, []
+    top = max(measured)
+    used = sorted(n for n in measured if n >= top * SLOPE_SPAN)
+    if len(used) < 2:  # a narrow ladder: fit its two largest points
+        used = sorted(measured)[-2:]
+    return loglog_slope((n, measured[n]) for n in used), used
+
+
+def summarize(
+    records: list[dict[str, Any]], *, baseline: str | None, mode: str
+) -> dict[str, dict[str, Any]]:
+    """Per model of a scale grid's records: crossovers against `baseline` and slopes.
+
+    Returns model -> {"crossovers": {metric: {resolution, tokens, at_start} | None},
+    "slopes": {metric: slope | None}, "slope_tokens": {metric: [tokens...]}}. The baseline
+    gets no crossovers.
+    """
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("kind") == "scale":
+            by_model.setdefault(r["model"], []).append(r)
+    tokens = {r["image_size"]: r["seq_len"] for rs in by_model.values() for r in rs}
+    base = by_model.get(baseline or "", [])
+    out: dict[str, dict[str, Any]] = {}
+    for model, rs in by_model.items():
+        crossovers: dict[str, Any] = {}
+        slopes: dict[str, float | None] = {}
+        used: dict[str, list[int]] = {}
+        for metric in metrics_for(mode):
+            field = METRICS[metric]
+            mine = {r["image_size"]: r.get(field) for r in rs}
+            slopes[metric], used[metric] = upper_slope({r["seq_len"]: r.get(field) for r in rs})
+            if model == baseline or not base:
+                continue
+            hit = crossover(mine, {r["image_size"]: r.get(field) for r in base})
+            crossovers[metric] = (
+                None
+                if hit is None
+                else {"resolution": hit[0], "tokens": tokens[hit[0]], "at_start": hit[1]}
+            )
+        out[model] = {"crossovers": crossovers, "slopes": slopes, "slope_tokens": used}
+    return out

@@ -1,0 +1,371 @@
+"""`effbench scale`: the resolution ladder, crossovers and slopes, the validated FLOP counts,
+the time breakdown by part, and a trained checkpoint evaluated at several resolutions."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from specs import TINY_MODELS
+from torch import Tensor
+from typer.testing import CliRunner
+
+from effbench.attention.configs import KINDS, LinformerConfig, NystromConfig, SdpaConfig
+from effbench.attention.sdpa import SdpaAttention, backend_from_kernels
+from effbench.cli import app
+from effbench.measure import time_call
+from effbench.model import adapt_state_dict, build_model, resize_sequence_projection
+from effbench.profiler import PARTS, breakdown, labelled
+from effbench.results import read_jsonl
+from effbench.scale import fit_to_tokens
+from effbench.scaling import METRICS, crossover, loglog_slope, upper_slope
+from effbench.spec import Backbone, SpecError, parse_spec, read_toml, resolution_ladder
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
+needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"{MINI} is absent")
+
+SPEC = """
+[backbone]
+image_size = 32
+patch_size = 4
+dim = 32
+depth = 1
+heads = 2
+
+{models}
+
+[train]
+dataset = "cifar10"
+data_dir = "{data_dir}"
+download = false
+epochs = 1
+batch_size = 128
+eval_batch_size = 512
+lr = 2e-3
+device = "cpu"
+output_dir = "{out}"
+
+[scale]
+resolutions = [8, 16, 32]
+batch_size = 2
+mode = "both"
+device = "cpu"
+warmup = 0
+min_run_time = 0.01
+repeats = 1
+"""
+
+
+def write_spec(tmp_path: Path) -> Path:
+    p = tmp_path / "bench.toml"
+    p.write_text(SPEC.format(models=TINY_MODELS, data_dir=MINI, out=tmp_path / "runs"))
+    return p
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def scale_records(out: Path) -> list[dict]:
+    files = sorted(out.glob("scale-*.jsonl"))
+    assert len(files) == 1, files
+    good, bad = read_jsonl(files[0])
+    assert not bad
+    return good
+
+
+# ---------------------------------------------------------------------------- pure parts
+
+
+def test_resolution_ladder() -> None:
+    assert resolution_ladder(32, 224, 4) == [32, 64, 128, 224]
+    assert resolution_ladder(32, 512, 16) == [32, 64, 128, 256, 512]
+    assert resolution_ladder(48, 100, 4) == [48, 64, 100]
+    assert resolution_ladder(64, 64, 8) == [64]
+    assert resolution_ladder(8, 32, 8) == [8, 16, 32]
+    with pytest.raises(ValueError, match="not divisible by patch size 16; use a multiple"):
+        resolution_ladder(30, 224, 16)
+    with pytest.raises(ValueError, match="must not exceed"):
+        resolution_ladder(64, 32, 4)
+
+
+def test_scale_section_is_validated() -> None:
+    data = read_toml(Path(__file__).resolve().parents[1] / "bench.toml")
+    spec = parse_spec(data)
+    assert spec.scale.resolutions == [32, 64, 128, 224] and spec.scale_patch() == 4
+    with pytest.raises(SpecError, match=r"scale.resolutions: \[30\] not divisible by patch"):
+        parse_spec(data, overrides={"scale.resolutions": [30, 64]})
+    with pytest.raises(SpecError, match=r"scale\.mode"):
+        parse_spec(data, overrides={"scale.mode": "fast"})
+    assert parse_spec(data, overrides={"scale.patch_size": 16}).scale_patch() == 16
+
+
+def test_crossover_from_records() -> None:
+    base = {32: 1.0, 64: 2.0, 128: 8.0, 224: 30.0}
+    assert crossover({32: 2.0, 64: 3.0, 128: 5.0, 224: 9.0}, base) == (128, False)
+    assert crossover({32: 0.5, 64: 1.0, 128: 5.0, 224: 9.0}, base) == (32, True)
+    # ahead early, behind at the end: not reached
+    assert crossover({32: 0.5, 64: 1.0, 128: 9.0, 224: 31.0}, base) is None
+    # a failed baseline point (None) is beaten; a failed own point is not ahead
+    assert crossover({32: 2.0, 64: 3.0, 128: 9.0, 224: 9.0}, {**base, 224: None}) == (224, False)
+    assert crossover({32: 2.0, 64: 1.0, 128: 5.0, 224: None}, base) is None
+    assert crossover({32: None}, {32: None}) is None
+
+
+def test_loglog_slopes() -> None:
+    tokens = [65, 257, 1025, 4097, 16385]
+    assert loglog_slope((n, 3.0 * n**2) for n in tokens) == pytest.approx(2.0)
+    slope, used = upper_slope({n: 5.0 * n + (1e4 if n < 300 else 0.0) for n in tokens})
+    assert used == [1025, 4097, 16385]  # the upper part: >= 1/16 of the largest
+    assert slope == pytest.approx(1.0)
+    assert upper_slope({65: 1.0, 257: None}) == (None, [65])
+    two = pytest.approx(math.log(4) / math.log(257 / 65))
+    assert upper_slope({65: 1.0, 257: 4.0}) == (two, [65, 257])
+
+
+def test_options_are_capped_at_the_token_count() -> None:
+    cfg, note = fit_to_tokens(LinformerConfig(k=64), 17)
+    assert cfg.k == 17 and note == "k 64 -> 17 (only 17 tokens)"
+    cfg, note = fit_to_tokens(NystromConfig(landmarks=32), 65)
+    assert cfg.landmarks == 32 and note is None
+
+
+def test_sdpa_backend_from_cuda_kernel_names() -> None:
+    flash = "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<32, 128, 128, 4>>"
+    efficient = "fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)"
+    cudnn = "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128"
+    assert backend_from_kernels(["ampere_sgemm_128x64_tn", flash]) == "flash"
+    assert backend_from_kernels([efficient]) == "efficient"
+    assert backend_from_kernels([cudnn, "elementwise_kernel"]) == "cudnn"
+    assert backend_from_kernels(["ampere_bf16_s16816gemm", "softmax_warp_forward"]) is None
+
+
+def test_resized_weights_fit_and_keep_their_scale() -> None:
+    bb = Backbone(image_size=32, patch_size=4, dim=32, depth=1, heads=2)
+    trained = build_model(bb, LinformerConfig(k=8))
+    state = trained.state_dict()
+    same = adapt_state_dict(state, build_model(bb, LinformerConfig(k=8)), trained_grid=(8, 8))
+    assert all(torch.equal(same[k], state[k]) for k in state)
+    bigger = build_model(bb, LinformerConfig(k=8), image_size=64)
+    adapted = adapt_state_dict(state, bigger, trained_grid=(8, 8))
+    bigger.load_state_dict(adapted)  # every shape fits
+    assert adapted["pos_embed"].shape == (1, 257, 32)
+    e = torch.rand(8, 65)  # positive, so its row sums are far from 0
+    resized = resize_sequence_projection(e, (8, 8), (16, 16))
+    assert resized.shape == (8, 257)
+    assert torch.equal(resized[:, 0], e[:, 0])  # CLS column kept
+    # E X of an all-ones X sums each row: about the same on the finer grid
+    torch.testing.assert_close(resized[:, 1:].sum(1), e[:, 1:].sum(1), rtol=0.05, atol=0)
+
+
+# ---------------------------------------------------------------------------- breakdown
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread, leaving a core to the profiler's own thread (on a 2-core machine
+    the two would otherwise contend and the profiled time read high)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_breakdown_parts_are_non_negative_and_sum_to_the_step_time() -> None:
+    bb = Backbone(image_size=64, patch_size=4, dim=128, depth=2, heads=2)
+    model = build_model(bb, SdpaConfig()).eval()
+    x = torch.randn(16, 3, 64, 64)  # ~50 ms a call: the profiler's own cost is a few percent
+    cpu = torch.device("cpu")
+
+    def fwd() -> Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    # interleaved, so that a slow spell of a shared machine hits both alike
+    runs, timed = [], []
+    for _ in range(5):
+        runs.append(breakdown(fwd, model=model, device=cpu))
+        timed.append(time_call(fwd, device=cpu, min_run_time=0.2).median_ms)
+    for b in runs:
+        assert set(b.parts_ms) == {*PARTS, "other"}
+        assert all(v >= 0 for v in b.parts_ms.values()), b.parts_ms
+        assert all(b.parts_ms[p] > 0 for p in PARTS), b.parts_ms
+        assert sum(b.parts_ms.values()) == pytest.approx(b.step_ms)
+        assert b.source == "CPU time" and b.top_ops
+        assert "aten::_scaled_dot_product_flash_attention_for_cpu" in b.op_names
+    profiled = statistics.median(b.step_ms for b in runs)
+    assert profiled == pytest.approx(statistics.median(timed), rel=0.10), (runs, timed)
+    # the labels are gone afterwards
+    assert all("forward" not in vars(m) for m in model.modules())
+    with labelled(model):
+        assert "forward" in vars(model.blocks[0].attn)
+    assert "forward" not in vars(model.blocks[0].attn)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def test_scale_grid_end_to_end_with_crossovers_and_slopes(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    code, out = run_cli("scale", "--spec", str(spec), "-o", str(tmp_path / "res"))
+    assert code == 0, out
+    assert "Crossover against sdpa" in out
+    recs = scale_records(tmp_path / "res")
+    points = [r for r in recs if r["kind"] == "scale"]
+    summaries = {r["model"]: r for r in recs if r["kind"] == "scale_summary"}
+    assert {(r["model"], r["image_size"]) for r in points} == {
+        (k, px) for k in KINDS for px in (8, 16, 32)
+    }
+    for r in points:
+        assert r["status"] == "ok", (r["model"], r["image_size"], r["error"])
+        assert r["seq_len"] == (r["image_size"] // 4) ** 2 + 1
+        assert r["flops_analytic"] == r["flops_fvcore"] == r["flops_flop_counter"] > 0
+        assert r["attn_flops_analytic"] == r["attn_flops_fvcore"] == r["attn_flops_flop_counter"]
+        assert 0 < r["attn_flops_analytic"] < r["flops_analytic"]
+        assert r["infer_ms"] > 0 and r["train_ms"] > 0 and r["images_per_s"] > 0
+        assert r["infer_peak_mib"] > 0 and r["train_peak_mib"] > 0
+        assert r["env"]["threads"] >= 1 and r["repeats"] == 1 and r["env"]["allocator"]
+        assert set(r["breakdown_ms"]) == {"attention", "mlp", "norm", "other"}
+    linformer_8 = next(r for r in points if r["model"] == "linformer" and r["image_size"] == 8)
+    assert linformer_8["attention"]["k"] == 5 and "k 8 -> 5" in linformer_8["note"]
+    assert {r["sdpa_backend"] for r in points if r["model"] == "sdpa"} == {"flash_cpu"}
+
+    assert set(summaries) == set(KINDS)
+    for model, s in summaries.items():
+        assert s["baseline"] == "sdpa" and set(s["slopes"]) == set(METRICS)
+        mine = {r["image_size"]: r for r in points if r["model"] == model}
+        base = {r["image_size"]: r for r in points if r["model"] == "sdpa"}
+        for metric, field in METRICS.items():
+            tokens = s["slope_tokens"][metric]
+            fitted = [(r["seq_len"], r[field]) for r in mine.values() if r["seq_len"] in tokens]
+            expect = loglog_slope(fitted)
+            assert s["slopes"][metric] == pytest.approx(expect)
+            if model == "sdpa":
+                continue
+            ahead = {px: mine[px][field] < base[px][field] for px in mine}
+            c = s["crossovers"][metric]
+            if c is None:
+                assert not ahead[32]
+            else:
+                assert all(ahead[px] for px in ahead if px >= c["resolution"])
+                assert c["tokens"] == mine[c["resolution"]]["seq_len"]
+                below = [px for px in ahead if px < c["resolution"]]
+                assert c["at_start"] == (not below)
+                if below:
+                    assert not ahead[max(below)]
+    assert not summaries["sdpa"]["crossovers"]
+
+
+def test_scale_adds_the_baseline_and_rejects_bad_input(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    out_dir = tmp_path / "res"
+    code, out = run_cli(
+        "scale", "-s", str(spec), "-a", "linformer", "--res", "8", "16", "--mode", "infer",
+        "--set", "scale.count_flops=false", "-o", str(out_dir),
+    )  # fmt: skip
+    assert code == 0, out
+    recs = scale_records(out_dir)
+    assert {r["model"] for r in recs if r["kind"] == "scale"} == {"linformer", "sdpa"}
+    before = sorted(p.name for p in out_dir.iterdir())
+    code, out = run_cli("scale", "-s", str(spec), "--res", "30", "64", "-o", str(out_dir))
+    assert code == 2 and "not divisible by patch size 4" in out and "32" in out
+    code, out = run_cli("scale", "-s", str(spec), "--mode", "fast", "-o", str(out_dir))
+    assert code == 2 and "scale.mode" in out
+    code, out = run_cli("scale", "-s", str(spec), "-a", "linear", "-o", str(out_dir))
+    assert code == 2 and "unknown attention" in out
+    assert sorted(p.name for p in out_dir.iterdir()) == before  # nothing written or lost
+
+
+def _extra_product(self: SdpaAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """sdpa plus a Q K^T that the analytic count does not know about."""
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=self.scale)
+    return out + 0 * (q @ k.transpose(-2, -1)).mean()
+
+
+def _uncountable(self: SdpaAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """sdpa plus an op (addbmm) that fvcore has no FLOP handle for."""
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=self.scale)
+    B, H, N, d = q.shape
+    keys_t = k.reshape(-1, N, d).transpose(1, 2)
+    extra = torch.addbmm(torch.zeros(N, N), q.reshape(-1, N, d), keys_t)
+    return out + 0 * extra.mean()
+
+
+@pytest.mark.parametrize(
+    ("attend", "message"),
+    [(_extra_product, "FLOP counts disagree"), (_uncountable, "no FLOP handle for aten::addbmm")],
+    ids=["uncounted-by-analytic", "uncountable-by-fvcore"],
+)
+def test_flop_disagreement_is_an_error_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attend: object, message: str
+) -> None:
+    monkeypatch.setattr(SdpaAttention, "attend", attend)
+    spec = write_spec(tmp_path)
+    code, out = run_cli(
+        "scale", "-s", str(spec), "-a", "sdpa", "fused", "--res", "16", "16", "--mode", "infer",
+        "-o", str(tmp_path / "res"),
+    )  # fmt: skip
+    assert code == 0, out
+    recs = {r["model"]: r for r in scale_records(tmp_path / "res") if r["kind"] == "scale"}
+    bad, good = recs["sdpa"], recs["fused"]
+    assert good["status"] == "ok"
+    assert bad["status"] == "error" and message in bad["error"], bad["error"]
+    assert bad["infer_ms"] > 0  # what was measured before the check is kept
+    if message.startswith("FLOP counts"):
+        assert bad["flops_fvcore"] == bad["flops_flop_counter"] > bad["flops_analytic"]
+        assert f"analytic {bad['flops_analytic']:,}" in bad["error"]
+
+
+@needs_mini
+def test_checkpoint_of_one_epoch_evaluates_at_three_resolutions(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    code, out = run_cli("train", "-s", str(spec), "-a", "linformer")
+    assert code == 0, out
+    run = tmp_path / "runs" / "linformer" / "seed0"
+    trained = next(r for r in read_jsonl(run / "train.jsonl")[0] if r["kind"] == "train")
+    code, out = run_cli(
+        "scale", "-s", str(spec), "--checkpoint", str(run), "--res", "16", "32", "48",
+        "--mode", "infer", "--no-breakdown", "-o", str(tmp_path / "res"),
+    )  # fmt: skip
+    assert code == 0, out
+    recs = scale_records(tmp_path / "res")
+    assert [r["image_size"] for r in recs] == [16, 32, 48]
+    assert all(r["kind"] == "scale" for r in recs)  # one model: no crossovers
+    for r in recs:
+        assert r["status"] == "ok", r["error"]
+        assert r["checkpoint"] == str(run) and r["trained_image_size"] == 32
+        assert r["n_test"] == 932 and 0 <= r["test_top1"] <= r["test_top5"] <= 1
+        assert r["attention"]["k"] == 8  # projections resized, not re-sized options
+    at_32 = recs[1]
+    assert at_32["test_top1"] == pytest.approx(trained["test_top1"], abs=1e-9)
+    assert at_32["test_top1"] > 0.15  # chance is 0.10
+    assert recs[0]["seq_len"] == 17 and recs[2]["seq_len"] == 145
+
+
+def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    code, out = run_cli("scale", "-s", str(spec), "--checkpoint", str(tmp_path / "nope"))
+    assert code == 2 and "no such run directory" in out
+    run = tmp_path / "runs" / "sdpa" / "seed0"
+    run.mkdir(parents=True)
+    code, out = run_cli("scale", "-s", str(spec), "--checkpoint", str(run))
+    assert code == 2 and "no spec.json" in out
+    (run / "spec.json").write_text(
+        '{"models": [{"name": "sdpa", "attention": {"kind": "sdpa"}}]}', encoding="utf-8"
+    )
+    code, out = run_cli("scale", "-s", str(spec), "--checkpoint", str(run))
+    assert code == 2 and "train at least one epoch first" in out
+    (run / "model.safetensors").write_bytes(b"garbage")
+    code, out = run_cli(
+        "scale", "-s", str(spec), "--checkpoint", str(run), "--data-dir", str(MINI),
+        "--res", "32", "32", "-o", str(tmp_path / "res"),
+    )  # fmt: skip
+    assert code == 2 and "corrupt or unreadable" in out, out
+    code, out = run_cli("scale", "-s", str(spec), "--checkpoint", str(run), "--patch", "8")
+    assert code == 2 and "keeps its patch size" in out
