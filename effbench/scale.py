@@ -185,7 +185,9 @@ def _inference(
             )
     cfg = point.model.attention
     if cfg.kind == "sdpa":
-        ops = ops if ops is not None else dispatched_ops(fwd)
+        if ops is None:
+            with amp():
+                ops = dispatched_ops(lambda: model(x))
         out.update(sdpa_backend_fields(cfg.backend, device=device, kernels=kernels, ops=ops))
 
 

@@ -132,7 +132,7 @@ def measure_attention(
 
     check_finite(fwd(), "forward output")
     if isinstance(layer, SdpaAttention):
-        ops = dispatched_ops(fwd)
+        ops = dispatched_ops(lambda: layer(x))
         out.update(sdpa_backend_fields(layer.cfg.backend, device=device, kernels=[], ops=ops))
     timing = time_call(fwd, device=device, warmup=prof.warmup, min_run_time=prof.min_run_time)
     out.update(timing.as_dict("fwd"))

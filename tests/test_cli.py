@@ -63,7 +63,7 @@ def test_help_lists_commands() -> None:
 
 def test_profile_end_to_end(tmp_path: Path) -> None:
     spec, out = write_spec(tmp_path), tmp_path / "results"
-    code, output = run_profile("--spec", str(spec), "--output", str(out))
+    code, output = run_profile("--spec", str(spec), "--output", str(out), "--breakdown")
     assert code == 0, output
     records = load_records(out)
     assert [(r["model"], r["seq_len"]) for r in records] == [
@@ -78,8 +78,14 @@ def test_profile_end_to_end(tmp_path: Path) -> None:
         assert r["top_ops"] and all(op["self_ms"] >= 0 for op in r["top_ops"])
         assert r["env"]["threads"] >= 1 and r["env"]["allocator"] and r["env"]["torch"]
         assert r["spec_hash"] == records[0]["spec_hash"]
+        parts = r["breakdown_ms"]  # one block: norm, attention, norm, MLP, residuals
+        assert set(parts) == {"attention", "mlp", "norm", "other"}, parts
+        assert all(v >= 0 for v in parts.values()) and parts["attention"] > 0
+        assert sum(parts.values()) == pytest.approx(r["breakdown_step_ms"])
+        assert r["breakdown_source"] == "CPU time"
     sdpa = [r for r in records if r["model"] == "sdpa"]
-    assert all(r["sdpa_backend"] in ("flash_cpu", "math") for r in sdpa)
+    assert [r["sdpa_backend"] for r in sdpa] == ["flash_cpu", "flash_cpu"]
+    assert not any(r["sdpa_math_fallback"] for r in sdpa)
     resolved = json.loads(next(out.glob("profile-*.spec.json")).read_text())
     assert resolved["profile"]["seq_lens"] == [17, 26]
     assert "standard" in output and "14 ok" in output

@@ -267,11 +267,17 @@ def test_scale_adds_the_baseline_and_rejects_bad_input(tmp_path: Path) -> None:
     out_dir = tmp_path / "res"
     code, out = run_cli(
         "scale", "-s", str(spec), "-a", "linformer", "--res", "8", "16", "--mode", "infer",
-        "--set", "scale.count_flops=false", "-o", str(out_dir),
+        "--no-breakdown", "--set", "scale.count_flops=false", "scale.top_ops=0",
+        "-o", str(out_dir),
     )  # fmt: skip
     assert code == 0, out
     recs = scale_records(out_dir)
     assert {r["model"] for r in recs if r["kind"] == "scale"} == {"linformer", "sdpa"}
+    sdpa = [r for r in recs if r["kind"] == "scale" and r["model"] == "sdpa"]
+    assert [(r["sdpa_backend"], r["sdpa_math_fallback"]) for r in sdpa] == [
+        ("flash_cpu", False)
+    ] * 2
+    assert all(r["breakdown_ms"] is None and r["flops_fvcore"] is None for r in sdpa)
     before = sorted(p.name for p in out_dir.iterdir())
     code, out = run_cli("scale", "-s", str(spec), "--res", "30", "64", "-o", str(out_dir))
     assert code == 2 and "not divisible by patch size 4" in out and "32" in out

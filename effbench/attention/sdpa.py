@@ -77,9 +77,13 @@ def backend_from_ops(op_names: list[str]) -> str:
 
 
 def dispatched_ops(fn: Callable[[], Any]) -> list[str]:
-    """The aten op names (without overload) that fn dispatches, in order."""
+    """The aten op names (without overload) that fn dispatches, in order, under no_grad.
+
+    fn must not enter `torch.inference_mode` itself: under it, composite ops such as
+    `scaled_dot_product_attention` reach the recorder whole, hiding the kernel they choose.
+    """
     rec = _OpRecorder()
-    with rec:
+    with torch.no_grad(), rec:
         fn()
     return rec.names
 
