@@ -150,7 +150,9 @@ def breakdown(
             if cuda:
                 torch.cuda.synchronize(device)
     events = prof.events()
-    steps = sorted((e for e in events if e.name == STEP_LABEL), key=lambda e: e.time_range.start)
+    # CPU ranges only: on CUDA each range also has a GPU-side copy with the same name
+    on_cpu = [e for e in events if e.device_type == DeviceType.CPU]
+    steps = sorted((e for e in on_cpu if e.name == STEP_LABEL), key=lambda e: e.time_range.start)
     assert len(steps) == calls, f"profiled {len(steps)} calls of {calls}"
     starts = [e.time_range.start for e in steps]
     per_call = [dict.fromkeys(PARTS, 0.0) for _ in steps]
