@@ -623,8 +623,9 @@ def scale_summary_table(summaries: list[Any], mode: str) -> Table:
     metrics = metrics_for(mode)
     base = summaries[0].baseline if summaries else None
     table = Table(
-        title=f"Crossover against {base}: the resolution from which it stays ahead (≤: from "
-        "the smallest; none: not reached in range) · log-log slope against tokens",
+        title=f"Crossover against {base} · log-log slope against tokens",
+        caption="crossover: the resolution from which it stays ahead (≤: from the smallest; "
+        "none: not reached in range)",
         box=box.SIMPLE_HEAD,
     )
     table.add_column("model")
@@ -668,6 +669,10 @@ def scale(
     repeats: Annotated[
         int | None, typer.Option(help="Timed repeats per point; their spread is recorded.")
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads for torch (default: torch's, one per core)."),
+    ] = None,
     breakdown: Annotated[
         bool | None,
         typer.Option(
@@ -704,10 +709,11 @@ def scale(
         "scale.device": device,
         "scale.repeats": repeats,
         "scale.breakdown": breakdown,
+        "scale.threads": threads,
     }
     bench = resolve_spec(spec, overrides, attention, set_)
 
-    import torch  # noqa: F401 - heavy imports only once the spec is known to be good
+    import torch  # heavy imports only once the spec is known to be good
 
     from effbench.data import DataError
     from effbench.device import resolve_device
@@ -756,6 +762,8 @@ def scale(
         dev = resolve_device(bench.scale.device)
     except ValueError as err:
         raise fail([f"scale.device: {err}"]) from None
+    if bench.scale.threads:
+        torch.set_num_threads(bench.scale.threads)
     if dev.type == "cpu":
         from effbench.measure import cap_cpu_memory
 

@@ -183,6 +183,9 @@ class ScaleSection(_Section):
     breakdown: bool = Field(
         True, description="profile one forward: time in attention / MLP / norm / other"
     )
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch; unset: torch's default (the cores)"
+    )
     top_ops: int = Field(8, ge=0, description="operators/kernels kept per point, by self time")
 
     @field_validator("resolutions")

@@ -375,3 +375,28 @@ def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
     assert code == 2 and "corrupt or unreadable" in out, out
     code, out = run_cli("scale", "-s", str(spec), "--checkpoint", str(run), "--patch", "8")
     assert code == 2 and "keeps its patch size" in out
+
+
+def test_failed_points_are_records_and_the_grid_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def nan_attend(self: SdpaAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return torch.full_like(q, float("nan"))
+
+    monkeypatch.setattr(SdpaAttention, "attend", nan_attend)
+    spec = write_spec(tmp_path)
+    code, out = run_cli(
+        "scale", "-s", str(spec), "-a", "sdpa", "nystrom", "--mode", "infer", "--no-breakdown",
+        "-o", str(tmp_path / "res"),
+    )  # fmt: skip
+    assert code == 0, out
+    recs = scale_records(tmp_path / "res")
+    points = {(r["model"], r["image_size"]): r for r in recs if r["kind"] == "scale"}
+    assert len(points) == 6
+    for px in (8, 16, 32):
+        assert points[("sdpa", px)]["status"] == "nan"
+        assert "not finite" in points[("sdpa", px)]["error"]
+        assert points[("nystrom", px)]["status"] == "ok"
+    summary = next(r for r in recs if r["kind"] == "scale_summary" and r["model"] == "nystrom")
+    # every baseline point failed, so nystrom is ahead from the smallest resolution
+    assert summary["crossovers"]["infer_time"] == {"resolution": 8, "tokens": 5, "at_start": True}
