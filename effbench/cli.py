@@ -147,6 +147,24 @@ def _gflop(v: int | None) -> str:
     return "-" if v is None else f"{v / 1e9:,.3f}"
 
 
+def grid_table(title: str, columns: dict[str, int | None]) -> Table:
+    """A results table of fixed-width columns (None: takes what is left)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for col, width in columns.items():
+        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
+    return table
+
+
+def grid_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 # Column -> fixed width; the note (errors, SDPA backend) takes what is left.
 PROFILE_COLUMNS: dict[str, int | None] = {
     "model": 10,
@@ -264,21 +282,8 @@ def profile(
     trace_root = output / "traces" / f"profile-{run_id}" if bench.profile.trace else None
 
     points = profile_grid(bench)
-    table = Table(
-        title=f"effbench profile on {env.device_name}",
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-        pad_edge=False,
-    )
-    for col, width in PROFILE_COLUMNS.items():
-        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    table = grid_table(f"effbench profile on {env.device_name}", PROFILE_COLUMNS)
+    progress = grid_progress()
     task = progress.add_task("profiling", total=len(points))
     statuses: Counter[str] = Counter()
     console.print(
@@ -587,13 +592,13 @@ SCALE_COLUMNS: dict[str, int | None] = {
 }
 
 
-def scale_row(r: Any) -> list[str]:
+def scale_row(r: Any) -> dict[str, str]:
     style = {"ok": "green", "oom": "yellow", "nan": "magenta", "error": "red"}[r.status]
     share = None
     if r.breakdown_ms and r.breakdown_step_ms:
         share = 100 * r.breakdown_ms["attention"] / r.breakdown_step_ms
     note = r.error or "; ".join(n for n in (r.note, _backend_note(r)) if n)
-    return [
+    cells = [
         r.model,
         str(r.image_size),
         str(r.seq_len),
@@ -608,6 +613,7 @@ def scale_row(r: Any) -> list[str]:
         _pct(r.test_top1),
         note[:80],
     ]
+    return dict(zip(SCALE_COLUMNS, cells, strict=True))
 
 
 def _crossover(c: Any) -> str:
@@ -732,6 +738,8 @@ def scale(
 
     run = None
     if checkpoint is not None:
+        if attention:
+            raise fail(["--attention: a --checkpoint evaluates the model it was trained with"])
         try:
             run = find_run(checkpoint)
         except ScaleError as err:
@@ -747,6 +755,8 @@ def scale(
         except ValueError as err:
             raise fail([f"--res: {err}"]) from None
     bench = resolve_spec(spec, overrides, attention, set_)
+    if bench.scale_problems() and run is None:
+        raise fail(SpecError(bench.scale_problems(), str(spec)).lines())
     state = None
     if run is not None:
         try:
@@ -791,24 +801,13 @@ def scale(
 
     sc = bench.scale
     points = scale_grid(bench)
-    table = Table(
-        title=f"effbench scale on {env.device_name}"
+    columns = {c: w for c, w in SCALE_COLUMNS.items() if run is not None or c != "top-1"}
+    table = grid_table(
+        f"effbench scale on {env.device_name}"
         + (f": {run.entry.name} trained at {bench.backbone.image_size} px" if run else ""),
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-        pad_edge=False,
+        columns,
     )
-    for col, width in SCALE_COLUMNS.items():
-        if col == "top-1" and run is None:
-            continue
-        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = grid_progress()
     task = progress.add_task("scaling", total=len(points))
     console.print(
         f"{len(points)} points: {len(bench.models)} models x {len(sc.resolutions)} resolutions "
@@ -822,17 +821,12 @@ def scale(
         with Live(Group(table, progress), console=console):
             for point in points:
                 progress.update(task, description=f"{point.model.name} {point.image_size}px")
-                try:
-                    rec = next(records)
-                except DataError as err:
-                    raise fail([str(err)]) from None
+                rec = next(records)  # a failed point is a record, not an exception
                 writer.write(rec)
                 done.append(rec)
                 statuses[rec.status] += 1
                 row = scale_row(rec)
-                if run is None:
-                    del row[11]
-                table.add_row(*row)
+                table.add_row(*(row[c] for c in columns))
                 progress.advance(task)
         if not console.is_terminal:
             console.print()

@@ -413,7 +413,8 @@ def count_flops(
     module: nn.Module, x: torch.Tensor, *, analytic: int, attention_analytic: int | None = None
 ) -> FlopCounts:
     """Count module(x)'s forward FLOPs both ways and return them per sample beside the
-    analytic counts (`attention_analytic`: of its attention layers; default: all of it)."""
+    analytic counts. `attention_analytic` is that of its attention layers; unset, it is all
+    of `analytic` when the module is an attention layer, else 0."""
     was_training = module.training
     module.eval()
     try:
@@ -422,13 +423,15 @@ def count_flops(
     finally:
         module.train(was_training)
     names = attention_module_names(module)
+    if attention_analytic is None:
+        attention_analytic = analytic if names == [""] else 0
     b = x.shape[0]
     return FlopCounts(
         analytic=analytic,
         fvcore=fv // b,
         flop_counter=fc // b,
         by_op={k: v // b for k, v in by_op.items()},
-        attention_analytic=analytic if attention_analytic is None else attention_analytic,
+        attention_analytic=attention_analytic,
         attention_fvcore=sum(fv_modules.get(n, 0) for n in names) // b,
         attention_flop_counter=sum(fc_modules.get(n, 0) for n in names) // b,
     )

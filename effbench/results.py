@@ -132,7 +132,7 @@ class ScaleRecord(Record):
     infer_runs: int | None = None
     infer_calls_per_run: int | None = None
     infer_repeat_spread: float | None = None  # (max - min) / median of the repeats' medians
-    images_per_s: float | None = None
+    images_per_s: float | None = None  # inference
     infer_peak_mib: float | None = None
     train_ms: float | None = None  # one optimizer step: forward, loss, backward, AdamW
     train_iqr_ms: float | None = None

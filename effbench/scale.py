@@ -5,6 +5,7 @@ and one trained model evaluated at several resolutions. A failed point is a reco
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from effbench.attention.configs import AttentionConfig
 from effbench.attention.sdpa import dispatched_ops
-from effbench.measure import count_flops, param_count, peak_bytes, time_repeats
+from effbench.measure import Timing, count_flops, param_count, peak_bytes, time_repeats
 from effbench.model import ViT, adapt_state_dict, build_model
 from effbench.profiler import breakdown
 from effbench.results import Env, ScaleRecord, ScaleSummaryRecord, read_jsonl
@@ -44,10 +45,6 @@ class ScaleError(ValueError):
 class ScalePoint:
     model: ModelEntry
     image_size: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.model.name}-{self.image_size}px"
 
 
 def scale_backbone(spec: BenchSpec) -> Backbone:
@@ -147,6 +144,31 @@ def measure_model(
         _training(spec, model, x, amp=amp, device=device, out=out)
 
 
+def _time_and_peak(
+    fn: Callable[[], Any],
+    phase: str,
+    *,
+    spec: BenchSpec,
+    batch: int,
+    device: torch.device,
+    out: dict[str, Any],
+) -> Timing:
+    """Time fn `repeats` times and measure its peak memory, into `<phase>_*` fields."""
+    sc = spec.scale
+    timing, spread = time_repeats(
+        fn, device=device, repeats=sc.repeats, warmup=sc.warmup, min_run_time=sc.min_run_time
+    )
+    peak, out["mem_source"] = peak_bytes(fn, device)
+    out.update(timing.as_dict(phase))
+    out[f"{phase}_repeat_spread"] = spread
+    # inference's is plain `images_per_s`, the name the measured records already carry
+    out["images_per_s" if phase == "infer" else f"{phase}_images_per_s"] = batch / (
+        timing.median_ms / 1e3
+    )
+    out[f"{phase}_peak_mib"] = peak / MIB
+    return timing
+
+
 def _inference(
     spec: BenchSpec,
     point: ScalePoint,
@@ -165,13 +187,7 @@ def _inference(
             return model(x)
 
     check_finite(fwd(), "forward output")
-    timing, spread = time_repeats(
-        fwd, device=device, repeats=sc.repeats, warmup=sc.warmup, min_run_time=sc.min_run_time
-    )
-    out.update(timing.as_dict("infer"))
-    out.update(infer_repeat_spread=spread, images_per_s=x.shape[0] / (timing.median_ms / 1e3))
-    peak, out["mem_source"] = peak_bytes(fwd, device)
-    out["infer_peak_mib"] = peak / MIB
+    timing = _time_and_peak(fwd, "infer", spec=spec, batch=x.shape[0], device=device, out=out)
     kernels: list[str] = []
     ops: list[str] | None = None
     if sc.breakdown or sc.top_ops:
@@ -201,7 +217,6 @@ def _training(
     out: dict[str, Any],
 ) -> None:
     """One optimizer step: forward, cross-entropy, backward, AdamW."""
-    sc = spec.scale
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -217,13 +232,7 @@ def _training(
         return loss.detach()
 
     check_finite(step(), "training loss")
-    timing, spread = time_repeats(
-        step, device=device, repeats=sc.repeats, warmup=sc.warmup, min_run_time=sc.min_run_time
-    )
-    out.update(timing.as_dict("train"))
-    out.update(train_repeat_spread=spread, train_images_per_s=x.shape[0] / (timing.median_ms / 1e3))
-    peak, out["mem_source"] = peak_bytes(step, device)
-    out["train_peak_mib"] = peak / MIB
+    _time_and_peak(step, "train", spec=spec, batch=x.shape[0], device=device, out=out)
     opt.zero_grad(set_to_none=True)
 
 
@@ -334,8 +343,6 @@ def find_run(path: Path) -> TrainedRun:
     spec_path = directory / "spec.json"
     if not spec_path.is_file():
         raise ScaleError(f"--checkpoint {directory}: no spec.json; is it an effbench run?")
-    import json
-
     try:
         spec = parse_spec(json.loads(spec_path.read_text(encoding="utf-8")), source=str(spec_path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -388,10 +395,14 @@ def checkpoint_spec(run: TrainedRun, current: BenchSpec, data_dir: str | None) -
     data["scale"] = {**current.scale.model_dump(mode="json"), "patch_size": trained}
     if data_dir is not None:
         data["train"]["data_dir"] = data_dir
+    source = f"{run.directory}/spec.json with [scale]"
     try:
-        return parse_spec(data, source=f"{run.directory}/spec.json with [scale]")
+        spec = parse_spec(data, source=source)
     except SpecError as err:
         raise ScaleError("\n".join(err.lines())) from None
+    if spec.scale_problems():
+        raise ScaleError("\n".join(SpecError(spec.scale_problems(), source).lines()))
+    return spec
 
 
 def scorer_on_test_split(spec: BenchSpec, device: torch.device) -> Evaluate:

@@ -233,6 +233,20 @@ class BenchSpec(_Section):
         """The patch size of `effbench scale`: its own, else the backbone's."""
         return self.scale.patch_size or self.backbone.patch_size
 
+    def scale_problems(self) -> list[tuple[str, str]]:
+        """Resolutions of `[scale]` that do not divide into its patches. Checked by the
+        `scale` command only, so that the defaults never stop another command."""
+        patch = self.scale_patch()
+        odd = [r for r in self.scale.resolutions if r % patch]
+        if not odd:
+            return []
+        return [
+            (
+                "scale.resolutions",
+                f"{odd} not divisible by patch size {patch}; use multiples of {patch}",
+            )
+        ]
+
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field checks that one field's validator cannot see, as (location, message)."""
         out: list[tuple[str, str]] = []
@@ -253,15 +267,6 @@ class BenchSpec(_Section):
             if m.name in seen:
                 out.append((f"models[{i}].name", f"{m.name!r} repeats models[{seen[m.name]}]"))
             seen.setdefault(m.name, i)
-        patch = self.scale_patch()
-        odd = [r for r in self.scale.resolutions if r % patch]
-        if odd:
-            out.append(
-                (
-                    "scale.resolutions",
-                    f"{odd} not divisible by patch size {patch}; use multiples of {patch}",
-                )
-            )
         tr = self.train
         if tr.min_lr > tr.lr:
             out.append(("train.min_lr", f"{tr.min_lr} exceeds train.lr {tr.lr}"))

@@ -188,7 +188,12 @@ def measure_attention(
 
 
 def block_breakdown(
-    layer: Attention, x: torch.Tensor, *, spec: BenchSpec, device: torch.device, out: dict
+    layer: Attention,
+    x: torch.Tensor,
+    *,
+    spec: BenchSpec,
+    device: torch.device,
+    out: dict[str, Any],
 ) -> None:
     """Time of one transformer block around `layer` (pre-norm, attention, MLP), split into
     attention / MLP / norm / other by the profiler; on CUDA also the SDPA backend from the

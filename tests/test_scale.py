@@ -98,8 +98,10 @@ def test_scale_section_is_validated() -> None:
     data = read_toml(Path(__file__).resolve().parents[1] / "bench.toml")
     spec = parse_spec(data)
     assert spec.scale.resolutions == [32, 64, 128, 224] and spec.scale_patch() == 4
-    with pytest.raises(SpecError, match=r"scale.resolutions: \[30\] not divisible by patch"):
-        parse_spec(data, overrides={"scale.resolutions": [30, 64]})
+    odd = parse_spec(data, overrides={"scale.resolutions": [30, 64]})  # fine for other commands
+    assert odd.scale_problems() == [
+        ("scale.resolutions", "[30] not divisible by patch size 4; use multiples of 4")
+    ]
     with pytest.raises(SpecError, match=r"scale\.mode"):
         parse_spec(data, overrides={"scale.mode": "fast"})
     assert parse_spec(data, overrides={"scale.patch_size": 16}).scale_patch() == 16
@@ -281,6 +283,8 @@ def test_scale_adds_the_baseline_and_rejects_bad_input(tmp_path: Path) -> None:
     before = sorted(p.name for p in out_dir.iterdir())
     code, out = run_cli("scale", "-s", str(spec), "--res", "30", "64", "-o", str(out_dir))
     assert code == 2 and "not divisible by patch size 4" in out and "32" in out
+    code, out = run_cli("scale", "-s", str(spec), "--res", "8", "30", "32", "-o", str(out_dir))
+    assert code == 2 and "scale.resolutions: [30] not divisible by patch size 4" in out
     code, out = run_cli("scale", "-s", str(spec), "--mode", "fast", "-o", str(out_dir))
     assert code == 2 and "scale.mode" in out
     code, out = run_cli("scale", "-s", str(spec), "-a", "linear", "-o", str(out_dir))
