@@ -839,8 +839,130 @@ def scale(
     console.print(f"{summary}. Results: {results_path}")
 
 
+# ---------------------------------------------------------------------------- analyze
+
+
+@app.command()
+def analyze(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Trained runs (runs/<model>/seed<N>), one or more.", show_default=False
+        ),
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="The dataset, when not where the runs were trained."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
+    ] = Path("results"),
+) -> None:
+    """Attention maps and approximation fidelity of trained models, from their own weights on
+    test images: per layer, the relative output error and total-variation distance against
+    exact softmax attention, Nystrom's pseudo-inverse residual, Performer's error against its
+    feature count, and CLS attention maps with rollout, beside the exact ones. Written to
+    <output>/analyze-<run>.jsonl for `effbench report`."""
+    import dataclasses
+
+    from effbench.analyze import analyze_run
+    from effbench.data import DataError
+    from effbench.device import resolve_device
+    from effbench.results import JsonlWriter, environment, new_run_id
+    from effbench.scale import ScaleError, find_run, load_state
+    from effbench.spec import SpecError, parse_spec
+
+    try:
+        dev = resolve_device(device)
+    except ValueError as err:
+        raise fail([f"--device: {err}"]) from None
+    found = []
+    for path in runs:
+        try:
+            run = find_run(path)
+            if data_dir is not None:
+                data = run.spec.model_dump(mode="json")
+                data["train"]["data_dir"] = str(data_dir)
+                run = dataclasses.replace(run, spec=parse_spec(data, source=str(run.directory)))
+            found.append((run, load_state(run)))
+        except (ScaleError, SpecError) as err:
+            raise fail(str(err).splitlines()) from None
+    run_id = new_run_id()
+    env = environment(str(dev), "float32")
+    path = output / f"analyze-{run_id}.jsonl"
+    with JsonlWriter(path) as writer:
+        for run, state in found:
+            console.print(f"{run.entry.name} ({run.directory}): analysing...")
+            try:
+                rec = analyze_run(run, state, device=dev, env=env, run_id=run_id)
+            except DataError as err:
+                raise fail([f"{run.directory}: {err}"]) from None
+            writer.write(rec)
+            errors = [x.rel_output_error for x in rec.layers]
+            tv = [x.tv_mean for x in rec.layers]
+            console.print(
+                f"  {len(rec.layers)} layers on {rec.n_images} test images: relative output "
+                f"error {min(errors):.3g}-{max(errors):.3g}, mean TV distance "
+                f"{sum(tv) / len(tv):.3g} against exact attention"
+            )
+    console.print(f"Results: {path}")
+
+
+# ---------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Result files or directories to read (default: results/ and runs/).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where report.html / report.md go (default: results/)."
+        ),
+    ] = None,
+    format_: Annotated[
+        str,
+        typer.Option("--format", "-f", help="html, md or both."),
+    ] = "both",
+) -> None:
+    """One self-contained HTML file and a Markdown file (with its PNG figures beside it) from
+    the results of train, profile, scale and analyze: accuracy beside cost, Pareto fronts,
+    scaling and crossovers, time by part, training curves, fidelity and attention maps."""
+    from effbench.report import build_report, collect, write_report
+
+    formats = {"html": ["html"], "md": ["md"], "both": ["html", "md"]}.get(format_.lower())
+    if formats is None:
+        raise fail([f"--format {format_!r}: choose html, md or both"])
+    paths = inputs or [p for p in (Path("results"), Path("runs")) if p.exists()]
+    missing = [p for p in paths if not p.exists()]
+    if missing or not paths:
+        raise fail(
+            [f"{p}: no such file or directory" for p in missing]
+            or ["no results/ or runs/ here: pass the result directories to read"]
+        )
+    results = collect(paths)
+    if not results.records:
+        raise fail([f"no effbench records in {', '.join(map(str, paths))}"])
+    built = build_report(results)
+    written = write_report(built, output or Path("results"), formats)
+    console.print(
+        f"{len(results.records)} records from {len(results.files)} file(s), "
+        f"{len(built.sections)} sections, {len(built.figures())} figures"
+        + (f"; {len(results.bad)} unreadable line(s) listed in the report" if results.bad else "")
+    )
+    for path in written:
+        console.print(f"Report: {path}")
+
+
 # Commands that time things: run under tcmalloc or jemalloc when one is installed.
-MEASURING_COMMANDS = frozenset({"profile", "train", "scale"})
+MEASURING_COMMANDS = frozenset({"profile", "train", "scale"})  # not report/analyze
 
 
 def reexec_with_allocator(argv: list[str]) -> None:

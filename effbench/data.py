@@ -333,6 +333,7 @@ class TensorLoader(_EpochOrder):
         )
         self.images = data.images.to(device, non_blocking=True)
         self.labels = data.labels.to(device, non_blocking=True)
+        self.classes = data.classes
         self.device = device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
@@ -415,6 +416,7 @@ class FolderLoader(_EpochOrder):
         world: int = 1,
     ) -> None:
         self.items = _SeededItems(folder, indices)
+        self.classes = tuple(folder.classes)
         super().__init__(
             len(self.items), batch_size=batch_size, train=train, seed=seed, rank=rank, world=world
         )

@@ -181,6 +181,40 @@ class ScaleSummaryRecord(Record):
     slope_tokens: dict[str, list[int]]  # the token counts each slope was fitted over
 
 
+class LayerFidelity(BaseModel):
+    """One attention layer of a trained model against exact attention on its own Q, K, V."""
+
+    layer: int
+    rel_output_error: float  # ||attend - softmax attention||_F / ||softmax attention||_F
+    tv_mean: float  # total-variation distance of attention rows, mean over rows and heads
+    tv_max: float
+    row_sum_max_dev: float  # max |sum of a row of the effective map - 1|
+    pinv_residual: float | None = None  # Nystrom: ||A pinv(A) - I||_F / ||I||_F
+
+
+class AnalyzeRecord(Record):
+    """Attention maps and fidelity of one trained run (`effbench analyze`)."""
+
+    kind: Literal["analyze"] = "analyze"
+    run_dir: str
+    weights: str
+    dataset: str
+    image_size: int
+    seq_len: int
+    grid: list[int]
+    n_images: int  # test images the fidelity figures are measured on
+    layers: list[LayerFidelity]
+    performer_curve: list[dict[str, float]] | None = None  # features -> mean rel. error
+    images: list[Any]  # the shown test images, (H, W, 3) uint8 each
+    labels: list[int]
+    predictions: list[int]
+    classes: list[str] | None = None
+    cls_maps: list[Any]  # [layer][image] (gh, gw): the CLS query's weights, mean over heads
+    cls_maps_exact: list[Any]  # the same from exact softmax attention with the same weights
+    rollout: list[Any]  # [image] (gh, gw)
+    rollout_exact: list[Any]
+
+
 class TrainEpochRecord(Record):
     """One training epoch of one model and seed."""
 

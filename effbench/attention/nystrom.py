@@ -84,14 +84,19 @@ class NystromAttention(Attention):
                 num_heads, num_heads, (kk, 1), padding=(kk // 2, 0), groups=num_heads, bias=False
             )
 
-    def _factors(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """F (B, H, N, m), pinv(A) (B, H, m, m), B (B, H, m, N)."""
+    def kernels(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """F (B, H, N, m), A (B, H, m, m), B (B, H, m, N): the three softmax kernels."""
         m = self.cfg.landmarks
         ql, kl = segment_means(q, m), segment_means(k, m)  # (B, H, m, d)
         qls, kls = ql * self.scale, kl * self.scale  # scale m landmark rows, not N x m logits
         f = torch.softmax(q @ kls.transpose(-2, -1), dim=-1)
         a = torch.softmax(qls @ kl.transpose(-2, -1), dim=-1)
         b = torch.softmax(qls @ k.transpose(-2, -1), dim=-1)
+        return f, a, b
+
+    def _factors(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """F (B, H, N, m), pinv(A) (B, H, m, m), B (B, H, m, N)."""
+        f, a, b = self.kernels(q, k)
         return f, iterative_pinv(a, self.cfg.pinv_iterations), b
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -1,0 +1,241 @@
+"""`effbench analyze`: attention maps and approximation fidelity of a trained run, computed
+from its own weights on test images and written as one record that `effbench report` embeds.
+
+Every figure compares the mechanism with exact softmax attention on the same layer's own
+Q, K and V, so "error" means what the approximation changes, not what training learned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from effbench.attention import build_attention
+from effbench.attention.base import Attention, softmax_attention
+from effbench.attention.configs import PerformerConfig
+from effbench.attention.nystrom import NystromAttention, iterative_pinv
+from effbench.attention.performer import PerformerAttention
+from effbench.model import ViT, build_model
+from effbench.results import AnalyzeRecord, Env, LayerFidelity
+
+# Test images shown as maps, and used for the fidelity figures (fewer when maps are large).
+MAP_IMAGES = 4
+FIDELITY_IMAGES = 32
+# Cap on floats in one layer's (B, H, N, N) maps while measuring fidelity.
+MAP_FLOATS = 64 * 2**20
+# Feature counts of the Performer error curve.
+PERFORMER_FEATURES = (16, 32, 64, 128, 256)
+# Images wider than this are stored downsampled (they are shown, not measured).
+SHOWN_SIDE = 96
+
+
+def test_batch(loader: Any, n: int) -> tuple[Tensor, Tensor]:
+    """The first `n` images and labels of an evaluation loader (fixed order)."""
+    xs, ys, have = [], [], 0
+    for x, y in loader.iterate():
+        xs.append(x)
+        ys.append(y)
+        have += len(y)
+        if have >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def attention_inputs(model: ViT, images: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The input of every attention layer (after its LayerNorm) and the logits."""
+    seen: list[Tensor] = []
+    hooks = [
+        layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        for layer in model.attention_layers()
+    ]
+    try:
+        logits = model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen, logits
+
+
+def relative_error(approx: Tensor, exact: Tensor) -> float:
+    return float((approx - exact).norm() / exact.norm().clamp_min(1e-12))
+
+
+def total_variation(maps: Tensor, exact: Tensor) -> Tensor:
+    """Per-row total-variation distance 0.5 * sum_j |p_j - q_j|: (..., N, N) -> (..., N)."""
+    return 0.5 * (maps - exact).abs().sum(dim=-1)
+
+
+def pinv_residual(layer: NystromAttention, q: Tensor, k: Tensor) -> float:
+    """||A Z - I||_F / ||I||_F for the landmark kernel A and its iterative pseudo-inverse Z,
+    averaged over batch and heads' matrices as one norm."""
+    _, a, _ = layer.kernels(q, k)
+    z = iterative_pinv(a, layer.cfg.pinv_iterations)
+    eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    return float((a @ z - eye).norm() / eye.expand_as(a).norm())
+
+
+def performer_error_curve(
+    layers: list[Attention], inputs: list[Tensor], kernel: str
+) -> list[dict[str, float]]:
+    """Mean relative output error against exact attention of a Performer with each feature
+    count, on the trained layers' own Q, K and V (fresh features, fixed seed)."""
+    curve = []
+    for m in PERFORMER_FEATURES:
+        errors = []
+        for layer, x in zip(layers, inputs, strict=True):
+            torch.manual_seed(0)
+            probe = build_attention(
+                PerformerConfig(features=m, kernel=kernel),
+                dim=layer.dim,
+                num_heads=layer.num_heads,
+                seq_len=layer.seq_len,
+            ).to(x.device)
+            q, k, v = (t.float() for t in layer.qkv_heads(x))
+            exact = softmax_attention(q, k, v, layer.scale)
+            errors.append(relative_error(probe.attend(q, k, v), exact))
+        curve.append({"features": m, "rel_error": sum(errors) / len(errors)})
+    return curve
+
+
+def cls_grid(maps: Tensor, grid: tuple[int, int]) -> Tensor:
+    """CLS query's weights on the patches, mean over heads: (B, H, N, N) -> (B, gh, gw)."""
+    return maps[:, :, 0, 1:].mean(dim=1).reshape(-1, *grid)
+
+
+def rollout(layer_maps: list[Tensor]) -> Tensor:
+    """Attention rollout (Abnar & Zuidema 2020): the product over layers of the head-mean
+    maps with the residual added, 0.5 A + 0.5 I, rows renormalised: -> (B, N, N)."""
+    out = None
+    for maps in layer_maps:
+        a = maps.mean(dim=1)  # (B, N, N)
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+        a = a / a.sum(dim=-1, keepdim=True)
+        out = a if out is None else a @ out
+    assert out is not None, "no attention layers"
+    return out
+
+
+def shown_images(images: Tensor) -> list[list[list[list[int]]]]:
+    """Images as (H, W, 3) uint8 nested lists, each stretched to its own range (so any
+    normalisation is undone for display), at most SHOWN_SIDE pixels wide."""
+    x = images.float()
+    if x.shape[-1] > SHOWN_SIDE:
+        x = torch.nn.functional.interpolate(x, size=SHOWN_SIDE, mode="bilinear", antialias=True)
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    x = ((x - lo) / (hi - lo).clamp_min(1e-6) * 255).round().to(torch.uint8)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x[:, :3].permute(0, 2, 3, 1).tolist()
+
+
+def _rounded(t: Tensor, digits: int = 5) -> list[Any]:
+    return torch.round(t.float().cpu(), decimals=digits).tolist()
+
+
+@torch.no_grad()
+def analyze_model(
+    model: ViT,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    classes: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Fidelity per layer on `images` and maps of the first MAP_IMAGES of them.
+
+    Returns the fields of an `AnalyzeRecord` that depend on the model and the images.
+    """
+    model.eval()
+    n, h = model.seq_len, model.attention_layers()[0].num_heads
+    fit = max(1, MAP_FLOATS // (h * n * n))
+    count = min(len(images), max(MAP_IMAGES, fit))
+    images, labels = images[:count], labels[:count]
+    inputs, logits = attention_inputs(model, images)
+    shown = min(MAP_IMAGES, len(images))
+    layers: list[LayerFidelity] = []
+    maps_eff, maps_exact = [], []
+    for i, (layer, x) in enumerate(zip(model.attention_layers(), inputs, strict=True)):
+        x = x.float()
+        q, k, v = (t.float() for t in layer.qkv_heads(x))
+        exact_out = softmax_attention(q, k, v, layer.scale)
+        eff, exact = layer.attention_map(x), layer.exact_map(x)
+        rows = eff.sum(dim=-1)
+        tv = total_variation(eff, exact)
+        layers.append(
+            LayerFidelity(
+                layer=i,
+                rel_output_error=relative_error(layer.attend(q, k, v), exact_out),
+                tv_mean=float(tv.mean()),
+                tv_max=float(tv.max()),
+                row_sum_max_dev=float((rows - 1).abs().max()),
+                pinv_residual=(
+                    pinv_residual(layer, q, k) if isinstance(layer, NystromAttention) else None
+                ),
+            )
+        )
+        maps_eff.append(eff[:shown])
+        maps_exact.append(exact[:shown])
+    grid = model.grid
+    curve = None
+    if isinstance(model.attention_layers()[0], PerformerAttention):
+        curve = performer_error_curve(
+            model.attention_layers(), inputs, model.attention_layers()[0].cfg.kernel
+        )
+    roll, roll_exact = rollout(maps_eff), rollout(maps_exact)
+    preds = logits.argmax(dim=-1)
+    return {
+        "n_images": len(images),
+        "grid": list(grid),
+        "layers": layers,
+        "performer_curve": curve,
+        "images": shown_images(images[:shown]),
+        "labels": labels[:shown].tolist(),
+        "predictions": preds[:shown].tolist(),
+        "classes": list(classes) if classes else None,
+        "cls_maps": [_rounded(cls_grid(m, grid)) for m in maps_eff],
+        "cls_maps_exact": [_rounded(cls_grid(m, grid)) for m in maps_exact],
+        "rollout": _rounded(roll[:, 0, 1:].reshape(-1, *grid)),
+        "rollout_exact": _rounded(roll_exact[:, 0, 1:].reshape(-1, *grid)),
+    }
+
+
+def analyze_run(
+    run: Any, state: dict[str, Tensor], *, device: torch.device, env: Env, run_id: str
+) -> AnalyzeRecord:
+    """The trained run (a `scale.TrainedRun` and its weights) analysed on its test split.
+
+    Raises:
+        effbench.data.DataError: when the test split cannot be read.
+    """
+    from effbench.data import eval_loader
+
+    spec, entry = run.spec, run.entry
+    bb = spec.backbone
+    model = build_model(bb, entry.attention)
+    model.load_state_dict(state)
+    model = model.to(device)
+    loader = eval_loader(
+        spec.train,
+        image_size=bb.image_size,
+        channels=bb.channels,
+        num_classes=bb.num_classes,
+        device=device,
+    )
+    images, labels = test_batch(loader, FIDELITY_IMAGES)
+    fields = analyze_model(model, images, labels, classes=getattr(loader, "classes", None))
+    return AnalyzeRecord(
+        run_id=run_id,
+        spec_hash=spec.hash(),
+        model=entry.name,
+        attention=entry.attention.model_dump(mode="json"),
+        env=env,
+        run_dir=str(run.directory),
+        weights=str(Path(run.weights).name),
+        dataset=spec.train.dataset,
+        image_size=bb.image_size,
+        seq_len=model.seq_len,
+        **fields,
+    )
