@@ -854,7 +854,7 @@ def analyze(
         Path | None,
         typer.Option(help="The dataset, when not where the runs were trained."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
     ] = Path("results"),
