@@ -217,13 +217,7 @@ def analyze_run(
     model = build_model(bb, entry.attention)
     model.load_state_dict(state)
     model = model.to(device)
-    loader = eval_loader(
-        spec.train,
-        image_size=bb.image_size,
-        channels=bb.channels,
-        num_classes=bb.num_classes,
-        device=device,
-    )
+    loader = eval_loader(spec, device=device)
     images, labels = test_batch(loader, FIDELITY_IMAGES)
     fields = analyze_model(model, images, labels, classes=getattr(loader, "classes", None))
     return AnalyzeRecord(

@@ -23,6 +23,7 @@ from effbench.spec import (
     SpecError,
     load_spec,
     parse_set,
+    parse_spec,
     select_models,
 )
 
@@ -717,7 +718,10 @@ def scale(
         "scale.breakdown": breakdown,
         "scale.threads": threads,
     }
-    bench = resolve_spec(spec, overrides, attention, set_)
+    # With --checkpoint and no bench.toml here, the run's own spec gives the [scale] defaults.
+    own_spec = checkpoint is not None and spec == Path(DEFAULT_SPEC) and not spec.exists()
+    if not own_spec:
+        bench = resolve_spec(spec, overrides, attention, set_)
 
     import torch  # heavy imports only once the spec is known to be good
 
@@ -746,6 +750,16 @@ def scale(
             raise fail(str(err).splitlines()) from None
         if patch is None:
             overrides["scale.patch_size"] = run.spec.backbone.patch_size
+        if own_spec:
+            try:
+                overrides = {**overrides, **parse_set(set_ or [])}
+                bench = parse_spec(
+                    run.spec.model_dump(mode="json"),
+                    overrides=overrides,
+                    source=str(run.directory / "spec.json"),
+                )
+            except SpecError as err:
+                raise fail(err.lines()) from None
     if res:
         patch_size = overrides["scale.patch_size"] or bench.scale_patch()
         try:
@@ -754,7 +768,13 @@ def scale(
             )
         except ValueError as err:
             raise fail([f"--res: {err}"]) from None
-    bench = resolve_spec(spec, overrides, attention, set_)
+    if own_spec:
+        try:
+            bench = parse_spec(bench.model_dump(mode="json"), overrides=overrides)
+        except SpecError as err:
+            raise fail(err.lines()) from None
+    else:
+        bench = resolve_spec(spec, overrides, attention, set_)
     if bench.scale_problems() and run is None:
         raise fail(SpecError(bench.scale_problems(), str(spec)).lines())
     state = None
@@ -785,13 +805,7 @@ def scale(
         from effbench.data import eval_loader
 
         try:  # a missing dataset is an error before any point runs
-            eval_loader(
-                bench.train,
-                image_size=bench.backbone.image_size,
-                channels=bench.backbone.channels,
-                num_classes=bench.backbone.num_classes,
-                device=dev,
-            )
+            eval_loader(bench, device=dev)
         except DataError as err:
             raise fail([f"--checkpoint {run.directory}: {err}"]) from None
         records = checkpoint_sweep(bench, run, state, device=dev, env=env, run_id=run_id)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from effbench.spec import TrainSection
+from effbench.spec import BenchSpec, TrainSection
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -642,19 +642,18 @@ def _in_memory(
 
 
 def eval_loader(
-    cfg: TrainSection,
-    *,
-    image_size: int,
-    channels: int,
-    num_classes: int,
-    device: torch.device,
+    spec: BenchSpec, *, device: torch.device, image_size: int | None = None
 ) -> TensorLoader | FolderLoader:
-    """The test split of the `[train]` section's dataset at `image_size` (images resized
-    as the training loaders resize them), in batches of `eval_batch_size`.
+    """The test split of the spec's `[train]` dataset at `image_size` (default: the
+    backbone's; images are resized as the training loaders resize them), in batches of
+    `eval_batch_size`.
 
     Raises:
         DataError: with what to change.
     """
+    cfg, bb = spec.train, spec.backbone
+    image_size = image_size or bb.image_size
+    channels, num_classes = bb.channels, bb.num_classes
     data_dir = Path(cfg.data_dir).expanduser()
     if cfg.dataset == "imagenet100":
         _, _, test_f, _ = imagenet_folders(data_dir, image_size)

@@ -615,7 +615,10 @@ class _Context:
             ref = sorted(
                 (r["seq_len"], r[field_]) for r in points if r["model"] == base and r.get(field_)
             )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
             if ref:
+                ylim = ax.get_ylim()  # the data's range: the guides must not stretch it
                 n0, y0 = ref[0]
                 xs = sorted({r["seq_len"] for r in points})
                 ax.plot(xs, [y0 * x / n0 for x in xs], color="#aaaaaa", ls=":", lw=1, label="∝ N")
@@ -627,8 +630,7 @@ class _Context:
                     lw=1,
                     label="∝ N²",
                 )
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+                ax.set_ylim(*ylim)
             ax.set_xlabel("tokens N")
             ax.set_ylabel("MiB" if metric.endswith("memory") else "ms")
             ax.set_title(metric.replace("_", " "), fontsize=10)

@@ -416,13 +416,7 @@ def scorer_on_test_split(spec: BenchSpec, device: torch.device) -> Evaluate:
     def evaluate(
         model: ViT, amp: Callable[[], contextlib.AbstractContextManager[Any]]
     ) -> dict[str, Any]:
-        loader = eval_loader(
-            spec.train,
-            image_size=model.image_size,
-            channels=bb.channels,
-            num_classes=bb.num_classes,
-            device=device,
-        )
+        loader = eval_loader(spec, device=device, image_size=model.image_size)
         acc = accuracy(evaluation_sums(model, loader, autocast=amp, num_classes=bb.num_classes))
         return {
             "test_loss": acc["loss"],
