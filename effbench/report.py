@@ -322,33 +322,49 @@ class _Context:
 
     # -- accuracy and efficiency ---------------------------------------------------------
 
-    def _finals(self) -> dict[str, list[dict[str, Any]]]:
-        by_model: dict[str, list[dict[str, Any]]] = {}
+    def _finals(self) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+        """Final training records by model, dataset, resolution and environment: runs that
+        differ in any of these are separate rows."""
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for r in self.results.kind("train"):
-            by_model.setdefault(r["model"], []).append(r)
-        return by_model
+            key = (r["model"], str(r.get("dataset")), str(r.get("seq_len")), self.envs.id(r))
+            groups.setdefault(key, []).append(r)
+        return groups
 
-    def _latency_at(self, model: str, size: int) -> dict[str, Any] | None:
-        """The newest ok inference point of `model` at `size` px (no checkpoint)."""
+    def _latency_at(self, final: dict[str, Any]) -> dict[str, Any] | None:
+        """An inference point of the trained model's size (same resolution and tokens, no
+        checkpoint): from the training's environment when there is one, else the newest."""
         points = [
             r
             for r in self.results.kind("scale")
-            if r["model"] == model
-            and r.get("image_size") == size
+            if r["model"] == final["model"]
+            and r.get("image_size") == final.get("image_size")
+            and r.get("seq_len") == final.get("seq_len")
             and r.get("infer_ms") is not None
             and not r.get("checkpoint")
         ]
-        return max(points, key=lambda r: r.get("time", "")) if points else None
+        env = self.envs.id(final)
+        return (
+            max(points, key=lambda r: (self.envs.id(r) == env, r.get("time", "")))
+            if points
+            else None
+        )
 
     def _table_rows(self) -> list[dict[str, Any]]:
         rows = []
         epochs = self.results.kind("train_epoch")
-        for model, runs in self._finals().items():
+        for (model, *_), runs in self._finals().items():
             ok = [r for r in runs if r.get("status") == "ok" and r.get("test_top1") is not None]
             first = runs[0]
-            lat = self._latency_at(model, first.get("image_size", 0))
+            lat = self._latency_at(first)
+            seeds = {r.get("seed") for r in runs}
             epoch_s = [
-                e["train_s"] for e in epochs if e["model"] == model and e.get("status") == "ok"
+                e["train_s"]
+                for e in epochs
+                if e["model"] == model
+                and e.get("seed") in seeds
+                and e.get("status") == "ok"
+                and self.envs.id(e) == self.envs.id(first)
             ]
             rows.append(
                 {
@@ -368,7 +384,7 @@ class _Context:
                 }
             )
         order = self.order(r["model"] for r in rows)
-        return sorted(rows, key=lambda r: order.index(r["model"]))
+        return sorted(rows, key=lambda r: (order.index(r["model"]), r["env"]))
 
     def accuracy_section(self) -> Section | None:
         rows = self._table_rows()
