@@ -137,6 +137,8 @@ def num(v: Any, digits: int = 3) -> str:
     v = float(v)
     if v == 0:
         return "0"
+    if abs(v) < 1e-3:
+        return f"{v:.{digits - 1}e}"
     decimals = max(0, digits - 1 - math.floor(math.log10(abs(v))))
     return f"{v:,.{decimals}f}"
 
