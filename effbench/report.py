@@ -1023,7 +1023,7 @@ class _Context:
             "The CLS token's attention over the patch grid (mean over heads) for fixed test "
             "images: for each image, the mechanism's effective map (upper row) and exact "
             "softmax attention computed from the same trained weights (lower row), per layer "
-            "and as rollout across layers."
+            "and as rollout across layers; each pair shares one colour scale, from 0."
         )
         for r in recs:
             sec.figure(self._maps_plot(r))
@@ -1036,6 +1036,10 @@ class _Context:
         fig = Figure(figsize=(1.25 * cols, 2.5 * len(images) + 0.3), layout="constrained")
         grid = fig.add_gridspec(2 * len(images), cols)
         classes = r.get("classes") or []
+
+        def top(a: list[Any], b: list[Any], layer: int, i: int) -> float:
+            """One colour scale for the mechanism's map and the exact one beside it."""
+            return max(max(map(max, a[layer][i])), max(map(max, b[layer][i]))) or 1.0
 
         def name(i: int) -> str:
             return classes[i] if 0 <= i < len(classes) else str(i)
@@ -1053,7 +1057,12 @@ class _Context:
             ):
                 for layer in range(layers):
                     ax = fig.add_subplot(grid[2 * i + row, layer + 1])
-                    ax.imshow(maps[layer][i], cmap="magma")
+                    ax.imshow(
+                        maps[layer][i],
+                        cmap="magma",
+                        vmin=0,
+                        vmax=top(r["cls_maps"], r["cls_maps_exact"], layer, i),
+                    )
                     ax.set_xticks([])
                     ax.set_yticks([])
                     if i == 0 and row == 0:
@@ -1061,7 +1070,12 @@ class _Context:
                     if layer == 0:
                         ax.set_ylabel(tag, fontsize=7)
                 ax = fig.add_subplot(grid[2 * i + row, cols - 1])
-                ax.imshow(roll[i], cmap="magma")
+                ax.imshow(
+                    roll[i],
+                    cmap="magma",
+                    vmin=0,
+                    vmax=top([r["rollout"]], [r["rollout_exact"]], 0, i),
+                )
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0 and row == 0:
