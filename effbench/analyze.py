@@ -8,7 +8,7 @@ Q, K and V, so "error" means what the approximation changes, not what training l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -20,6 +20,9 @@ from effbench.attention.nystrom import NystromAttention, iterative_pinv
 from effbench.attention.performer import PerformerAttention
 from effbench.model import ViT, build_model
 from effbench.results import AnalyzeRecord, Env, LayerFidelity
+
+if TYPE_CHECKING:
+    from effbench.scale import TrainedRun
 
 # Test images shown as maps, and used for the fidelity figures (fewer when maps are large).
 MAP_IMAGES = 4
@@ -203,9 +206,9 @@ def analyze_model(
 
 
 def analyze_run(
-    run: Any, state: dict[str, Tensor], *, device: torch.device, env: Env, run_id: str
+    run: TrainedRun, state: dict[str, Tensor], *, device: torch.device, env: Env, run_id: str
 ) -> AnalyzeRecord:
-    """The trained run (a `scale.TrainedRun` and its weights) analysed on its test split.
+    """The trained run and its weights (`scale.load_state`) analysed on its test split.
 
     Raises:
         effbench.data.DataError: when the test split cannot be read.
@@ -219,7 +222,7 @@ def analyze_run(
     model = model.to(device)
     loader = eval_loader(spec, device=device)
     images, labels = test_batch(loader, FIDELITY_IMAGES)
-    fields = analyze_model(model, images, labels, classes=getattr(loader, "classes", None))
+    fields = analyze_model(model, images, labels, classes=loader.classes)
     return AnalyzeRecord(
         run_id=run_id,
         spec_hash=spec.hash(),
