@@ -705,9 +705,13 @@ def scale(
     ] = Path("results"),
     set_: SetOpt = None,
 ) -> None:
-    """Whole ViTs across input resolutions: latency, one training step, peak memory, FLOPs
-    (analytic and counted two ways), time by part; then where each mechanism overtakes
-    `sdpa` and how its cost grows with the token count."""
+    """Whole ViTs across input resolutions, and where each mechanism overtakes `sdpa`.
+
+    Per model and resolution: latency, one training step, peak memory, FLOPs (analytic and
+    counted two ways) and time by part; then the crossover against `sdpa` in time and memory
+    and the log-log slope of each against the token count. With --checkpoint, one trained
+    model's test accuracy at each resolution beside its cost.
+    """
     overrides: dict[str, Any] = {
         "scale.patch_size": patch,
         "scale.batch_size": batch_size,
@@ -873,11 +877,14 @@ def analyze(
         Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
     ] = Path("results"),
 ) -> None:
-    """Attention maps and approximation fidelity of trained models, from their own weights on
-    test images: per layer, the relative output error and total-variation distance against
-    exact softmax attention, Nystrom's pseudo-inverse residual, Performer's error against its
-    feature count, and CLS attention maps with rollout, beside the exact ones. Written to
-    <output>/analyze-<run>.jsonl for `effbench report`."""
+    """Attention maps and fidelity of trained models against exact attention.
+
+    From each run's own weights on test images: per layer, the relative output error and
+    total-variation distance against exact softmax attention, Nystrom's pseudo-inverse
+    residual, Performer's error against its feature count, and CLS attention maps with
+    rollout beside the exact ones. Written to <output>/analyze-<run>.jsonl for
+    `effbench report`.
+    """
     import dataclasses
 
     from effbench.analyze import analyze_run
@@ -946,9 +953,12 @@ def report(
         typer.Option("--format", "-f", help="html, md or both."),
     ] = "both",
 ) -> None:
-    """One self-contained HTML file and a Markdown file (with its PNG figures beside it) from
-    the results of train, profile, scale and analyze: accuracy beside cost, Pareto fronts,
-    scaling and crossovers, time by part, training curves, fidelity and attention maps."""
+    """An HTML and a Markdown report from the results of train, profile, scale and analyze.
+
+    The HTML is one self-contained file; the Markdown writes its PNG figures beside it.
+    Accuracy beside cost, Pareto fronts, scaling and crossovers, time by part, training
+    curves, fidelity and attention maps, each labelled with the environment it came from.
+    """
     from effbench.report import build_report, collect, write_report
 
     formats = {"html": ["html"], "md": ["md"], "both": ["html", "md"]}.get(format_.lower())
