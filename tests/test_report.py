@@ -240,3 +240,20 @@ def test_html_opens_in_a_headless_browser(results: Path) -> None:
         chrome.close()
     assert len(widths) >= 10 and all(w > 0 for w in widths), widths
     assert not [m for m in messages if m.startswith(("error", "pageerror"))], messages
+
+
+def test_wheel_ships_the_templates(tmp_path: Path) -> None:
+    """An installed effbench renders without the source tree: the wheel carries them."""
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(repo)],
+        check=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("effbench-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in ("report.html", "report.md"):
+        assert f"effbench/report_templates/{name}" in names, names
