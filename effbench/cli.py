@@ -109,6 +109,19 @@ DtypeOpt = Annotated[
 ]
 
 
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ResultsOpt = Annotated[
+    Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
+]
+# The colour of each record status in the tables.
+STATUS_STYLE = {"ok": "green", "oom": "yellow", "nan": "magenta", "error": "red"}
+
+
+def _status(r: Any) -> str:
+    style = STATUS_STYLE[r.status]
+    return f"[{style}]{r.status}[/{style}]"
+
+
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -200,11 +213,10 @@ def profile_row(r: Any) -> list[str]:
         _breakdown_note(r.breakdown_ms, r.breakdown_step_ms, "a block"),
     ]
     note = r.error or "; ".join(n for n in notes if n)
-    style = {"ok": "green", "oom": "yellow", "nan": "magenta", "error": "red"}[r.status]
     return [
         r.model,
         str(r.seq_len),
-        f"[{style}]{r.status}[/{style}]",
+        _status(r),
         _ms(r.fwd_ms),
         _ms(r.fwdbwd_ms),
         _mib(r.fwd_peak_mib),
@@ -226,7 +238,7 @@ def profile(
         int | None, typer.Option("--batch-size", "-b", help="Batch size.")
     ] = None,
     dtype: DtypeOpt = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    device: DeviceOpt = None,
     trace: Annotated[
         bool | None,
         typer.Option(
@@ -245,9 +257,7 @@ def profile(
             "norm / other (CPU time, or CUDA kernel time on a GPU).",
         ),
     ] = None,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
-    ] = Path("results"),
+    output: ResultsOpt = Path("results"),
     set_: SetOpt = None,
 ) -> None:
     """Time, memory and FLOPs of each attention layer alone, across sequence lengths."""
@@ -397,7 +407,7 @@ def train(
         bool | None,
         typer.Option("--compile/--no-compile", help="torch.compile; compile time is recorded."),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    device: DeviceOpt = None,
     tensorboard: Annotated[
         bool | None,
         typer.Option("--tensorboard/--no-tensorboard", help="Also write TensorBoard scalars."),
@@ -594,7 +604,6 @@ SCALE_COLUMNS: dict[str, int | None] = {
 
 
 def scale_row(r: Any) -> dict[str, str]:
-    style = {"ok": "green", "oom": "yellow", "nan": "magenta", "error": "red"}[r.status]
     share = None
     if r.breakdown_ms and r.breakdown_step_ms:
         share = 100 * r.breakdown_ms["attention"] / r.breakdown_step_ms
@@ -603,7 +612,7 @@ def scale_row(r: Any) -> dict[str, str]:
         r.model,
         str(r.image_size),
         str(r.seq_len),
-        f"[{style}]{r.status}[/{style}]",
+        _status(r),
         _ms(r.infer_ms),
         "-" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
         _mib(r.infer_peak_mib),
@@ -672,7 +681,7 @@ def scale(
         typer.Option(help="infer (forward only), train (one optimizer step) or both."),
     ] = None,
     dtype: DtypeOpt = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    device: DeviceOpt = None,
     repeats: Annotated[
         int | None, typer.Option(help="Timed repeats per point; their spread is recorded.")
     ] = None,
@@ -700,9 +709,7 @@ def scale(
         Path | None,
         typer.Option(help="With --checkpoint: the dataset, when not where it was trained."),
     ] = None,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
-    ] = Path("results"),
+    output: ResultsOpt = Path("results"),
     set_: SetOpt = None,
 ) -> None:
     """Whole ViTs across input resolutions, and where each mechanism overtakes `sdpa`.
@@ -754,17 +761,7 @@ def scale(
             raise fail(str(err).splitlines()) from None
         if patch is None:
             overrides["scale.patch_size"] = run.spec.backbone.patch_size
-        if own_spec:
-            try:
-                overrides = {**overrides, **parse_set(set_ or [])}
-                bench = parse_spec(
-                    run.spec.model_dump(mode="json"),
-                    overrides=overrides,
-                    source=str(run.directory / "spec.json"),
-                )
-            except SpecError as err:
-                raise fail(err.lines()) from None
-    if res:
+    if res:  # with --checkpoint the patch is known from here on, without it from the spec
         patch_size = overrides["scale.patch_size"] or bench.scale_patch()
         try:
             overrides["scale.resolutions"] = (
@@ -772,9 +769,13 @@ def scale(
             )
         except ValueError as err:
             raise fail([f"--res: {err}"]) from None
-    if own_spec:
+    if run is not None and own_spec:
         try:
-            bench = parse_spec(bench.model_dump(mode="json"), overrides=overrides)
+            bench = parse_spec(
+                run.spec.model_dump(mode="json"),
+                overrides={**overrides, **parse_set(set_ or [])},
+                source=str(run.directory / "spec.json"),
+            )
         except SpecError as err:
             raise fail(err.lines()) from None
     else:
@@ -872,10 +873,8 @@ def analyze(
         Path | None,
         typer.Option(help="The dataset, when not where the runs were trained."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
-    ] = Path("results"),
+    device: DeviceOpt = "auto",
+    output: ResultsOpt = Path("results"),
 ) -> None:
     """Attention maps and fidelity of trained models against exact attention.
 
@@ -895,7 +894,7 @@ def analyze(
     from effbench.spec import SpecError, parse_spec
 
     try:
-        dev = resolve_device(device)
+        dev = resolve_device(device or "auto")
     except ValueError as err:
         raise fail([f"--device: {err}"]) from None
     found = []

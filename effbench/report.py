@@ -9,7 +9,6 @@ separate tables and figures, each labelled with its environment.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import math
@@ -17,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from effbench import __version__
-from effbench.results import BadLine, read_jsonl
+from effbench.results import BadLine, read_jsonl, spec_digest
 from effbench.scaling import METRICS, metrics_for, summarize
 
 TEMPLATES = "effbench.report_templates"
@@ -86,15 +86,9 @@ def collect(paths: Iterable[Path]) -> Results:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             out.bad.append(BadLine(path=str(path), line=0, reason=f"unreadable spec: {err}"))
             continue
-        digest = _spec_hash(data)
+        digest = spec_digest(data)
         out.specs.setdefault(digest, (str(path), data))
     return out
-
-
-def _spec_hash(data: dict[str, Any]) -> str:
-    """The hash `BenchSpec.hash()` gives the spec that dumped `data`."""
-    blob = json.dumps(data, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------- environments
@@ -352,6 +346,7 @@ class _Context:
             else None
         )
 
+    @cached_property
     def _table_rows(self) -> list[dict[str, Any]]:
         rows = []
         epochs = self.results.kind("train_epoch")
@@ -389,7 +384,7 @@ class _Context:
         return sorted(rows, key=lambda r: (order.index(r["model"]), r["env"]))
 
     def accuracy_section(self) -> Section | None:
-        rows = self._table_rows()
+        rows = self._table_rows
         if not rows:
             return None
         sec = Section("accuracy", "Accuracy and cost")
@@ -441,7 +436,7 @@ class _Context:
     # -- Pareto ----------------------------------------------------------------------------
 
     def pareto_section(self) -> Section | None:
-        rows = [r for r in self._table_rows() if r["top1"]]
+        rows = [r for r in self._table_rows if r["top1"]]
         if len(rows) < 2:
             return None
         axes_spec: list[tuple[str, Callable[[dict[str, Any]], float | None]]] = [
@@ -487,6 +482,7 @@ class _Context:
 
     # -- scaling ------------------------------------------------------------------------
 
+    @cached_property
     def _series(self) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
         """Scale points by environment, patch, batch, precision and mode (newest per point)."""
         series: dict[tuple[Any, ...], dict[tuple[str, int], dict[str, Any]]] = {}
@@ -510,7 +506,7 @@ class _Context:
         )
 
     def scaling_section(self) -> Section | None:
-        series = self._series()
+        series = self._series
         if not series:
             return None
         sec = Section("scaling", "Scaling with resolution")
@@ -664,7 +660,7 @@ class _Context:
 
     def breakdown_section(self) -> Section | None:
         sec = Section("breakdown", "Where the time goes")
-        for (env, patch, batch, precision, _mode), points in self._series().items():
+        for (env, patch, batch, precision, _mode), points in self._series.items():
             with_parts = [r for r in points if r.get("breakdown_ms")]
             if not with_parts:
                 continue
@@ -890,6 +886,7 @@ class _Context:
 
     # -- fidelity --------------------------------------------------------------------------
 
+    @cached_property
     def _analyzed(self) -> list[dict[str, Any]]:
         latest: dict[str, dict[str, Any]] = {}
         for r in sorted(self.results.kind("analyze"), key=lambda r: r.get("time", "")):
@@ -897,7 +894,7 @@ class _Context:
         return [latest[m] for m in self.order(latest)]
 
     def fidelity_section(self) -> Section | None:
-        recs = self._analyzed()
+        recs = self._analyzed
         if not recs:
             return None
         sec = Section("fidelity", "How far from exact attention")
@@ -1015,7 +1012,7 @@ class _Context:
     # -- attention maps --------------------------------------------------------------------
 
     def maps_section(self) -> Section | None:
-        recs = self._analyzed()
+        recs = self._analyzed
         if not recs:
             return None
         sec = Section("maps", "Attention maps")

@@ -5,6 +5,7 @@ record at a time so that an interrupted run loses nothing it measured.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -373,6 +374,12 @@ def environment(device: str, dtype: str) -> Env:
 
 
 # ---------------------------------------------------------------------------- files
+
+
+def spec_digest(data: dict[str, Any]) -> str:
+    """A short, stable hash of a resolved spec as JSON data (`BenchSpec.hash()`)."""
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def new_run_id() -> str:

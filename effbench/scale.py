@@ -24,11 +24,10 @@ from effbench.scaling import summarize
 from effbench.spec import Backbone, BenchSpec, ModelEntry, SpecError, parse_spec
 from effbench.sweep import (
     DTYPES,
-    FLOP_TOLERANCE,
     MIB,
-    FlopMismatchError,
     attempt,
     check_finite,
+    check_flop_counts,
     sdpa_backend_fields,
 )
 
@@ -138,8 +137,7 @@ def measure_model(
             attn_flops_flop_counter=counts.attention_flop_counter,
             flops_by_op=counts.by_op,
         )
-        if counts.max_rel_diff() > FLOP_TOLERANCE:
-            raise FlopMismatchError(counts.mismatch())
+        check_flop_counts(counts)
     if sc.mode in ("train", "both"):
         _training(spec, model, x, amp=amp, device=device, out=out)
 

@@ -5,7 +5,6 @@ No torch import here: a spec validates (and its errors print) before any heavy i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -301,8 +300,9 @@ class BenchSpec(_Section):
 
     def hash(self) -> str:
         """A short, stable hash of the resolved spec, carried by every record."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        from effbench.results import spec_digest
+
+        return spec_digest(self.model_dump(mode="json"))
 
 
 class SpecError(ValueError):

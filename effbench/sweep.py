@@ -19,7 +19,7 @@ from effbench.attention.sdpa import (
     backend_from_ops,
     dispatched_ops,
 )
-from effbench.measure import count_flops, param_count, peak_bytes, time_call
+from effbench.measure import FlopCounts, count_flops, param_count, peak_bytes, time_call
 from effbench.model import Block
 from effbench.profiler import breakdown, profile_call
 from effbench.results import Env, ProfileRecord, Status
@@ -183,8 +183,14 @@ def measure_attention(
             flops_flop_counter=counts.flop_counter,
             flops_by_op=counts.by_op,
         )
-        if counts.max_rel_diff() > FLOP_TOLERANCE:
-            raise FlopMismatchError(counts.mismatch())
+        check_flop_counts(counts)
+
+
+def check_flop_counts(counts: FlopCounts) -> None:
+    """Raises FlopMismatchError, naming all three counts, when they disagree by more than
+    FLOP_TOLERANCE in all or in the attention."""
+    if counts.max_rel_diff() > FLOP_TOLERANCE:
+        raise FlopMismatchError(counts.mismatch())
 
 
 def block_breakdown(

@@ -1,4 +1,22 @@
-"""Spec fragments shared by the command-line tests."""
+"""Spec fragments and helpers shared by the command-line tests."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from effbench.cli import app
+
+# The real CIFAR-10 subset beside the checkout.
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
+needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"{MINI} is absent")
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """`effbench ARGS...` in process: (exit code, output)."""
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
 
 # One small model of every mechanism, sized for 16-17 token sequences (4x4 patches + CLS).
 TINY_MODELS = """

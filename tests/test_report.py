@@ -12,14 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from specs import MINI, run_cli
 
 from effbench.attention.configs import KINDS
-from effbench.cli import app
 from effbench.report import KIND_ORDER, pareto_front
 from effbench.results import read_jsonl
 
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SECTIONS = (
     "accuracy", "pareto", "scaling", "breakdown", "profile", "curves", "resolution",
@@ -73,11 +71,6 @@ repeats = 1
 """
 
 
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """runs/ and results/ from tiny real runs of train, scale (+ --checkpoint), profile and
@@ -125,7 +118,8 @@ def test_analyze_fidelity_and_maps(results: Path) -> None:
         assert len(r["cls_maps"]) == 2 and len(r["cls_maps"][0]) == len(r["images"]) == 4
         assert len(r["rollout"]) == 4 and len(r["rollout"][0]) == 4  # (gh, gw) per image
         for grid in (r["cls_maps"][0][0], r["rollout"][0]):
-            assert abs(sum(map(sum, grid)) - 1) < 0.6  # CLS's weight left for the patches
+            total = sum(map(sum, grid))  # a row's weight on the patches: 1 minus CLS's own
+            assert 0 < total <= 1 + tol + 1e-4, total  # + rounding to 5 decimals
         assert len(r["images"][0]) == 32 and len(r["images"][0][0][0]) == 3
     curve = performer["performer_curve"]
     assert [c["features"] for c in curve] == [16, 32, 64, 128, 256]

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from specs import TINY_MODELS
+from specs import MINI, TINY_MODELS, needs_mini, run_cli
 from torch import Tensor
-from typer.testing import CliRunner
 
 from effbench.attention.configs import KINDS, LinformerConfig, NystromConfig, SdpaConfig
 from effbench.attention.sdpa import SdpaAttention, backend_from_kernels
-from effbench.cli import app
 from effbench.measure import time_call
 from effbench.model import adapt_state_dict, build_model, resize_sequence_projection
 from effbench.profiler import PARTS, breakdown, labelled
@@ -24,9 +22,6 @@ from effbench.results import read_jsonl
 from effbench.scale import fit_to_tokens
 from effbench.scaling import METRICS, crossover, loglog_slope, upper_slope
 from effbench.spec import Backbone, SpecError, parse_spec, read_toml, resolution_ladder
-
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
-needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"{MINI} is absent")
 
 SPEC = """
 [backbone]
@@ -64,11 +59,6 @@ def write_spec(tmp_path: Path) -> Path:
     p = tmp_path / "bench.toml"
     p.write_text(SPEC.format(models=TINY_MODELS, data_dir=MINI, out=tmp_path / "runs"))
     return p
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
 
 
 def scale_records(out: Path) -> list[dict]:

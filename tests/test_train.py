@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from specs import TINY_MODELS
+from specs import MINI, TINY_MODELS, needs_mini
 from typer.testing import CliRunner
 
 from effbench.attention.configs import KINDS
@@ -46,9 +46,6 @@ from effbench.train import (
     TrainProgress,
     lr_factor,
 )
-
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
-needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"{MINI} is absent")
 
 SPEC = """
 [backbone]
