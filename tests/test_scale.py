@@ -323,7 +323,9 @@ def test_flop_disagreement_is_an_error_record(
 
 
 @needs_mini
-def test_checkpoint_of_one_epoch_evaluates_at_three_resolutions(tmp_path: Path) -> None:
+def test_checkpoint_of_one_epoch_evaluates_at_three_resolutions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = write_spec(tmp_path)
     code, out = run_cli("train", "-s", str(spec), "-a", "linformer")
     assert code == 0, out
@@ -346,6 +348,18 @@ def test_checkpoint_of_one_epoch_evaluates_at_three_resolutions(tmp_path: Path) 
     assert at_32["test_top1"] == pytest.approx(trained["test_top1"], abs=1e-9)
     assert at_32["test_top1"] > 0.15  # chance is 0.10
     assert recs[0]["seq_len"] == 17 and recs[2]["seq_len"] == 145
+    # Where there is no bench.toml, the run's own spec gives [scale] (batch 2, mode both).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out = run_cli(
+        "scale", "--checkpoint", str(run), "--res", "32", "--no-breakdown",
+        "--set", "scale.count_flops=false",
+    )  # fmt: skip
+    assert code == 0, out
+    (rec,) = scale_records(elsewhere / "results")
+    assert (rec["batch_size"], rec["mode"], rec["status"]) == (2, "both", "ok")
+    assert rec["test_top1"] == pytest.approx(trained["test_top1"], abs=1e-9)
 
 
 def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
