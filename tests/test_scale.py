@@ -4,7 +4,6 @@ the time breakdown by part, and a trained checkpoint evaluated at several resolu
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,7 +171,7 @@ def one_thread() -> Iterator[None]:
 def test_breakdown_parts_are_non_negative_and_sum_to_the_step_time() -> None:
     bb = Backbone(image_size=64, patch_size=4, dim=128, depth=2, heads=2)
     model = build_model(bb, SdpaConfig()).eval()
-    x = torch.randn(16, 3, 64, 64)  # ~50 ms a call: the profiler's own cost is a few percent
+    x = torch.randn(32, 3, 64, 64)  # ~100 ms a call: the profiler's own cost is a few percent
     cpu = torch.device("cpu")
 
     def fwd() -> Tensor:
@@ -191,8 +190,9 @@ def test_breakdown_parts_are_non_negative_and_sum_to_the_step_time() -> None:
         assert sum(b.parts_ms.values()) == pytest.approx(b.step_ms)
         assert b.source == "CPU time" and b.top_ops
         assert "aten::_scaled_dot_product_flash_attention_for_cpu" in b.op_names
-    profiled = statistics.median(b.step_ms for b in runs)
-    assert profiled == pytest.approx(statistics.median(timed), rel=0.10), (runs, timed)
+    # Noise on a shared machine only ever adds time, so the fastest of each is compared.
+    profiled = min(b.step_ms for b in runs)
+    assert profiled == pytest.approx(min(timed), rel=0.10), (runs, timed)
     # the labels are gone afterwards
     assert all("forward" not in vars(m) for m in model.modules())
     with labelled(model):
