@@ -13,9 +13,10 @@ round, round-robin, so that a slow spell of a shared machine hits all points ali
 
 Forward passes run under `torch.inference_mode()` in eval mode; forward+backward runs in train
 mode with an input that requires grad and `out.sum().backward()`. Like `effbench profile`, the
-script re-executes itself with tcmalloc or jemalloc preloaded when one is installed
-(`effbench.results.allocator_reexec_env`; EFFBENCH_ALLOCATOR=system keeps glibc malloc); the
-allocator is printed and saved with the figures.
+script settles malloc and the OpenMP wait policy first (`effbench.env.prepare_measuring_process`:
+tcmalloc or jemalloc preloaded when one is installed, else glibc malloc tuned;
+EFFBENCH_ALLOCATOR=system keeps glibc malloc); the allocator is printed and saved with the
+figures.
 
 Usage (from the repository root):
     PYTHONPATH=. python benchmarks/bench_attention.py [--quick] [--threads N] [--out FILE.json]
@@ -50,8 +51,8 @@ from effbench.attention.configs import (
     SdpaConfig,
     StandardConfig,
 )
+from effbench.env import allocator_name, cpu_name, prepare_measuring_process
 from effbench.measure import peak_bytes
-from effbench.results import allocator_name, allocator_reexec_env, cpu_name
 
 BATCH = 8
 HEADS = 4
@@ -735,8 +736,8 @@ def run(plan: Plan, quick: bool, threads: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    env = allocator_reexec_env(dict(os.environ))
-    if env is not None and argv is None:  # as `effbench profile` does: tcmalloc/jemalloc
+    env = prepare_measuring_process()  # as `effbench profile` does: malloc and OpenMP
+    if env is not None and argv is None:
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.threads:

@@ -15,6 +15,7 @@ the figures quoted in the README.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -23,8 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from effbench.env import allocator_name, cpu_name, prepare_measuring_process
 from effbench.model import build_model
-from effbench.results import allocator_name, cpu_name, write_json_atomic
+from effbench.results import write_json_atomic
 from effbench.spec import load_spec, parse_set, select_models
 from effbench.train import Dist, Trainer
 
@@ -158,6 +160,10 @@ def main() -> None:
     for p in (acc, thr):
         p.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
+    env = prepare_measuring_process()  # as `effbench train` does: malloc and OpenMP
+    if env is not None:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     torch.manual_seed(0)
     print(
         f"{cpu_name()}, {torch.get_num_threads()} threads, {allocator_name()}, "

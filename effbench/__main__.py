@@ -1,5 +1,5 @@
 """`python -m effbench` runs the command line (also under torchrun)."""
 
-from effbench.cli import main
+from effbench.launch import main
 
 main()

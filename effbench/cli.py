@@ -110,6 +110,10 @@ DtypeOpt = Annotated[
 
 
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(help="CPU threads for torch (default: torch's, one per core)."),
+]
 ResultsOpt = Annotated[
     Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
 ]
@@ -118,8 +122,53 @@ STATUS_STYLE = {"ok": "green", "oom": "yellow", "nan": "magenta", "error": "red"
 
 
 def _status(r: Any) -> str:
+    """The record's status; `ok*` (yellow) when a timing of it is contended."""
+    if r.status == "ok" and getattr(r, "contended", False):
+        return "[yellow]ok*[/yellow]"
     style = STATUS_STYLE[r.status]
     return f"[{style}]{r.status}[/{style}]"
+
+
+def _contention_note(r: Any) -> str:
+    """'contended: fwd waited 48%, other work 1.0 CPUs' for a contended record, else ''."""
+    phases = r.contended_phases() if getattr(r, "contended", False) else []
+    if not phases:
+        return ""
+    c = r.cpu_checks[phases[0]]
+    evidence = []
+    if c.wait_share is not None:
+        evidence.append(f"waited {c.wait_share:.0%}")
+    if c.others_cpus is not None:
+        evidence.append(f"other work {c.others_cpus:.1f} CPUs")
+    return f"contended: {'/'.join(phases)} " + ", ".join(evidence)
+
+
+def closing_line(records: list[Any], results: Path) -> str:
+    """Status counts, contended and re-measured points, and where the results are."""
+    statuses = Counter(r.status for r in records)
+    line = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + "."
+    contended = sum(bool(getattr(r, "contended", False)) for r in records)
+    recovered = sum(1 for r in records if not getattr(r, "contended", False) and r.retried() > 0)
+    if recovered:
+        line += f" {recovered} re-measured after other work disturbed them."
+    if contended:
+        line += (
+            f" {contended} contended (ok*): timed while other work held the CPU, even after "
+            "re-measuring, so slower than this machine can do; rerun on an idle machine or "
+            "with fewer --threads."
+        )
+    return f"{line} Results: {results}"
+
+
+def warn_if_busy(device: Any, threads: int) -> None:
+    """Warn on stderr when other work already uses the CPUs a CPU measurement needs."""
+    if device.type != "cpu":
+        return
+    from effbench.contention import busy_warning, machine_load
+
+    text = busy_warning(machine_load(), threads)
+    if text:
+        err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 SetOpt = Annotated[
@@ -209,6 +258,7 @@ def _backend_note(r: Any) -> str:
 
 def profile_row(r: Any) -> list[str]:
     notes = [
+        _contention_note(r),
         _backend_note(r),
         _breakdown_note(r.breakdown_ms, r.breakdown_step_ms, "a block"),
     ]
@@ -257,6 +307,7 @@ def profile(
             "norm / other (CPU time, or CUDA kernel time on a GPU).",
         ),
     ] = None,
+    threads: ThreadsOpt = None,
     output: ResultsOpt = Path("results"),
     set_: SetOpt = None,
 ) -> None:
@@ -269,23 +320,28 @@ def profile(
         "profile.trace": trace,
         "profile.min_run_time": min_run_time,
         "profile.breakdown": breakdown,
+        "profile.threads": threads,
     }
     bench = resolve_spec(spec, overrides, attention, set_)
 
-    import torch  # noqa: F401 - heavy imports only once the spec is known to be good
+    import torch  # heavy imports only once the spec is known to be good
 
     from effbench.device import resolve_device
-    from effbench.results import JsonlWriter, environment, new_run_id, write_json_atomic
+    from effbench.env import environment
+    from effbench.results import JsonlWriter, new_run_id, write_json_atomic
     from effbench.sweep import profile_grid, run_point
 
     try:
         dev = resolve_device(bench.profile.device)
     except ValueError as err:
         raise fail([f"profile.device: {err}"]) from None
+    if bench.profile.threads:
+        torch.set_num_threads(bench.profile.threads)
     if dev.type == "cpu":
         from effbench.measure import cap_cpu_memory
 
         cap_cpu_memory()  # a point too big for RAM becomes an `oom` record, not a killed run
+    warn_if_busy(dev, torch.get_num_threads())
     run_id = new_run_id()
     env = environment(str(dev), bench.profile.dtype)
     results_path = output / f"profile-{run_id}.jsonl"
@@ -296,24 +352,23 @@ def profile(
     table = grid_table(f"effbench profile on {env.device_name}", PROFILE_COLUMNS)
     progress = grid_progress()
     task = progress.add_task("profiling", total=len(points))
-    statuses: Counter[str] = Counter()
+    done: list[Any] = []
     console.print(
         f"{len(points)} points: {len(bench.models)} models x {len(bench.profile.seq_lens)} "
         f"lengths, batch {bench.profile.batch_size}, {bench.profile.dtype}, {dev}, "
-        f"{env.threads} threads, {env.allocator}"
+        f"{env.threads} threads, {env.allocator}, {env.openmp}"
     )
     with JsonlWriter(results_path) as writer, Live(Group(table, progress), console=console):
         for point in points:
             progress.update(task, description=f"{point.model.name} N={point.seq_len}")
             rec = run_point(bench, point, device=dev, env=env, run_id=run_id, trace_root=trace_root)
             writer.write(rec)
-            statuses[rec.status] += 1
+            done.append(rec)
             table.add_row(*profile_row(rec))
             progress.advance(task)
     if not console.is_terminal:
         console.print()
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-    console.print(f"{summary}. Results: {results_path}")
+    console.print(closing_line(done, results_path))
     if trace_root is not None:
         console.print(f"Traces: {trace_root} (trace.json opens in Perfetto; tb/ in TensorBoard)")
 
@@ -350,6 +405,7 @@ def train_summary(finals: list[dict[str, Any]]) -> tuple[Table, list[dict[str, A
         top5 = [r["test_top5"] for r in ok]
         speeds = [r["images_per_s"] for r in ok if r.get("images_per_s")]
         speed = sum(speeds) / len(speeds) if speeds else None
+        contended = sum(r.get("contended_epochs") or 0 for r in runs)
         failed = [f"seed {r['seed']}: {r['status']}" for r in runs if r["status"] != "ok"]
         rows.append(
             {
@@ -361,6 +417,7 @@ def train_summary(finals: list[dict[str, Any]]) -> tuple[Table, list[dict[str, A
                 "params": runs[0]["params"],
                 "flops_per_image": runs[0]["flops_per_image"],
                 "images_per_s": speed,
+                "contended_epochs": contended,
                 "total_s": [r["total_s"] for r in runs],
                 "failed": failed,
             }
@@ -373,8 +430,13 @@ def train_summary(finals: list[dict[str, Any]]) -> tuple[Table, list[dict[str, A
             _mean_std(top5),
             f"{runs[0]['params']:,}",
             f"{runs[0]['flops_per_image'] / 1e9:.3f}",
-            "-" if speed is None else f"{speed:,.0f}",
+            "-" if speed is None else f"{speed:,.0f}" + ("*" if contended else ""),
             f"{minutes:.1f}",
+        )
+    if any(r["contended_epochs"] for r in rows):
+        table.caption = (
+            "img/s*: some epochs were timed while other work held the CPU (contended), so the "
+            "speed is lower than this machine can do"
         )
     return table, rows
 
@@ -408,6 +470,7 @@ def train(
         typer.Option("--compile/--no-compile", help="torch.compile; compile time is recorded."),
     ] = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     tensorboard: Annotated[
         bool | None,
         typer.Option("--tensorboard/--no-tensorboard", help="Also write TensorBoard scalars."),
@@ -441,6 +504,7 @@ def train(
         "train.precision": precision,
         "train.compile": compile_,
         "train.device": device,
+        "train.threads": threads,
         "train.tensorboard": tensorboard,
         "train.output_dir": None if output is None else str(output),
     }
@@ -475,8 +539,12 @@ def train(
         dist = init_distributed(cfg.device)
     except ValueError as err:
         raise fail([f"train.device: {err}"]) from None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     quiet = not dist.main
     out = Console(quiet=quiet)
+    if dist.main and dist.world == 1:
+        warn_if_busy(dist.device, torch.get_num_threads())
     if resume is None:
         taken = [d for d in (run_dir(cfg, m.name, s) for m, s in runs) if holds_run(d)]
         if taken:
@@ -569,9 +637,10 @@ def train(
 
 def _epoch_note(rec: Any) -> str:
     val = f", val {_pct(rec.val_top1)}%" if rec.val_top1 is not None else ""
+    contended = f" ({_contention_note(rec)})" if rec.contended else ""
     return (
         f"loss {rec.train_loss:.3f}, train {_pct(rec.train_top1)}%{val}, "
-        f"{rec.images_per_s:,.0f} img/s, {rec.epoch_s:.1f} s"
+        f"{rec.images_per_s:,.0f} img/s{contended}, {rec.epoch_s:.1f} s"
     )
 
 
@@ -607,7 +676,7 @@ def scale_row(r: Any) -> dict[str, str]:
     share = None
     if r.breakdown_ms and r.breakdown_step_ms:
         share = 100 * r.breakdown_ms["attention"] / r.breakdown_step_ms
-    note = r.error or "; ".join(n for n in (r.note, _backend_note(r)) if n)
+    note = r.error or "; ".join(n for n in (_contention_note(r), r.note, _backend_note(r)) if n)
     cells = [
         r.model,
         str(r.image_size),
@@ -652,8 +721,10 @@ def scale_summary_table(summaries: list[Any], mode: str) -> Table:
         for m in metrics:
             cross = "base" if s.model == base else _crossover(s.crossovers.get(m))
             slope = "-" if s.slopes.get(m) is None else f"{s.slopes[m]:.2f}"
-            cells.append(f"{cross} · {slope}")
+            cells.append(f"{cross} · {slope}" + ("*" if s.contended.get(m) else ""))
         table.add_row(s.model, *cells)
+    if any(s.contended for s in summaries):
+        table.caption += "; *: rests on contended figures (timed while other work held the CPU)"
     return table
 
 
@@ -685,10 +756,7 @@ def scale(
     repeats: Annotated[
         int | None, typer.Option(help="Timed repeats per point; their spread is recorded.")
     ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="CPU threads for torch (default: torch's, one per core)."),
-    ] = None,
+    threads: ThreadsOpt = None,
     breakdown: Annotated[
         bool | None,
         typer.Option(
@@ -738,7 +806,8 @@ def scale(
 
     from effbench.data import DataError
     from effbench.device import resolve_device
-    from effbench.results import JsonlWriter, environment, new_run_id, write_json_atomic
+    from effbench.env import environment
+    from effbench.results import JsonlWriter, new_run_id, write_json_atomic
     from effbench.scale import (
         ScaleError,
         checkpoint_spec,
@@ -803,6 +872,7 @@ def scale(
         from effbench.measure import cap_cpu_memory
 
         cap_cpu_memory()  # a point too big for RAM becomes an `oom` record, not a killed run
+    warn_if_busy(dev, torch.get_num_threads())
     run_id = new_run_id()
     env = environment(str(dev), bench.scale.dtype)
     results_path = output / f"scale-{run_id}.jsonl"
@@ -832,10 +902,9 @@ def scale(
         f"{len(points)} points: {len(bench.models)} models x {len(sc.resolutions)} resolutions "
         f"({', '.join(map(str, sc.resolutions))} px, patch {bench.scale_patch()}), "
         f"batch {sc.batch_size}, {sc.mode}, {sc.dtype}, {dev}, {env.threads} threads, "
-        f"{env.allocator}, {sc.repeats} repeats"
+        f"{env.allocator}, {env.openmp}, {sc.repeats} repeats"
     )
     done: list[Any] = []
-    statuses: Counter[str] = Counter()
     with JsonlWriter(results_path) as writer:
         with Live(Group(table, progress), console=console):
             for point in points:
@@ -843,7 +912,6 @@ def scale(
                 rec = next(records)  # a failed point is a record, not an exception
                 writer.write(rec)
                 done.append(rec)
-                statuses[rec.status] += 1
                 row = scale_row(rec)
                 table.add_row(*(row[c] for c in columns))
                 progress.advance(task)
@@ -854,8 +922,7 @@ def scale(
             for s in summaries:
                 writer.write(s)
             console.print(scale_summary_table(summaries, sc.mode))
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-    console.print(f"{summary}. Results: {results_path}")
+    console.print(closing_line(done, results_path))
 
 
 # ---------------------------------------------------------------------------- analyze
@@ -889,7 +956,8 @@ def analyze(
     from effbench.analyze import analyze_run
     from effbench.data import DataError
     from effbench.device import resolve_device
-    from effbench.results import JsonlWriter, environment, new_run_id
+    from effbench.env import environment
+    from effbench.results import JsonlWriter, new_run_id
     from effbench.scale import ScaleError, find_run, load_state
     from effbench.spec import SpecError, parse_spec
 
@@ -984,28 +1052,8 @@ def report(
         console.print(f"Report: {path}")
 
 
-# Commands that time things: run under tcmalloc or jemalloc when one is installed.
-MEASURING_COMMANDS = frozenset({"profile", "train", "scale"})  # not report/analyze
-
-
-def reexec_with_allocator(argv: list[str]) -> None:
-    """Replace this process by the same command with tcmalloc/jemalloc preloaded, when the
-    command measures and `results.allocator_reexec_env` finds a reason and a library."""
-    if not MEASURING_COMMANDS.intersection(argv[1:2]):
-        return
-    import os
-
-    from effbench.results import allocator_reexec_env
-
-    env = allocator_reexec_env(dict(os.environ))
-    if env is not None:
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "effbench", *argv[1:]], env)
-
-
 def main() -> None:
-    """Console-script entry point."""
-    reexec_with_allocator(sys.argv)
+    """Run the command line (`effbench.launch.main` prepares the process first)."""
     try:
         app()
     except KeyboardInterrupt:

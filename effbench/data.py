@@ -532,6 +532,11 @@ class Loaders:
     n_test: int
     warning: str | None = None
 
+    @property
+    def uses_workers(self) -> bool:
+        """Whether training batches come from DataLoader worker processes."""
+        return isinstance(self.train, FolderLoader) and self.train.dl.num_workers > 0
+
 
 def class_count(cfg: TrainSection, *, num_classes: int) -> int:
     """Classes of the configured dataset without reading its images."""

@@ -14,6 +14,7 @@ import json
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,7 +27,7 @@ from matplotlib.figure import Figure
 
 from effbench import __version__
 from effbench.results import BadLine, read_jsonl, spec_digest
-from effbench.scaling import METRICS, metrics_for, summarize
+from effbench.scaling import METRICS, is_contended, metrics_for, summarize
 
 TEMPLATES = "effbench.report_templates"
 FIGURE_DIR = "report_files"
@@ -139,6 +140,33 @@ def num(v: Any, digits: int = 3) -> str:
 
 def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
+
+
+def px_list(sizes: Iterable[int]) -> str:
+    return ", ".join(f"{s} px" for s in sizes)
+
+
+def phase_contended(r: dict[str, Any], phase: str) -> bool:
+    """Whether the record's `phase` timing (fwd, fwdbwd, infer, train) stayed disturbed."""
+    checks = r.get("cpu_checks") or {}
+    return isinstance(checks, dict) and bool((checks.get(phase) or {}).get("disturbed"))
+
+
+def evidence(r: dict[str, Any]) -> list[str]:
+    """[phases, evidence] of a contended record: which timings, and what the CPU showed."""
+    checks = r.get("cpu_checks") or {}
+    phases = [p for p in checks if phase_contended(r, p)]
+    parts = []
+    for p in phases:
+        c = checks[p]
+        bits = [f"CPU share {c.get('cpu_share', 0):.2f}"]
+        if c.get("wait_share") is not None:
+            bits.append(f"waited {c['wait_share']:.0%}")
+        if c.get("others_cpus") is not None:
+            bits.append(f"other work {c['others_cpus']:.1f} of {c.get('cpus')} CPUs")
+        bits.append(f"{c.get('attempts', 1)} attempt(s)")
+        parts.append(f"{p}: " + ", ".join(bits))
+    return [", ".join(phases), "; ".join(parts)]
 
 
 def mean_std(values: list[float], scale: float = 100.0) -> str:
@@ -292,6 +320,16 @@ def build_report(results: Results) -> Report:
         )
         if s is not None
     ]
+    contended = Counter(
+        r["kind"] for r in results.kind("profile", "scale", "train_epoch") if r.get("contended")
+    )
+    if contended:
+        what = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(contended.items()))
+        ctx.summary.append(
+            f"Contended timings ({what} record(s)): measured while other work held the CPU, "
+            "even after re-measuring. They are marked, left out of the fastest verdicts, and "
+            "named where a crossover rests on them."
+        )
     return Report(
         title="effbench report",
         generated=time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -355,14 +393,15 @@ class _Context:
             first = runs[0]
             lat = self._latency_at(first)
             seeds = {r.get("seed") for r in runs}
-            epoch_s = [
-                e["train_s"]
+            mine = [
+                e
                 for e in epochs
                 if e["model"] == model
                 and e.get("seed") in seeds
                 and e.get("status") == "ok"
                 and self.envs.id(e) == self.envs.id(first)
             ]
+            epoch_s = [e["train_s"] for e in mine]
             rows.append(
                 {
                     "model": model,
@@ -374,6 +413,7 @@ class _Context:
                     "flops": first.get("flops_per_image"),
                     "latency": lat,
                     "epoch_s": statistics.fmean(epoch_s) if epoch_s else None,
+                    "epochs_contended": sum(bool(e.get("contended")) for e in mine),
                     "peak_mib": first.get("peak_mib"),
                     "dataset": first.get("dataset"),
                     "image_size": first.get("image_size"),
@@ -403,7 +443,7 @@ class _Context:
                     num(r["flops"] and r["flops"] / 1e9),
                     num(lat and lat["infer_ms"]),
                     num(lat and lat.get("images_per_s")),
-                    num(r["epoch_s"]),
+                    num(r["epoch_s"]) + ("*" if r["epochs_contended"] else ""),
                     num(r["peak_mib"]),
                     r["env"] + (f" / {self.envs.id(lat)}" if lat else ""),
                 ]
@@ -415,6 +455,12 @@ class _Context:
             "`effbench scale` at the trained resolution; training time is per epoch; peak "
             "memory is that of training. The last column names the environments of the "
             "training and of the latency figures."
+            + (
+                " * marks a training time that includes epochs timed while other work held "
+                "the CPU (contended): slower than the machine can do."
+                if any(r["epochs_contended"] for r in rows)
+                else ""
+            )
         )
         sec.table(
             [
@@ -545,7 +591,9 @@ class _Context:
                         else f"{c['resolution']} px ({c['tokens']} tokens)"
                         + (", from the smallest" if c["at_start"] else "")
                     )
-                    cells.append(f"{cross}; slope {num(slope)}")
+                    shaky = found[m].get("contended", {}).get(metric)
+                    rests = f"; rests on contended figures at {px_list(shaky)}" if shaky else ""
+                    cells.append(f"{cross}; slope {num(slope)}{rests}")
                 rows.append(cells)
             sec.table(
                 ["model", *(m.replace("_", " ") for m in metrics)],
@@ -568,10 +616,25 @@ class _Context:
                     ],
                     title=f"Failed points, {where}",
                 )
+            contended = [r for r in points if any(is_contended(r, m) for m in metrics)]
+            if contended:
+                sec.table(
+                    ["model", "px", "tokens", "phase", "evidence"],
+                    [
+                        [r["model"], str(r["image_size"]), str(r["seq_len"]), *evidence(r)]
+                        for r in contended
+                    ],
+                    title=f"Contended points (timed while other work held the CPU), {where}",
+                )
             self._fastest(points, where)
             if base:
                 reached = [
                     f"{m} from {found[m]['crossovers']['infer_time']['resolution']} px"
+                    + (
+                        f" (rests on contended figures at {px_list(shaky)})"
+                        if (shaky := found[m].get("contended", {}).get("infer_time"))
+                        else ""
+                    )
                     for m in models
                     if m != base and found[m]["crossovers"].get("infer_time")
                 ]
@@ -583,13 +646,22 @@ class _Context:
         return sec
 
     def _fastest(self, points: list[dict[str, Any]], where: str) -> None:
+        """The fastest model at the smallest and largest resolution, from figures that were
+        not contended (those are left out, and counted)."""
         sizes = sorted({r["image_size"] for r in points})
         parts = []
         for size in (sizes[0], sizes[-1]) if len(sizes) > 1 else sizes:
-            ok = [r for r in points if r["image_size"] == size and r.get("infer_ms") is not None]
+            timed = [r for r in points if r["image_size"] == size and r.get("infer_ms") is not None]
+            ok = [r for r in timed if not is_contended(r, "infer_time")]
+            left_out = len(timed) - len(ok)
+            note = f", {left_out} contended figure(s) left out" if left_out else ""
             if ok:
                 best = min(ok, key=lambda r: r["infer_ms"])
-                parts.append(f"at {size} px {best['model']} ({num(best['infer_ms'])} ms a batch)")
+                parts.append(
+                    f"at {size} px {best['model']} ({num(best['infer_ms'])} ms a batch{note})"
+                )
+            elif left_out:
+                parts.append(f"at {size} px not decided (every figure there is contended)")
         if parts:
             self.summary.append(f"Fastest inference ({where}): " + "; ".join(parts) + ".")
 
@@ -603,6 +675,7 @@ class _Context:
     ) -> Plot:
         fig, axes = new_figure(len(metrics), width=4.4, height=3.6)
         base = self._baseline(points)
+        contended_labelled = False
         for ax, metric in zip(axes, metrics, strict=True):
             field_ = METRICS[metric]
             for m in self.order(r["model"] for r in points):
@@ -612,6 +685,21 @@ class _Context:
                 if not mine:
                     continue
                 ax.plot(*zip(*mine, strict=True), marker="o", ms=3, color=self.colour(m), label=m)
+                shaky = [
+                    (r["seq_len"], r[field_])
+                    for r in points
+                    if r["model"] == m and r.get(field_) and is_contended(r, metric)
+                ]
+                if shaky:
+                    ax.scatter(
+                        *zip(*shaky, strict=True),
+                        marker="x",
+                        s=50,
+                        color="black",
+                        zorder=5,
+                        label="contended" if not contended_labelled else None,
+                    )
+                    contended_labelled = True
                 c = found[m]["crossovers"].get(metric)
                 if c is not None:
                     y = dict(mine).get(c["tokens"])
@@ -652,7 +740,12 @@ class _Context:
         return Plot(
             stem,
             f"Scaling, {where}",
-            f"Time and peak memory against tokens, {where}.",
+            f"Time and peak memory against tokens, {where}"
+            + (
+                "; × marks a figure timed while other work held the CPU (contended)."
+                if contended_labelled
+                else "."
+            ),
             render_png(fig),
         )
 
@@ -774,7 +867,11 @@ class _Context:
                     elif r.get("status") != "ok":
                         cells.append(r["status"])
                     else:
-                        cells.append(f"{num(r.get('fwd_ms'))} / {num(r.get('fwdbwd_ms'))}")
+                        fwd, fb = (
+                            num(r.get(f"{p}_ms")) + ("*" if phase_contended(r, p) else "")
+                            for p in ("fwd", "fwdbwd")
+                        )
+                        cells.append(f"{fwd} / {fb}")
                 rows.append(cells)
             batch = rs[0].get("batch_size")
             dtype = (rs[0].get("env") or {}).get("dtype")
@@ -783,6 +880,18 @@ class _Context:
                 rows,
                 title=f"{env}: batch {batch}, {dtype}; forward / forward + backward ms",
             )
+            shaky = [r for r in latest.values() if r.get("contended")]
+            if shaky:
+                sec.text(
+                    f"* {len(shaky)} of these points were timed while other work held the CPU "
+                    "(contended, still so after re-measuring): their times are slower than "
+                    "the machine can do."
+                )
+                sec.table(
+                    ["model", "tokens", "phase", "evidence"],
+                    [[r["model"], str(r["seq_len"]), *evidence(r)] for r in shaky],
+                    title=f"Contended points, {env}",
+                )
         return sec
 
     # -- training curves -------------------------------------------------------------------

@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import secrets
 import time
 from collections.abc import Iterator
@@ -16,8 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from effbench import __version__
 
 SCHEMA_VERSION = 1
 FLOPS_UNIT = "FLOPs = 2 x multiply-adds of matrix products, forward, per sample"
@@ -38,6 +35,7 @@ class Env(BaseModel):
     threads: int
     allocator: str
     dtype: str
+    openmp: str | None = None  # the OpenMP wait policy the threads ran with
     cuda: str | None = None
     cudnn: int | None = None
 
@@ -59,6 +57,44 @@ class Record(BaseModel):
     env: Env
 
 
+class CpuCheck(BaseModel):
+    """Whether a timed measurement had the CPU to itself (`effbench.contention`).
+
+    Shares are over the measurement's wall time: `cpu_share` is the process's CPU time per
+    thread that could run, `wait_share` the time its threads waited for a CPU, `others_cpus`
+    the CPUs other work kept busy. `attempts` counts the measurements made (more than one:
+    re-measured after a disturbed one); `disturbed` says the kept one was still disturbed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    wall_s: float
+    threads: int
+    cpus: int
+    cpu_share: float
+    wait_share: float | None = None
+    others_cpus: float | None = None
+    attempts: int = 1
+    disturbed: bool = False
+    reason: str | None = None
+
+
+class Contention(BaseModel):
+    """Fields of a record whose figures are timed: whether the CPU was its own."""
+
+    # True: a timed figure of the record was measured while other work held the CPU (still
+    # so after the re-measurements), so it is slower than the machine can do; None: unchecked.
+    contended: bool | None = None
+    cpu_checks: dict[str, CpuCheck] | None = None  # per timed phase (fwd, infer, train, ...)
+
+    def contended_phases(self) -> list[str]:
+        return [k for k, c in (self.cpu_checks or {}).items() if c.disturbed]
+
+    def retried(self) -> int:
+        """Re-measurements made after disturbed measurements."""
+        return sum(c.attempts - 1 for c in (self.cpu_checks or {}).values())
+
+
 class OpTime(BaseModel):
     """One row of the profiler's table: an operator (CPU) or kernel (CUDA) by self time."""
 
@@ -68,7 +104,7 @@ class OpTime(BaseModel):
     calls: int
 
 
-class ProfileRecord(Record):
+class ProfileRecord(Contention, Record):
     """One attention layer at one sequence length."""
 
     kind: Literal["profile"] = "profile"
@@ -104,7 +140,7 @@ class ProfileRecord(Record):
     sdpa_math_fallback: bool | None = None
 
 
-class ScaleRecord(Record):
+class ScaleRecord(Contention, Record):
     """One whole model at one input resolution (`effbench scale`)."""
 
     kind: Literal["scale"] = "scale"
@@ -180,6 +216,10 @@ class ScaleSummaryRecord(Record):
     crossovers: dict[str, Crossover | None]
     slopes: dict[str, float | None]  # d log(value) / d log(tokens) over slope_tokens
     slope_tokens: dict[str, list[int]]  # the token counts each slope was fitted over
+    # Per time metric, the resolutions where this model's or the baseline's figure was
+    # contended (timed while other work held the CPU): a crossover or slope resting on them
+    # is uncertain.
+    contended: dict[str, list[int]] = Field(default_factory=dict)
 
 
 class LayerFidelity(BaseModel):
@@ -216,7 +256,7 @@ class AnalyzeRecord(Record):
     rollout_exact: list[Any]
 
 
-class TrainEpochRecord(Record):
+class TrainEpochRecord(Contention, Record):
     """One training epoch of one model and seed."""
 
     kind: Literal["train_epoch"] = "train_epoch"
@@ -267,110 +307,11 @@ class TrainRecord(Record):
     train_s: float  # time in training steps, all epochs (this process's clock)
     total_s: float
     images_per_s: float | None = None
+    contended_epochs: int | None = None  # epochs timed while other work held the CPU
     peak_mib: float | None = None
     mem_source: str | None = None
     stopped_early: bool = False
     weights: str | None = None  # safetensors file of the selected weights, relative to the run
-
-
-# ---------------------------------------------------------------------------- environment
-
-
-ALLOCATOR_ENV = "EFFBENCH_ALLOCATOR"  # "auto" (default): preload tcmalloc/jemalloc if found
-_REEXEC_MARK = "EFFBENCH_ALLOCATOR_REEXEC"
-# Shared libraries tried in order; Debian/Ubuntu ship them in libtcmalloc-minimal4,
-# libgoogle-perftools4 and libjemalloc2.
-ALLOCATOR_LIBS = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libjemalloc.so.2")
-_LIB_DIRS = (
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/usr/lib64",
-    "/usr/lib",
-    "/usr/local/lib",
-)
-
-
-def _preloaded_allocator(preload: str | None = None) -> str | None:
-    """tcmalloc, jemalloc or mimalloc when loaded into this process (or named in `preload`)."""
-    if preload is None:
-        try:
-            preload = Path("/proc/self/maps").read_text()
-        except OSError:
-            preload = os.environ.get("LD_PRELOAD", "")
-    return next((n for n in ("tcmalloc", "jemalloc", "mimalloc") if n in preload), None)
-
-
-def find_allocator(dirs: tuple[str, ...] = _LIB_DIRS) -> Path | None:
-    """The first tcmalloc or jemalloc shared library installed in the usual places."""
-    for name in ALLOCATOR_LIBS:
-        for d in dirs:
-            if (Path(d) / name).is_file():
-                return Path(d) / name
-    return None
-
-
-def allocator_reexec_env(
-    environ: dict[str, str], *, library: Path | None = None
-) -> dict[str, str] | None:
-    """The environment to re-execute a measuring command in, with tcmalloc or jemalloc
-    preloaded; None when that is not wanted or not possible.
-
-    glibc malloc returns blocks above 32 MiB to the kernel on every free, so each call pays
-    page faults that grow with the tensors: on a 2-core machine that made CPU timings over
-    2x slower and linear attentions' time-vs-N slopes ~1.3 instead of ~1.0. Nothing happens
-    off Linux, when an allocator is already preloaded, after one re-execution, when none is
-    installed, or with EFFBENCH_ALLOCATOR=system.
-    """
-    if platform.system() != "Linux" or environ.get(_REEXEC_MARK):
-        return None
-    if environ.get(ALLOCATOR_ENV, "auto").lower() == "system":
-        return None
-    if _preloaded_allocator(environ.get("LD_PRELOAD", "")):
-        return None
-    library = library or find_allocator()
-    if library is None:
-        return None
-    preload = " ".join(p for p in (str(library), environ.get("LD_PRELOAD", "")) if p)
-    return {**environ, "LD_PRELOAD": preload, _REEXEC_MARK: "1"}
-
-
-def allocator_name() -> str:
-    """The malloc this process runs with: tcmalloc or jemalloc when preloaded, else the libc's."""
-    preloaded = _preloaded_allocator()
-    if preloaded:
-        return preloaded
-    return "glibc malloc" if platform.system() == "Linux" else "system malloc"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: str, dtype: str) -> Env:
-    """The manifest carried by every record: software, hardware, threads, allocator, dtype."""
-    import torch
-
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    return Env(
-        effbench=__version__,
-        torch=torch.__version__,
-        python=platform.python_version(),
-        platform=platform.platform(),
-        device=str(dev),
-        device_name=torch.cuda.get_device_name(dev) if cuda else cpu_name(),
-        threads=torch.get_num_threads(),
-        allocator=allocator_name(),
-        dtype=dtype,
-        cuda=torch.version.cuda if cuda else None,
-        cudnn=torch.backends.cudnn.version() if cuda else None,
-    )
 
 
 # ---------------------------------------------------------------------------- files

@@ -28,6 +28,7 @@ from effbench.sweep import (
     attempt,
     check_finite,
     check_flop_counts,
+    note_check,
     sdpa_backend_fields,
 )
 
@@ -154,8 +155,14 @@ def _time_and_peak(
     """Time fn `repeats` times and measure its peak memory, into `<phase>_*` fields."""
     sc = spec.scale
     timing, spread = time_repeats(
-        fn, device=device, repeats=sc.repeats, warmup=sc.warmup, min_run_time=sc.min_run_time
+        fn,
+        device=device,
+        repeats=sc.repeats,
+        warmup=sc.warmup,
+        min_run_time=sc.min_run_time,
+        retries=sc.retries,
     )
+    note_check(out, phase, timing)
     peak, out["mem_source"] = peak_bytes(fn, device)
     out.update(timing.as_dict(phase))
     out[f"{phase}_repeat_spread"] = spread

@@ -16,6 +16,8 @@ METRICS = {
     "train_time": "train_ms",
     "train_memory": "train_peak_mib",
 }
+# Time metric -> the timed phase whose CPU check says whether its figure is contended.
+TIMED_PHASE = {"infer_time": "infer", "train_time": "train"}
 # Slopes are fitted over the points with at least this fraction of the largest token count:
 # the upper part of the range, where the leading term dominates.
 SLOPE_SPAN = 1 / 16
@@ -24,6 +26,16 @@ SLOPE_SPAN = 1 / 16
 def metrics_for(mode: str) -> list[str]:
     """The summary metrics that a scale mode measures."""
     return [m for m in METRICS if mode == "both" or m.startswith(mode)]
+
+
+def is_contended(record: Mapping[str, Any], metric: str) -> bool:
+    """Whether the record's figure for `metric` was timed while other work held the CPU
+    (its phase's CPU check stayed disturbed after re-measuring)."""
+    phase = TIMED_PHASE.get(metric)
+    checks = record.get("cpu_checks") or {}
+    if not phase or not isinstance(checks, Mapping):
+        return False
+    return bool((checks.get(phase) or {}).get("disturbed"))
 
 
 def crossover(
@@ -81,8 +93,10 @@ def summarize(
     """Per model of a scale grid's records: crossovers against `baseline` and slopes.
 
     Returns model -> {"crossovers": {metric: {resolution, tokens, at_start} | None},
-    "slopes": {metric: slope | None}, "slope_tokens": {metric: [tokens...]}}. The baseline
-    gets no crossovers.
+    "slopes": {metric: slope | None}, "slope_tokens": {metric: [tokens...]},
+    "contended": {metric: [resolutions...]}}. The baseline gets no crossovers. `contended`
+    lists, per time metric, the resolutions where this model's figure (or the baseline's,
+    which its crossover compares against) was contended: what rests on them is uncertain.
     """
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -95,8 +109,12 @@ def summarize(
         crossovers: dict[str, Any] = {}
         slopes: dict[str, float | None] = {}
         used: dict[str, list[int]] = {}
+        contended: dict[str, list[int]] = {}
         for metric in metrics_for(mode):
             field = METRICS[metric]
+            shaky = sorted({r["image_size"] for r in (*rs, *base) if is_contended(r, metric)})
+            if shaky:
+                contended[metric] = shaky
             mine = {r["image_size"]: r.get(field) for r in rs}
             slopes[metric], used[metric] = upper_slope({r["seq_len"]: r.get(field) for r in rs})
             if model == baseline or not base:
@@ -107,5 +125,10 @@ def summarize(
                 if hit is None
                 else {"resolution": hit[0], "tokens": tokens[hit[0]], "at_start": hit[1]}
             )
-        out[model] = {"crossovers": crossovers, "slopes": slopes, "slope_tokens": used}
+        out[model] = {
+            "crossovers": crossovers,
+            "slopes": slopes,
+            "slope_tokens": used,
+            "contended": contended,
+        }
     return out

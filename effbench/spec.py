@@ -82,6 +82,16 @@ class ProfileSection(_Section):
         False,
         description="also profile one transformer block: time in attention / MLP / norm / other",
     )
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch; unset: torch's default (the cores)"
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="re-measurements of a timing that other work disturbed, before it is "
+        "recorded as contended",
+    )
 
     @field_validator("seq_lens")
     @classmethod
@@ -133,6 +143,9 @@ class TrainSection(_Section):
     )
     compile: bool = Field(False, description="torch.compile the model")
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch; unset: torch's default (the cores)"
+    )
     workers: int = Field(4, ge=0, description="DataLoader workers for folder datasets")
     synthetic_samples: int = Field(1024, gt=0, description="training images of `synthetic`")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
@@ -184,6 +197,13 @@ class ScaleSection(_Section):
     )
     threads: int | None = Field(
         None, gt=0, description="CPU threads for torch; unset: torch's default (the cores)"
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="re-measurements of a repeat that other work disturbed, before it is "
+        "recorded as contended",
     )
     top_ops: int = Field(8, ge=0, description="operators/kernels kept per point, by self time")
 

@@ -19,7 +19,14 @@ from effbench.attention.sdpa import (
     backend_from_ops,
     dispatched_ops,
 )
-from effbench.measure import FlopCounts, count_flops, param_count, peak_bytes, time_call
+from effbench.measure import (
+    FlopCounts,
+    Timing,
+    count_flops,
+    param_count,
+    peak_bytes,
+    time_call,
+)
 from effbench.model import Block
 from effbench.profiler import breakdown, profile_call
 from effbench.results import Env, ProfileRecord, Status
@@ -134,8 +141,15 @@ def measure_attention(
     if isinstance(layer, SdpaAttention):
         ops = dispatched_ops(lambda: layer(x))
         out.update(sdpa_backend_fields(layer.cfg.backend, device=device, kernels=[], ops=ops))
-    timing = time_call(fwd, device=device, warmup=prof.warmup, min_run_time=prof.min_run_time)
+    timing = time_call(
+        fwd,
+        device=device,
+        warmup=prof.warmup,
+        min_run_time=prof.min_run_time,
+        retries=prof.retries,
+    )
     out.update(timing.as_dict("fwd"))
+    note_check(out, "fwd", timing)
     out["fwd_gflops_per_s"] = out["flops_analytic"] * B / (timing.median_ms / 1e3) / 1e9
     peak, out["mem_source"] = peak_bytes(fwd, device)
     out["fwd_peak_mib"] = peak / MIB
@@ -162,9 +176,14 @@ def measure_attention(
 
         check_finite(fwdbwd()[0], "input gradient")
         timing = time_call(
-            fwdbwd, device=device, warmup=prof.warmup, min_run_time=prof.min_run_time
+            fwdbwd,
+            device=device,
+            warmup=prof.warmup,
+            min_run_time=prof.min_run_time,
+            retries=prof.retries,
         )
         out.update(timing.as_dict("fwdbwd"))
+        note_check(out, "fwdbwd", timing)
         out["fwdbwd_peak_mib"] = peak_bytes(fwdbwd, device)[0] / MIB
         if trace_dir:
             profile_call(
@@ -184,6 +203,15 @@ def measure_attention(
             flops_by_op=counts.by_op,
         )
         check_flop_counts(counts)
+
+
+def note_check(out: dict[str, Any], phase: str, timing: Timing) -> None:
+    """Keep a timing's CPU check in the record fields being filled: `cpu_checks[phase]`, and
+    `contended` when any phase's timing stayed disturbed."""
+    if timing.check is None:
+        return
+    out.setdefault("cpu_checks", {})[phase] = timing.check
+    out["contended"] = out.get("contended", False) or timing.check.disturbed
 
 
 def check_flop_counts(counts: FlopCounts) -> None:

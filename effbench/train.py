@@ -14,6 +14,7 @@ Layout of a run directory (`<output_dir>/<model>/seed<seed>/`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -30,16 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effbench import contention
 from effbench.data import batch_seed, build_loaders, class_count, mix_batch
 from effbench.device import resolve_device
+from effbench.env import environment
 from effbench.model import build_model
 from effbench.results import (
+    CpuCheck,
     Env,
     JsonlWriter,
     Record,
     TrainEpochRecord,
     TrainRecord,
-    environment,
     read_jsonl,
     replace_atomically,
     write_json_atomic,
@@ -60,6 +63,7 @@ NEUTRAL_KEYS = frozenset(
         "download",
         "seeds",
         "device",
+        "threads",
         "workers",
         "checkpoint_every",
         "output_dir",
@@ -472,6 +476,7 @@ class Trainer:
         )
         if self.loaders.warning:
             self.progress.on_message(self.loaders.warning)
+        self._cpus = contention.usable_cpus()
         self.model = build_model(bb, self.entry.attention).to(dev)
         self.net: nn.Module = self.model
         if dist.world > 1:
@@ -578,6 +583,7 @@ class Trainer:
             t_epoch = time.perf_counter()
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
+            before = contention.read_counters(self._cpus) if self._check_cpu else None
             for x, y in self.loaders.train.iterate(st.step_in_epoch):
                 self._step(x, y)
                 st.step_in_epoch += 1
@@ -594,6 +600,7 @@ class Trainer:
             elapsed = time.perf_counter() - t_epoch
             st.train_s += elapsed
             train_s = st.epoch_train_s + elapsed  # the whole epoch's, across a resume
+            check = self._cpu_check(before)
             sums = self.dist.all_sum(torch.stack(list(st.acc.values())))
             loss_sum, correct, seen = sums.tolist()
             val = self.evaluate(self.loaders.val, "val") if self.loaders.val else None
@@ -614,6 +621,8 @@ class Trainer:
                 images_per_s=seen / train_s,
                 peak_mib=peak,
                 mem_source=mem_source,
+                contended=None if check is None else check.disturbed,
+                cpu_checks=None if check is None else {"train": check},
             )
             st.epoch += 1
             st.step_in_epoch, st.epoch_train_s = 0, 0.0
@@ -641,6 +650,25 @@ class Trainer:
                 return
             if self._stop_requested():
                 raise Interrupted(self.stop.signum or signal.SIGTERM, self.checkpoint())
+
+    @property
+    def _check_cpu(self) -> bool:
+        """Whether epochs are checked for CPU contention: not when the process shares the
+        machine by design (several CPU processes, DataLoader worker processes), whose load
+        would read as other work."""
+        cpu_ranks = self.device.type == "cpu" and self.dist.world > 1
+        return not cpu_ranks and not self.loaders.uses_workers
+
+    def _cpu_check(self, before: contention.Counters | None) -> CpuCheck | None:
+        """Whether the epoch's training steps had the CPU to themselves (since `before`)."""
+        if before is None:
+            return None
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+        s = contention.share(
+            before, contention.read_counters(self._cpus), threads=threads, cpus=len(self._cpus)
+        )
+        reason = contention.disturbance(s)
+        return CpuCheck(**dataclasses.asdict(s), disturbed=reason is not None, reason=reason)
 
     def _final(self, base: dict[str, Any], status: str, error: str | None, start: float) -> Record:
         """Test accuracy of the selected weights (best validation epoch), once, at the end."""
@@ -685,6 +713,11 @@ class Trainer:
                 sum(h["images_per_s"] * h["train_s"] for h in st.history)
                 / sum(h["train_s"] for h in st.history)
                 if st.history
+                else None
+            ),
+            contended_epochs=(
+                sum(bool(h.get("contended")) for h in st.history)
+                if any(h.get("contended") is not None for h in st.history)
                 else None
             ),
             peak_mib=peak,

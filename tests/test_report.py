@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from specs import MINI, run_cli
 
 from effbench.attention.configs import KINDS
 from effbench.report import KIND_ORDER, pareto_front
-from effbench.results import read_jsonl
+from effbench.results import read_jsonl, write_jsonl_atomic
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SECTIONS = (
@@ -166,6 +167,44 @@ def test_names_are_escaped_and_bad_lines_listed(results: Path, tmp_path: Path) -
     assert "<script>" not in md and "&lt;script&gt;" in md
     assert f"{data / 'evil.jsonl'}:2: invalid JSON" in page
     assert f"{data / 'evil.jsonl'}:3: not a result record" in page
+
+
+def _mark_contended(r: dict, phase: str) -> None:
+    r["contended"] = True
+    r["cpu_checks"] = {
+        phase: {
+            "wall_s": 0.3, "threads": 2, "cpus": 2, "cpu_share": 0.5, "wait_share": 0.5,
+            "others_cpus": 1.0, "attempts": 3, "disturbed": True, "reason": "busy",
+        }
+    }  # fmt: skip
+
+
+def test_contended_figures_are_marked_and_left_out_of_verdicts(
+    results: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(results / "results", data)
+    (path,) = [p for p in data.glob("scale-*.jsonl") if '"scale_summary"' in p.read_text()]
+    records = read_jsonl(path)[0]
+    small = [r for r in records if r["kind"] == "scale" and r["image_size"] == 16]
+    fastest = min(small, key=lambda r: r["infer_ms"])
+    _mark_contended(fastest, "infer")
+    profiled = next(p for p in data.glob("profile-*.jsonl"))
+    prof = read_jsonl(profiled)[0]
+    _mark_contended(prof[0], "fwd")
+    write_jsonl_atomic(path, records)
+    write_jsonl_atomic(profiled, prof)
+
+    code, output = run_cli("report", str(data), "-o", str(tmp_path / "out"), "-f", "md")
+    assert code == 0, output
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    line = next(x for x in md.splitlines() if "Fastest inference" in x)
+    at_16 = line.split("at 16 px ")[1].split(";")[0]
+    assert not at_16.startswith(fastest["model"]) and "1 contended figure(s) left out" in at_16
+    assert "Contended timings (1 profile, 1 scale record(s))" in md
+    assert "Contended points (timed while other work held the CPU)" in md
+    assert "rests on contended figures at 16 px" in md
+    assert re.search(rf"\| {prof[0]['model']} \| [0-9.,]+\* / [0-9.,]+ \|", md)  # fwd marked
 
 
 def test_report_errors(tmp_path: Path) -> None:

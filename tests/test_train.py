@@ -339,6 +339,10 @@ def test_cli_trains_several_models_and_seeds_and_skips_finished(tmp_path: Path) 
             recs = records(spec, model, seed)
             assert [r["kind"] for r in recs] == ["train_epoch", "train"]
             assert recs[-1]["seed"] == seed and recs[-1]["world_size"] == 1
+            # the epoch's training time carries its CPU check; the final record counts them
+            check = recs[0]["cpu_checks"]["train"]
+            assert recs[0]["contended"] == check["disturbed"] and 0 < check["cpu_share"] <= 1.5
+            assert recs[-1]["contended_epochs"] == int(recs[0]["contended"])
     summary = json.loads(next((tmp_path / "runs").glob("summary-*.json")).read_text())
     assert [m["model"] for m in summary["models"]] == ["sdpa", "linformer"]
     assert all(len(m["test_top1"]) == 2 for m in summary["models"])
