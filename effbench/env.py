@@ -3,13 +3,15 @@ effbench sets before torch loads so that CPU figures do not depend on how the ma
 to be set up.
 
 - **malloc.** glibc malloc hands every block above 32 MiB back to the kernel when it is freed,
-  so each call of a large attention pays page faults for its temporaries (Linformer 1.6x,
-  Performer 1.5x slower at 4,097 tokens than under tcmalloc). Measuring commands preload
-  tcmalloc or jemalloc when one is installed (a re-execution before torch loads); otherwise
-  they keep glibc malloc from returning large blocks (`mallopt`: no mmap for allocations, no
-  trimming of the heap), which measures within a few per cent of tcmalloc.
-  `EFFBENCH_ALLOCATOR`: `auto` (default), `system` (glibc malloc with those settings, no
-  preload), `untuned` (glibc malloc as the C library sets it up).
+  so each call of a large attention pays page faults for its temporaries (at 4,097 tokens,
+  Linformer's forward 1.6x and `standard`'s 1.6-2x slower than under tcmalloc). Measuring
+  commands therefore re-execute, before torch loads, with mimalloc preloaded: the shared
+  library that effbench's own install brings (the `cmeel-mimalloc` wheel, a dependency on
+  Linux), so that every machine runs the same allocator whatever it has installed; failing
+  that, tcmalloc or jemalloc when installed; failing that, glibc malloc with transparent huge
+  pages for its blocks (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), which pays far fewer page
+  faults. An allocator the user preloads is kept. `EFFBENCH_ALLOCATOR`: `auto` (default),
+  `system` (glibc malloc with huge pages, no preload), `untuned` (glibc malloc as it comes).
 - **OpenMP wait policy.** PyTorch's OpenMP threads spin for a long while at every barrier; when
   another process's threads hold the cores, each spin burns the time slice its partner needs,
   and small calls become 50-160x slower. A short spin (`GOMP_SPINCOUNT=1000`) keeps the
@@ -19,7 +21,7 @@ to be set up.
 
 from __future__ import annotations
 
-import ctypes
+import importlib.metadata
 import os
 import platform
 import sys
@@ -42,17 +44,14 @@ _LIB_DIRS = (
     "/usr/lib",
     "/usr/local/lib",
 )
-# mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-GLIBC_TUNED = "glibc malloc (no mmap, no trim)"
+BUNDLED_ALLOCATOR = "cmeel-mimalloc"  # the wheel that ships libmimalloc.so
+_HUGE_PAGES = "glibc.malloc.hugetlb=1"  # madvise(MADV_HUGEPAGE) on malloc's memory (glibc 2.35+)
+GLIBC_TUNED = "glibc malloc (huge pages)"
 
 # The OpenMP spin before a waiting thread sleeps, in libgomp's iterations (its default is
 # 300,000); chosen by benchmarks/bench_contention.py (docs/measuring-on-a-shared-cpu.md).
 OPENMP_SPINCOUNT = 1000
 _OPENMP_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-
-_glibc_tuned = False  # set once mallopt has been applied in this process
 
 
 def allocator_mode(environ: Mapping[str, str]) -> str:
@@ -88,57 +87,67 @@ def find_allocator(dirs: tuple[str, ...] = _LIB_DIRS) -> Path | None:
     return None
 
 
+def bundled_allocator() -> Path | None:
+    """The mimalloc shared library that effbench's install brings (the cmeel-mimalloc wheel)."""
+    try:
+        files = importlib.metadata.files(BUNDLED_ALLOCATOR) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in sorted(files, key=lambda f: f.name):
+        if f.name.startswith("libmimalloc.so"):
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return path
+    return None
+
+
 def allocator_reexec_env(
     environ: Mapping[str, str], *, library: Path | None = None
 ) -> dict[str, str] | None:
-    """The environment to re-execute a measuring command in, with tcmalloc or jemalloc
-    preloaded; None when that is not wanted or not possible: off Linux, when an allocator is
-    already preloaded, after one re-execution, when none is installed, or unless
-    EFFBENCH_ALLOCATOR is `auto`."""
+    """The environment to re-execute a measuring command in, so that its malloc is settled
+    before torch loads; None when nothing is to change: off Linux, after one re-execution,
+    under an allocator the user preloaded, with EFFBENCH_ALLOCATOR=untuned, or when glibc's
+    huge pages are already asked for.
+
+    `auto`: mimalloc from effbench's install (`library` overrides it), else an installed
+    tcmalloc or jemalloc, else glibc malloc with huge pages; `system`: glibc malloc with huge
+    pages.
+    """
     if platform.system() != "Linux" or environ.get(_REEXEC_MARK):
         return None
-    if allocator_mode(environ) != "auto":
+    mode = allocator_mode(environ)
+    if mode == "untuned" or _preloaded_allocator(environ.get("LD_PRELOAD", "")):
         return None
-    if _preloaded_allocator(environ.get("LD_PRELOAD", "")):
+    if mode == "auto":
+        library = library or bundled_allocator() or find_allocator()
+        if library is not None:
+            preload = " ".join(p for p in (str(library), environ.get("LD_PRELOAD", "")) if p)
+            return {**environ, "LD_PRELOAD": preload, _REEXEC_MARK: "1"}
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in tunables:
         return None
-    library = library or find_allocator()
-    if library is None:
-        return None
-    preload = " ".join(p for p in (str(library), environ.get("LD_PRELOAD", "")) if p)
-    return {**environ, "LD_PRELOAD": preload, _REEXEC_MARK: "1"}
-
-
-def tune_glibc_malloc() -> bool:
-    """Keep glibc malloc from handing large blocks back to the kernel: allocations never use
-    their own mmap (M_MMAP_MAX 0) and the heap is not trimmed below 2 GiB of free top
-    (M_TRIM_THRESHOLD), so a freed temporary is reused by the next call instead of being
-    faulted in again. Returns whether it was applied: not off glibc, nor under a preloaded
-    allocator. Call it before large allocations (before torch loads, ideally)."""
-    global _glibc_tuned
-    if _glibc_tuned:
-        return True
-    if platform.system() != "Linux" or _preloaded_allocator():
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has no mallopt effect)
-    except (OSError, AttributeError):
-        return False
-    ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
-    ok = libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
-    _glibc_tuned = ok
-    return ok
+    return {
+        **environ,
+        "GLIBC_TUNABLES": ":".join(t for t in (tunables, _HUGE_PAGES) if t),
+        _REEXEC_MARK: "1",
+    }
 
 
 def allocator_name() -> str:
-    """The malloc this process runs with: tcmalloc or jemalloc when preloaded, else the libc's
-    (saying when effbench tuned glibc's)."""
+    """The malloc this process runs with: tcmalloc, jemalloc or mimalloc when preloaded, else
+    the libc's (saying when glibc's runs with huge pages)."""
     preloaded = _preloaded_allocator()
     if preloaded:
         return preloaded
     if platform.system() != "Linux":
         return "system malloc"
-    return GLIBC_TUNED if _glibc_tuned else "glibc malloc"
+    if _HUGE_PAGES not in os.environ.get("GLIBC_TUNABLES", ""):
+        return "glibc malloc"
+    try:
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        thp = ""
+    return "glibc malloc (huge pages off in the kernel)" if "[never]" in thp else GLIBC_TUNED
 
 
 def openmp_defaults(environ: Mapping[str, str]) -> dict[str, str]:
@@ -162,25 +171,21 @@ def prepare_measuring_process(
     """Settle malloc and OpenMP for a measuring process, before torch loads.
 
     Sets the OpenMP defaults in `environ` (os.environ by default) and returns the environment
-    to re-execute in when the process must start again for them to take effect: to preload
-    tcmalloc or jemalloc, or because torch (and with it OpenMP) has already loaded. Otherwise
-    it tunes glibc malloc in this process (unless EFFBENCH_ALLOCATOR=untuned) and returns None.
+    to re-execute in when the process must start again for the settings to take effect: for
+    the malloc (`allocator_reexec_env`), or because torch (and with it OpenMP) has already
+    loaded. None: this process may go on as it is.
 
     Raises:
         ValueError: for an EFFBENCH_ALLOCATOR value it does not know.
     """
     environ = os.environ if environ is None else environ
-    mode = allocator_mode(environ)
+    allocator_mode(environ)  # a bad value fails before anything changes
     added = openmp_defaults(environ)
     environ.update(added)
     reexec = allocator_reexec_env(environ)
     if reexec is None and added and "torch" in sys.modules:
         reexec = dict(environ)
-    if reexec is not None:
-        return reexec
-    if mode != "untuned":
-        tune_glibc_malloc()
-    return None
+    return reexec
 
 
 def cpu_name() -> str:

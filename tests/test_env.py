@@ -19,6 +19,7 @@ from effbench.env import (
     OPENMP_SPINCOUNT,
     allocator_mode,
     allocator_reexec_env,
+    bundled_allocator,
     environment,
     find_allocator,
     openmp_defaults,
@@ -52,13 +53,24 @@ def test_allocator_reexec_env(tmp_path: Path) -> None:
         assert env is None
         return
     assert env is not None and env["LD_PRELOAD"] == str(lib) and env["PATH"] == "/usr/bin"
-    # Never twice, never over a preloaded allocator, never when the user says so.
+    # Never twice, never over a preloaded allocator, never when the user says untuned.
     assert allocator_reexec_env(env, library=lib) is None
     assert allocator_reexec_env({"LD_PRELOAD": "/x/libjemalloc.so.2"}, library=lib) is None
-    assert allocator_reexec_env({ALLOCATOR_ENV: "system"}, library=lib) is None
     assert allocator_reexec_env({ALLOCATOR_ENV: "untuned"}, library=lib) is None
     kept = allocator_reexec_env({"LD_PRELOAD": "/x/libfoo.so"}, library=lib)
     assert kept is not None and kept["LD_PRELOAD"] == f"{lib} /x/libfoo.so"
+    # system: glibc malloc with huge pages, the user's own tunables kept
+    glibc = allocator_reexec_env({ALLOCATOR_ENV: "system", "GLIBC_TUNABLES": "a=1"}, library=lib)
+    assert glibc is not None and "LD_PRELOAD" not in glibc
+    assert glibc["GLIBC_TUNABLES"] == "a=1:glibc.malloc.hugetlb=1"
+    assert allocator_reexec_env({**glibc, "EFFBENCH_ALLOCATOR_REEXEC": ""}) is None
+
+
+def test_the_install_brings_mimalloc() -> None:
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("cmeel-mimalloc is a dependency on Linux x86_64 and aarch64 only")
+    lib = bundled_allocator()
+    assert lib is not None and lib.name.startswith("libmimalloc.so") and lib.is_file()
 
 
 def test_allocator_mode_is_checked() -> None:
@@ -106,32 +118,57 @@ def test_unknown_allocator_mode_exits_2(monkeypatch: pytest.MonkeyPatch) -> None
     assert exc.value.code == 2
 
 
-MANIFEST = """
-import json, sys
-from effbench.launch import MEASURING_COMMANDS
-from effbench.env import prepare_measuring_process, environment
-assert prepare_measuring_process() is None
-import torch
-print(json.dumps(environment("cpu", "float32").model_dump()))
+SPEC = """
+[backbone]
+dim = 32
+heads = 2
+[[models]]
+name = "linformer"
+attention = { kind = "linformer", k = 8 }
+[profile]
+seq_lens = [17]
+batch_size = 2
+device = "cpu"
+warmup = 0
+min_run_time = 0.01
+backward = false
+count_flops = false
+top_ops = 0
 """
 
 
 @linux
-@pytest.mark.parametrize("mode", ["system", "untuned"])
-def test_measuring_process_without_a_preloaded_allocator(mode: str) -> None:
-    """EFFBENCH_ALLOCATOR=system tunes glibc malloc before torch loads (untuned leaves it);
-    both get the short OpenMP spin, which the manifest names."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "LD_PRELOAD")}
-    environ.pop("OMP_WAIT_POLICY", None)
+@pytest.mark.parametrize(
+    ("mode", "allocator"),
+    [("auto", None), ("system", GLIBC_TUNED), ("untuned", "glibc malloc")],
+)
+def test_the_command_settles_malloc_and_openmp_before_torch_loads(
+    tmp_path: Path, mode: str, allocator: str | None
+) -> None:
+    """`python -m effbench profile` as a user runs it: auto preloads the bundled mimalloc (or
+    an installed tcmalloc/jemalloc), system runs glibc malloc with huge pages, untuned glibc
+    as it comes; all get the short OpenMP spin; the records name both."""
+    spec = tmp_path / "bench.toml"
+    spec.write_text(SPEC)
+    drop = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "LD_PRELOAD", "GLIBC_TUNABLES")
+    environ = {k: v for k, v in os.environ.items() if k not in drop}
+    environ.pop("EFFBENCH_ALLOCATOR_REEXEC", None)
     environ[ALLOCATOR_ENV] = mode
-    out = subprocess.run(
-        [sys.executable, "-c", MANIFEST],
+    out = tmp_path / "r"
+    subprocess.run(
+        [sys.executable, "-m", "effbench", "profile", "--spec", str(spec), "-o", str(out)],
         env=environ,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=True,
     )
-    manifest = json.loads(out.stdout.strip().splitlines()[-1])
-    assert manifest["allocator"] == (GLIBC_TUNED if mode == "system" else "glibc malloc")
-    assert manifest["openmp"] == f"GOMP_SPINCOUNT={OPENMP_SPINCOUNT}"
+    (path,) = out.glob("profile-*.jsonl")
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert record["status"] == "ok"
+    expected = allocator
+    if expected is None:  # auto
+        found = bundled_allocator() or envmod.find_allocator()
+        expected = GLIBC_TUNED if found is None else envmod._preloaded_allocator(str(found))
+    assert record["env"]["allocator"] == expected
+    assert record["env"]["openmp"] == f"GOMP_SPINCOUNT={OPENMP_SPINCOUNT}"
