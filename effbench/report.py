@@ -152,6 +152,11 @@ def phase_contended(r: dict[str, Any], phase: str) -> bool:
     return isinstance(checks, dict) and bool((checks.get(phase) or {}).get("disturbed"))
 
 
+def shaky(point: dict[str, Any] | None) -> str:
+    """'*' for a scale point whose inference latency is contended, else ''."""
+    return "*" if point is not None and is_contended(point, "infer_time") else ""
+
+
 def evidence(r: dict[str, Any]) -> list[str]:
     """[phases, evidence] of a contended record: which timings, and what the CPU showed."""
     checks = r.get("cpu_checks") or {}
@@ -441,8 +446,8 @@ class _Context:
                     mean_std(r["top5"]),
                     num(r["params"] and r["params"] / 1e6),
                     num(r["flops"] and r["flops"] / 1e9),
-                    num(lat and lat["infer_ms"]),
-                    num(lat and lat.get("images_per_s")),
+                    num(lat and lat["infer_ms"]) + shaky(lat),
+                    num(lat and lat.get("images_per_s")) + shaky(lat),
                     num(r["epoch_s"]) + ("*" if r["epochs_contended"] else ""),
                     num(r["peak_mib"]),
                     r["env"] + (f" / {self.envs.id(lat)}" if lat else ""),
@@ -456,9 +461,10 @@ class _Context:
             "memory is that of training. The last column names the environments of the "
             "training and of the latency figures."
             + (
-                " * marks a training time that includes epochs timed while other work held "
-                "the CPU (contended): slower than the machine can do."
-                if any(r["epochs_contended"] for r in rows)
+                " * marks a figure timed while other work held the CPU (contended: a latency, "
+                "or a training time that includes such epochs), so slower than the machine "
+                "can do."
+                if any(r["epochs_contended"] or shaky(r["latency"]) for r in rows)
                 else ""
             )
         )
@@ -1216,7 +1222,8 @@ class _Context:
                     str(env.get("device_name", "?")),
                     f"torch {env.get('torch', '?')}"
                     + (f", CUDA {env['cuda']}" if env.get("cuda") else ""),
-                    str(env.get("threads", "?")),
+                    str(env.get("threads", "?"))
+                    + (f" ({env['openmp']})" if env.get("openmp") else ""),
                     str(env.get("allocator", "?")),
                     f"{env.get('platform', '?')}, Python {env.get('python', '?')}",
                     f"effbench {env.get('effbench', '?')}",

@@ -27,6 +27,19 @@ def _check_device(v: str) -> str:
 
 
 DeviceName = Annotated[str, AfterValidator(_check_device)]
+Threads = Annotated[
+    int | None,
+    Field(gt=0, description="CPU threads for torch; unset: torch's default (the cores)"),
+]
+Retries = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=10,
+        description="re-measurements of a timing that other work on the CPU disturbed, "
+        "before it is recorded as contended",
+    ),
+]
 
 
 class _Section(BaseModel):
@@ -82,16 +95,8 @@ class ProfileSection(_Section):
         False,
         description="also profile one transformer block: time in attention / MLP / norm / other",
     )
-    threads: int | None = Field(
-        None, gt=0, description="CPU threads for torch; unset: torch's default (the cores)"
-    )
-    retries: int = Field(
-        2,
-        ge=0,
-        le=10,
-        description="re-measurements of a timing that other work disturbed, before it is "
-        "recorded as contended",
-    )
+    threads: Threads = None
+    retries: Retries = 2
 
     @field_validator("seq_lens")
     @classmethod
@@ -143,9 +148,7 @@ class TrainSection(_Section):
     )
     compile: bool = Field(False, description="torch.compile the model")
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    threads: int | None = Field(
-        None, gt=0, description="CPU threads for torch; unset: torch's default (the cores)"
-    )
+    threads: Threads = None
     workers: int = Field(4, ge=0, description="DataLoader workers for folder datasets")
     synthetic_samples: int = Field(1024, gt=0, description="training images of `synthetic`")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
@@ -195,16 +198,8 @@ class ScaleSection(_Section):
     breakdown: bool = Field(
         True, description="profile one forward: time in attention / MLP / norm / other"
     )
-    threads: int | None = Field(
-        None, gt=0, description="CPU threads for torch; unset: torch's default (the cores)"
-    )
-    retries: int = Field(
-        2,
-        ge=0,
-        le=10,
-        description="re-measurements of a repeat that other work disturbed, before it is "
-        "recorded as contended",
-    )
+    threads: Threads = None
+    retries: Retries = 2
     top_ops: int = Field(8, ge=0, description="operators/kernels kept per point, by self time")
 
     @field_validator("resolutions")

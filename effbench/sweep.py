@@ -141,15 +141,7 @@ def measure_attention(
     if isinstance(layer, SdpaAttention):
         ops = dispatched_ops(lambda: layer(x))
         out.update(sdpa_backend_fields(layer.cfg.backend, device=device, kernels=[], ops=ops))
-    timing = time_call(
-        fwd,
-        device=device,
-        warmup=prof.warmup,
-        min_run_time=prof.min_run_time,
-        retries=prof.retries,
-    )
-    out.update(timing.as_dict("fwd"))
-    note_check(out, "fwd", timing)
+    timing = _timed(fwd, "fwd", spec=spec, device=device, out=out)
     out["fwd_gflops_per_s"] = out["flops_analytic"] * B / (timing.median_ms / 1e3) / 1e9
     peak, out["mem_source"] = peak_bytes(fwd, device)
     out["fwd_peak_mib"] = peak / MIB
@@ -175,15 +167,7 @@ def measure_attention(
             return torch.autograd.grad(layer(xg), [xg, *params], grad_outputs=grad_out)
 
         check_finite(fwdbwd()[0], "input gradient")
-        timing = time_call(
-            fwdbwd,
-            device=device,
-            warmup=prof.warmup,
-            min_run_time=prof.min_run_time,
-            retries=prof.retries,
-        )
-        out.update(timing.as_dict("fwdbwd"))
-        note_check(out, "fwdbwd", timing)
+        _timed(fwdbwd, "fwdbwd", spec=spec, device=device, out=out)
         out["fwdbwd_peak_mib"] = peak_bytes(fwdbwd, device)[0] / MIB
         if trace_dir:
             profile_call(
@@ -203,6 +187,23 @@ def measure_attention(
             flops_by_op=counts.by_op,
         )
         check_flop_counts(counts)
+
+
+def _timed(
+    fn: Callable[[], Any], phase: str, *, spec: BenchSpec, device: torch.device, out: dict[str, Any]
+) -> Timing:
+    """Time fn as `[profile]` says into `<phase>_*` fields, with its CPU check."""
+    prof = spec.profile
+    timing = time_call(
+        fn,
+        device=device,
+        warmup=prof.warmup,
+        min_run_time=prof.min_run_time,
+        retries=prof.retries,
+    )
+    out.update(timing.as_dict(phase))
+    note_check(out, phase, timing)
+    return timing
 
 
 def note_check(out: dict[str, Any], phase: str, timing: Timing) -> None:
