@@ -131,7 +131,7 @@ def _status(r: Any) -> str:
 
 def _contention_note(r: Any) -> str:
     """'contended: fwd waited 48%, other work 1.0 CPUs' for a contended record, else ''."""
-    phases = r.contended_phases() if getattr(r, "contended", False) else []
+    phases = r.contended_phases()
     if not phases:
         return ""
     c = r.cpu_checks[phases[0]]
@@ -147,8 +147,8 @@ def closing_line(records: list[Any], results: Path) -> str:
     """Status counts, contended and re-measured points, and where the results are."""
     statuses = Counter(r.status for r in records)
     line = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + "."
-    contended = sum(bool(getattr(r, "contended", False)) for r in records)
-    recovered = sum(1 for r in records if not getattr(r, "contended", False) and r.retried() > 0)
+    contended = sum(bool(r.contended) for r in records)
+    recovered = sum(1 for r in records if not r.contended and r.retried() > 0)
     if recovered:
         line += f" {recovered} re-measured after other work disturbed them."
     if contended:

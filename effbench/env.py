@@ -14,9 +14,9 @@ to be set up.
   `system` (glibc malloc with huge pages, no preload), `untuned` (glibc malloc as it comes).
 - **OpenMP wait policy.** PyTorch's OpenMP threads spin for a long while at every barrier; when
   another process's threads hold the cores, each spin burns the time slice its partner needs,
-  and small calls become 50-160x slower. A short spin (`GOMP_SPINCOUNT=1000`) keeps the
-  quiet-machine speed and bounds that damage to a few times. A policy the user set
-  (`OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`) is kept.
+  and beside one busy PyTorch process some points ran 15-120x slower. A short spin
+  (`GOMP_SPINCOUNT=1000`) keeps the idle-machine speed and bounds that damage to 2-3.5x. A
+  policy the user set (`OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`) is kept.
 """
 
 from __future__ import annotations

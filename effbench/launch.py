@@ -1,6 +1,6 @@
 """The `effbench` entry point. For the commands that measure, it settles malloc and the OpenMP
-wait policy before torch loads (`effbench.env`), re-executing with tcmalloc or jemalloc
-preloaded when one is installed; then it runs the command line."""
+wait policy before torch loads (`effbench.env`), re-executing when the allocator needs it
+(mimalloc preloaded, or glibc's huge pages); then it runs the command line."""
 
 from __future__ import annotations
 

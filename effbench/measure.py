@@ -58,6 +58,17 @@ def _running_threads(device: torch.device) -> int:
     return torch.get_num_threads() if device.type == "cpu" else 1
 
 
+def cpu_check(
+    before: contention.Counters, *, device: torch.device, cpus: frozenset[int]
+) -> CpuCheck:
+    """Whether the process had its CPUs to itself since `before` (`effbench.contention`)."""
+    s = contention.share(
+        before, contention.read_counters(cpus), threads=_running_threads(device), cpus=len(cpus)
+    )
+    reason = contention.disturbance(s)
+    return CpuCheck(**dataclasses.asdict(s), disturbed=reason is not None, reason=reason)
+
+
 def time_call(
     fn: Callable[[], Any],
     *,
@@ -80,27 +91,23 @@ def time_call(
     synchronize(device)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     cpus = contention.usable_cpus()
-    threads = _running_threads(device)
     kept: Timing | None = None
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(contention.BACKOFF_S * 2 ** (attempt - 1))
         before = contention.read_counters(cpus)
         m = timer.blocked_autorange(min_run_time=min_run_time)
-        s = contention.share(
-            before, contention.read_counters(cpus), threads=threads, cpus=len(cpus)
-        )
-        reason = contention.disturbance(s)
+        check = cpu_check(before, device=device, cpus=cpus)
         timing = Timing(
             median_ms=m.median * 1e3,
             iqr_ms=m.iqr * 1e3,
             runs=len(m.times),
             calls_per_run=m.number_per_run,
-            check=CpuCheck(**dataclasses.asdict(s), disturbed=reason is not None, reason=reason),
+            check=check,
         )
-        if kept is None or reason is None or timing.median_ms < kept.median_ms:
+        if kept is None or not check.disturbed or timing.median_ms < kept.median_ms:
             kept = timing
-        if reason is None:
+        if not check.disturbed:
             break
     assert kept is not None and kept.check is not None
     done = kept.check.model_copy(update={"attempts": attempt + 1})

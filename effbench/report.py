@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from effbench import __version__
 from effbench.results import BadLine, read_jsonl, spec_digest
-from effbench.scaling import METRICS, is_contended, metrics_for, summarize
+from effbench.scaling import METRICS, is_contended, metrics_for, phase_contended, summarize
 
 TEMPLATES = "effbench.report_templates"
 FIGURE_DIR = "report_files"
@@ -146,13 +146,7 @@ def px_list(sizes: Iterable[int]) -> str:
     return ", ".join(f"{s} px" for s in sizes)
 
 
-def phase_contended(r: dict[str, Any], phase: str) -> bool:
-    """Whether the record's `phase` timing (fwd, fwdbwd, infer, train) stayed disturbed."""
-    checks = r.get("cpu_checks") or {}
-    return isinstance(checks, dict) and bool((checks.get(phase) or {}).get("disturbed"))
-
-
-def shaky(point: dict[str, Any] | None) -> str:
+def contended_mark(point: dict[str, Any] | None) -> str:
     """'*' for a scale point whose inference latency is contended, else ''."""
     return "*" if point is not None and is_contended(point, "infer_time") else ""
 
@@ -446,8 +440,8 @@ class _Context:
                     mean_std(r["top5"]),
                     num(r["params"] and r["params"] / 1e6),
                     num(r["flops"] and r["flops"] / 1e9),
-                    num(lat and lat["infer_ms"]) + shaky(lat),
-                    num(lat and lat.get("images_per_s")) + shaky(lat),
+                    num(lat and lat["infer_ms"]) + contended_mark(lat),
+                    num(lat and lat.get("images_per_s")) + contended_mark(lat),
                     num(r["epoch_s"]) + ("*" if r["epochs_contended"] else ""),
                     num(r["peak_mib"]),
                     r["env"] + (f" / {self.envs.id(lat)}" if lat else ""),
@@ -464,7 +458,7 @@ class _Context:
                 " * marks a figure timed while other work held the CPU (contended: a latency, "
                 "or a training time that includes such epochs), so slower than the machine "
                 "can do."
-                if any(r["epochs_contended"] or shaky(r["latency"]) for r in rows)
+                if any(r["epochs_contended"] or contended_mark(r["latency"]) for r in rows)
                 else ""
             )
         )

@@ -28,14 +28,17 @@ def metrics_for(mode: str) -> list[str]:
     return [m for m in METRICS if mode == "both" or m.startswith(mode)]
 
 
-def is_contended(record: Mapping[str, Any], metric: str) -> bool:
-    """Whether the record's figure for `metric` was timed while other work held the CPU
-    (its phase's CPU check stayed disturbed after re-measuring)."""
-    phase = TIMED_PHASE.get(metric)
+def phase_contended(record: Mapping[str, Any], phase: str) -> bool:
+    """Whether the record's `phase` timing (fwd, fwdbwd, infer, train) was measured while
+    other work held the CPU (its CPU check stayed disturbed after re-measuring)."""
     checks = record.get("cpu_checks") or {}
-    if not phase or not isinstance(checks, Mapping):
-        return False
-    return bool((checks.get(phase) or {}).get("disturbed"))
+    return isinstance(checks, Mapping) and bool((checks.get(phase) or {}).get("disturbed"))
+
+
+def is_contended(record: Mapping[str, Any], metric: str) -> bool:
+    """Whether the record's figure for the summary `metric` is contended (memory never is)."""
+    phase = TIMED_PHASE.get(metric)
+    return phase is not None and phase_contended(record, phase)
 
 
 def crossover(

@@ -14,7 +14,6 @@ Layout of a run directory (`<output_dir>/<model>/seed<seed>/`):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import random
@@ -35,6 +34,7 @@ from effbench import contention
 from effbench.data import batch_seed, build_loaders, class_count, mix_batch
 from effbench.device import resolve_device
 from effbench.env import environment
+from effbench.measure import cpu_check
 from effbench.model import build_model
 from effbench.results import (
     CpuCheck,
@@ -661,14 +661,7 @@ class Trainer:
 
     def _cpu_check(self, before: contention.Counters | None) -> CpuCheck | None:
         """Whether the epoch's training steps had the CPU to themselves (since `before`)."""
-        if before is None:
-            return None
-        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
-        s = contention.share(
-            before, contention.read_counters(self._cpus), threads=threads, cpus=len(self._cpus)
-        )
-        reason = contention.disturbance(s)
-        return CpuCheck(**dataclasses.asdict(s), disturbed=reason is not None, reason=reason)
+        return None if before is None else cpu_check(before, device=self.device, cpus=self._cpus)
 
     def _final(self, base: dict[str, Any], status: str, error: str | None, start: float) -> Record:
         """Test accuracy of the selected weights (best validation epoch), once, at the end."""
