@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from effbench.attention import build_attention
 from effbench.attention.base import Attention
-from effbench.attention.configs import (
+from effbench.config.attention import (
     HybridConfig,
     LinformerConfig,
     NystromConfig,

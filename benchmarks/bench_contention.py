@@ -65,7 +65,7 @@ if os.environ.get("PROBE_INTEROP"):
     torch.set_num_interop_threads(int(os.environ["PROBE_INTEROP"]))
 from effbench.attention import build_attention
 from effbench.measure import time_call
-from effbench.spec import load_spec
+from effbench.config.spec import load_spec
 spec = load_spec(sys.argv[1])
 cpu = torch.device("cpu")
 out = {}

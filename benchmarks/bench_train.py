@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from effbench.config.spec import load_spec, parse_set, select_models
 from effbench.env import allocator_name, cpu_name, prepare_measuring_process
 from effbench.model import build_model
 from effbench.results import write_json_atomic
-from effbench.spec import load_spec, parse_set, select_models
 from effbench.train import Dist, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

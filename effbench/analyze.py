@@ -15,14 +15,14 @@ from torch import Tensor
 
 from effbench.attention import build_attention
 from effbench.attention.base import Attention, softmax_attention
-from effbench.attention.configs import PerformerConfig
 from effbench.attention.nystrom import NystromAttention, iterative_pinv
 from effbench.attention.performer import PerformerAttention
+from effbench.config.attention import PerformerConfig
 from effbench.model import ViT, build_model
 from effbench.results import AnalyzeRecord, Env, LayerFidelity
 
 if TYPE_CHECKING:
-    from effbench.scale import TrainedRun
+    from effbench.runs import TrainedRun
 
 # Test images shown as maps, and used for the fidelity figures (fewer when maps are large).
 MAP_IMAGES = 4
@@ -208,7 +208,7 @@ def analyze_model(
 def analyze_run(
     run: TrainedRun, state: dict[str, Tensor], *, device: torch.device, env: Env, run_id: str
 ) -> AnalyzeRecord:
-    """The trained run and its weights (`scale.load_state`) analysed on its test split.
+    """The trained run and its weights (`runs.load_state`) analysed on its test split.
 
     Raises:
         effbench.data.DataError: when the test split cannot be read.

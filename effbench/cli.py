@@ -16,7 +16,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from effbench import __version__
-from effbench.spec import (
+from effbench.config.spec import (
     DEFAULT_SPEC,
     BenchSpec,
     Dtype,
@@ -523,16 +523,14 @@ def train(
 
     from effbench.data import DataError
     from effbench.results import new_run_id, write_json_atomic
+    from effbench.runs import completed, holds_run, run_dir
     from effbench.train import (
         Interrupted,
         StopFlag,
         Trainer,
         TrainError,
         TrainProgress,
-        completed,
-        holds_run,
         init_distributed,
-        run_dir,
     )
 
     try:
@@ -703,7 +701,7 @@ def _crossover(c: Any) -> str:
 
 def scale_summary_table(summaries: list[Any], mode: str) -> Table:
     """Per model and metric: the crossover against the baseline, then the slope."""
-    from effbench.scaling import metrics_for
+    from effbench.crossover import metrics_for
 
     metrics = metrics_for(mode)
     base = summaries[0].baseline if summaries else None
@@ -804,21 +802,20 @@ def scale(
 
     import torch  # heavy imports only once the spec is known to be good
 
+    from effbench.config.spec import resolution_ladder
     from effbench.data import DataError
     from effbench.device import resolve_device
     from effbench.env import environment
     from effbench.results import JsonlWriter, new_run_id, write_json_atomic
+    from effbench.runs import find_run, load_state
     from effbench.scale import (
         ScaleError,
         checkpoint_spec,
         checkpoint_sweep,
-        find_run,
-        load_state,
         scale_grid,
         scale_sweep,
         summary_records,
     )
-    from effbench.spec import resolution_ladder
 
     run = None
     if checkpoint is not None:
@@ -954,12 +951,13 @@ def analyze(
     import dataclasses
 
     from effbench.analyze import analyze_run
+    from effbench.config.spec import SpecError, parse_spec
     from effbench.data import DataError
     from effbench.device import resolve_device
     from effbench.env import environment
+    from effbench.errors import ScaleError
     from effbench.results import JsonlWriter, new_run_id
-    from effbench.scale import ScaleError, find_run, load_state
-    from effbench.spec import SpecError, parse_spec
+    from effbench.runs import find_run, load_state
 
     try:
         dev = resolve_device(device or "auto")

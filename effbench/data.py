@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from effbench.spec import BenchSpec, TrainSection
+from effbench.config.spec import BenchSpec, TrainSection
+from effbench.errors import DataError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -60,10 +61,6 @@ _IMAGENET100 = """
     n02090622
 """
 IMAGENET100_CLASSES = tuple(_IMAGENET100.split())
-
-
-class DataError(ValueError):
-    """A dataset that cannot be read, with what to change."""
 
 
 def batch_seed(*parts: int) -> int:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from effbench.attention import Attention, build_attention
-from effbench.attention.configs import AttentionConfig
-from effbench.spec import Backbone
+from effbench.config.attention import AttentionConfig
+from effbench.config.spec import Backbone
 
 
 def resize_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:

@@ -5,23 +5,23 @@ and one trained model evaluated at several resolutions. A failed point is a reco
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from effbench.attention.configs import AttentionConfig
-from effbench.attention.sdpa import dispatched_ops
+from effbench.config.attention import AttentionConfig
+from effbench.config.spec import Backbone, BenchSpec, ModelEntry, SpecError, parse_spec
+from effbench.crossover import summarize
+from effbench.errors import ScaleError
 from effbench.measure import Timing, count_flops, param_count, peak_bytes, time_repeats
+from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
+from effbench.measure.profiler import breakdown
 from effbench.model import ViT, adapt_state_dict, build_model
-from effbench.profiler import breakdown
-from effbench.results import Env, ScaleRecord, ScaleSummaryRecord, read_jsonl
-from effbench.scaling import summarize
-from effbench.spec import Backbone, BenchSpec, ModelEntry, SpecError, parse_spec
+from effbench.results import Env, ScaleRecord, ScaleSummaryRecord
+from effbench.runs import TrainedRun
 from effbench.sweep import (
     DTYPES,
     MIB,
@@ -29,16 +29,11 @@ from effbench.sweep import (
     check_finite,
     check_flop_counts,
     note_check,
-    sdpa_backend_fields,
 )
 
 # A profiled breakdown repeats a call this many times, once when the call is slower than this.
 BREAKDOWN_CALLS = 3
 SLOW_CALL_MS = 500.0
-
-
-class ScaleError(ValueError):
-    """A `--checkpoint` that cannot be evaluated, with what to change."""
 
 
 @dataclass(frozen=True)
@@ -322,64 +317,6 @@ def summary_records(
 
 
 # ---------------------------------------------------------------------------- --checkpoint
-
-
-@dataclass(frozen=True)
-class TrainedRun:
-    """A finished (or checkpointed) `effbench train` run directory."""
-
-    directory: Path
-    spec: BenchSpec
-    entry: ModelEntry
-    weights: Path
-
-
-def find_run(path: Path) -> TrainedRun:
-    """The run in `path` (a run directory, or a file inside one).
-
-    Raises:
-        ScaleError: naming what is missing or unreadable.
-    """
-    from effbench.train import BEST, FINAL, RECORDS
-
-    directory = path if path.is_dir() else path.parent
-    if not path.exists():
-        raise ScaleError(f"--checkpoint {path}: no such run directory (runs/<model>/seed<N>)")
-    spec_path = directory / "spec.json"
-    if not spec_path.is_file():
-        raise ScaleError(f"--checkpoint {directory}: no spec.json; is it an effbench run?")
-    try:
-        spec = parse_spec(json.loads(spec_path.read_text(encoding="utf-8")), source=str(spec_path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ScaleError(f"{spec_path} is corrupt ({err}); the run cannot be evaluated") from None
-    except SpecError as err:
-        raise ScaleError("\n".join(err.lines())) from None
-    name = directory.parent.name
-    records = directory / RECORDS
-    if records.is_file():
-        names = [r["model"] for r in read_jsonl(records)[0] if "model" in r]
-        name = names[-1] if names else name
-    try:
-        entry = spec.model(name)
-    except KeyError:
-        raise ScaleError(f"{spec_path} has no model named {name!r}") from None
-    weights = next((directory / w for w in (FINAL, BEST) if (directory / w).is_file()), None)
-    if weights is None:
-        raise ScaleError(
-            f"--checkpoint {directory}: neither {FINAL} nor {BEST} is there; "
-            "train at least one epoch first"
-        )
-    return TrainedRun(directory=directory, spec=spec, entry=entry, weights=weights)
-
-
-def load_state(run: TrainedRun) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(run.weights))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ScaleError(f"{run.weights} is corrupt or unreadable ({err})") from None
 
 
 def checkpoint_spec(run: TrainedRun, current: BenchSpec, data_dir: str | None) -> BenchSpec:

@@ -13,12 +13,8 @@ from typing import Any
 import torch
 
 from effbench.attention import Attention, build_attention
-from effbench.attention.sdpa import (
-    SdpaAttention,
-    backend_from_kernels,
-    backend_from_ops,
-    dispatched_ops,
-)
+from effbench.attention.sdpa import SdpaAttention
+from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.measure import (
     FlopCounts,
     Timing,
@@ -27,10 +23,10 @@ from effbench.measure import (
     peak_bytes,
     time_call,
 )
+from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
+from effbench.measure.profiler import breakdown, profile_call
 from effbench.model import Block
-from effbench.profiler import breakdown, profile_call
 from effbench.results import Env, ProfileRecord, Status
-from effbench.spec import BenchSpec, ModelEntry
 
 MIB = 2**20
 # Counted and analytic FLOPs may differ by at most this fraction before a point is an error.
@@ -76,23 +72,6 @@ def attempt(measure: Callable[[], None], device: torch.device) -> tuple[Status, 
         status, error = classify(err), f"{type(err).__name__}: {err}".strip()[:2000]
     free_memory(device)
     return status, error
-
-
-def sdpa_backend_fields(
-    requested: str, *, device: torch.device, kernels: list[str], ops: list[str]
-) -> dict[str, Any]:
-    """The SDPA backend that ran, from the CUDA kernel names on a GPU (the aten operators
-    otherwise), and whether it fell back to the math path though another was allowed."""
-    if device.type == "cuda" and kernels:
-        backend, source = backend_from_kernels(kernels) or "math", "CUDA kernel names"
-    else:
-        backend = backend_from_ops([o.removeprefix("aten::") for o in ops])
-        source = "aten operators"
-    return {
-        "sdpa_backend": backend,
-        "sdpa_backend_source": source,
-        "sdpa_math_fallback": backend == "math" and requested != "math",
-    }
 
 
 @dataclass(frozen=True)

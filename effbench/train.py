@@ -31,9 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from effbench import contention
+from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.data import batch_seed, build_loaders, class_count, mix_batch
 from effbench.device import resolve_device
 from effbench.env import environment
+from effbench.errors import CheckpointError, TrainError
 from effbench.measure import cpu_check
 from effbench.model import build_model
 from effbench.results import (
@@ -43,17 +45,21 @@ from effbench.results import (
     Record,
     TrainEpochRecord,
     TrainRecord,
-    read_jsonl,
     replace_atomically,
     write_json_atomic,
     write_jsonl_atomic,
 )
-from effbench.spec import BenchSpec, ModelEntry, TrainSection
+from effbench.runs import (
+    BEST,
+    CHECKPOINT,
+    FINAL,
+    RECORDS,
+    holds_run,
+    load_weights,
+    run_dir,
+    save_weights,
+)
 
-CHECKPOINT = "checkpoint.pt"
-RECORDS = "train.jsonl"
-BEST = "best.safetensors"
-FINAL = "model.safetensors"
 CHECKPOINT_FORMAT = 1
 MIB = 2**20
 # `[train]` keys that do not change what a run computes: a resume may differ in these.
@@ -72,14 +78,6 @@ NEUTRAL_KEYS = frozenset(
     }
 )
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainError(RuntimeError):
-    """A run that cannot start or continue, with what to change."""
-
-
-class CheckpointError(TrainError):
-    """A checkpoint that is missing, unreadable, or from another configuration."""
 
 
 class Interrupted(Exception):
@@ -166,10 +164,6 @@ def init_distributed(device_name: str) -> Dist:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def run_dir(cfg: TrainSection, model: str, seed: int) -> Path:
-    return Path(cfg.output_dir).expanduser() / model / f"seed{seed}"
 
 
 def fingerprint(bench: BenchSpec, entry: ModelEntry, seed: int) -> dict[str, Any]:
@@ -286,35 +280,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an effbench training checkpoint")
     return ckpt
-
-
-def save_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with replace_atomically(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(path)))
-
-
-def holds_run(directory: Path) -> bool:
-    """Whether a run directory already holds a checkpoint or records."""
-    return (directory / CHECKPOINT).exists() or (directory / RECORDS).exists()
-
-
-def completed(directory: Path) -> dict[str, Any] | None:
-    """The final `train` record of a finished run in `directory`, if there is one."""
-    path = directory / RECORDS
-    if not path.is_file():
-        return None
-    good, _ = read_jsonl(path)
-    finals = [r for r in good if r.get("kind") == "train"]
-    return finals[-1] if finals else None
 
 
 # ---------------------------------------------------------------------------- the run

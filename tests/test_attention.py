@@ -18,7 +18,10 @@ from torch.utils._pytree import tree_leaves
 
 from effbench.attention import available, build_attention
 from effbench.attention.base import Attention, softmax_attention, softmax_weights
-from effbench.attention.configs import (
+from effbench.attention.nystrom import segment_means
+from effbench.attention.performer import orthogonal_features
+from effbench.attention.sdpa import SdpaAttention
+from effbench.config.attention import (
     FusedConfig,
     HybridConfig,
     LinformerConfig,
@@ -27,9 +30,6 @@ from effbench.attention.configs import (
     SdpaConfig,
     StandardConfig,
 )
-from effbench.attention.nystrom import segment_means
-from effbench.attention.performer import orthogonal_features
-from effbench.attention.sdpa import SdpaAttention
 from effbench.measure import FlopCountError, count_flops
 
 # N = CLS + a 5x5 patch grid; 26 tokens are not a multiple of nystrom's 8 landmarks.

@@ -12,8 +12,8 @@ from specs import TINY_MODELS
 from typer.testing import CliRunner
 
 from effbench import sweep
-from effbench.attention.configs import KINDS
 from effbench.cli import app
+from effbench.config.attention import KINDS
 from effbench.results import read_jsonl
 
 TINY = """

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from effbench.attention import available
+from effbench.config.spec import Backbone, ModelEntry
 from effbench.measure import count_flops
 from effbench.model import build_model, resize_pos_embed
-from effbench.spec import Backbone, ModelEntry
 
 BB = Backbone(image_size=16, patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, num_classes=5)
 SMALL = {"linformer": {"k": 8}, "nystrom": {"landmarks": 4}, "performer": {"features": 16}}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from specs import MINI, run_cli
 
-from effbench.attention.configs import KINDS
+from effbench.config.attention import KINDS
 from effbench.report import KIND_ORDER, pareto_front
 from effbench.results import read_jsonl, write_jsonl_atomic
 
@@ -289,4 +289,4 @@ def test_wheel_ships_the_templates(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("effbench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("report.html", "report.md"):
-        assert f"effbench/report_templates/{name}" in names, names
+        assert f"effbench/report/templates/{name}" in names, names

@@ -12,15 +12,16 @@ import torch
 from specs import MINI, TINY_MODELS, needs_mini, run_cli
 from torch import Tensor
 
-from effbench.attention.configs import KINDS, LinformerConfig, NystromConfig, SdpaConfig
-from effbench.attention.sdpa import SdpaAttention, backend_from_kernels
+from effbench.attention.sdpa import SdpaAttention
+from effbench.config.attention import KINDS, LinformerConfig, NystromConfig, SdpaConfig
+from effbench.config.spec import Backbone, SpecError, parse_spec, read_toml, resolution_ladder
+from effbench.crossover import METRICS, crossover, loglog_slope, upper_slope
 from effbench.measure import time_call
+from effbench.measure.dispatch import backend_from_kernels
+from effbench.measure.profiler import PARTS, breakdown, labelled
 from effbench.model import adapt_state_dict, build_model, resize_sequence_projection
-from effbench.profiler import PARTS, breakdown, labelled
 from effbench.results import read_jsonl
 from effbench.scale import fit_to_tokens
-from effbench.scaling import METRICS, crossover, loglog_slope, upper_slope
-from effbench.spec import Backbone, SpecError, parse_spec, read_toml, resolution_ladder
 
 SPEC = """
 [backbone]

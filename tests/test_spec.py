@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from effbench.attention.configs import KINDS
 from effbench.cli import app
-from effbench.spec import SpecError, load_spec, parse_spec, select_models
+from effbench.config.attention import KINDS
+from effbench.config.spec import SpecError, load_spec, parse_spec, select_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,9 @@ from PIL import Image
 from specs import MINI, TINY_MODELS, needs_mini
 from typer.testing import CliRunner
 
-from effbench.attention.configs import KINDS
 from effbench.cli import app
+from effbench.config.attention import KINDS
+from effbench.config.spec import SpecError, load_spec, parse_set, select_models
 from effbench.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -33,7 +34,6 @@ from effbench.data import (
     split_validation,
 )
 from effbench.results import read_jsonl
-from effbench.spec import SpecError, load_spec, parse_set, select_models
 from effbench.train import (
     CHECKPOINT,
     RECORDS,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from effbench.attention.base import Attention
-from effbench.attention.configs import KINDS, AttentionConfig
+from effbench.config.attention import KINDS, AttentionConfig
 
 _REGISTRY: dict[str, type[Attention]] = {}
 
@@ -15,7 +15,7 @@ def register(kind: str) -> Callable[[type[Attention]], type[Attention]]:
     """Class decorator: make a mechanism buildable by its config's `kind`."""
 
     def deco(cls: type[Attention]) -> type[Attention]:
-        assert kind in KINDS, f"{kind!r} has no config in effbench.attention.configs"
+        assert kind in KINDS, f"{kind!r} has no config in effbench.config.attention"
         assert kind not in _REGISTRY, f"attention kind {kind!r} registered twice"
         cls.kind = kind
         _REGISTRY[kind] = cls

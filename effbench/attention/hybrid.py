@@ -21,13 +21,13 @@ from effbench.attention.base import (
     softmax_attention,
     softmax_weights,
 )
-from effbench.attention.configs import HybridConfig
 from effbench.attention.performer import (
     linear_attention_flops,
     linear_context,
     linear_readout,
     linear_weights,
 )
+from effbench.config.attention import HybridConfig
 
 # Bytes of gathered keys and values per query chunk in inference (see `chunk_rows`).
 LOCAL_CHUNK_BYTES = 4 * 2**20

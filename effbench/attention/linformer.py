@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from effbench.attention import register
 from effbench.attention.base import Attention, matmul_flops
-from effbench.attention.configs import LinformerConfig
+from effbench.config.attention import LinformerConfig
 
 
 def project_rows(e: Tensor, x: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from effbench.attention import register
 from effbench.attention.base import MAP_ROW_CHUNK, Attention, matmul_flops
-from effbench.attention.configs import NystromConfig
+from effbench.config.attention import NystromConfig
 
 
 def segment_means(x: Tensor, m: int) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from effbench.attention import register
 from effbench.attention.base import Attention, matmul_flops, needs_grad
-from effbench.attention.configs import PerformerConfig
+from effbench.config.attention import PerformerConfig
 
 SOFTMAX_EPS = 1e-4
 RELU_EPS = 1e-3

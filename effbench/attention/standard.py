@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from effbench.attention import register
 from effbench.attention.base import ExactAttention
-from effbench.attention.configs import StandardConfig
+from effbench.config.attention import StandardConfig
 
 
 @register("standard")

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from effbench.attention.configs import KINDS, AttentionConfig
+from effbench.config.attention import KINDS, AttentionConfig
+from effbench.errors import SpecError
 
 DEFAULT_SPEC = "bench.toml"
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -318,21 +319,6 @@ class BenchSpec(_Section):
         from effbench.results import spec_digest
 
         return spec_digest(self.model_dump(mode="json"))
-
-
-class SpecError(ValueError):
-    """A spec that cannot be used; `issues` holds one (location, message) pair per problem."""
-
-    def __init__(self, issues: list[tuple[str, str]], source: str = DEFAULT_SPEC) -> None:
-        self.issues = issues
-        self.source = source
-        super().__init__("\n".join(self.lines()))
-
-    def lines(self) -> list[str]:
-        return [
-            f"{self.source}:{loc}: {msg}" if loc else f"{self.source}: {msg}"
-            for loc, msg in self.issues
-        ]
 
 
 def _loc(parts: Iterable[Any]) -> str:

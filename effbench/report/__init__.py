@@ -26,10 +26,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from effbench import __version__
+from effbench.crossover import METRICS, is_contended, metrics_for, phase_contended, summarize
 from effbench.results import BadLine, read_jsonl, spec_digest
-from effbench.scaling import METRICS, is_contended, metrics_for, phase_contended, summarize
 
-TEMPLATES = "effbench.report_templates"
+TEMPLATES = "effbench.report"
 FIGURE_DIR = "report_files"
 # The attention kinds in the registry's order (tests check it against attention.configs):
 # each keeps one colour in every figure.
@@ -1250,7 +1250,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 def _environment() -> Any:
     import jinja2
 
-    root = resources.files(TEMPLATES)
+    root = resources.files(TEMPLATES) / "templates"
     return jinja2.Environment(
         loader=jinja2.FunctionLoader(lambda name: (root / name).read_text(encoding="utf-8")),
         autoescape=jinja2.select_autoescape(["html"]),  # by the template name's ending

@@ -6,13 +6,18 @@ importing it; the modules that implement each kind live beside this file.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _AttentionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exact: ClassVar[bool] = False
+    """Computes exact softmax attention (the reference the approximations are measured against)."""
+    baseline: ClassVar[bool] = False
+    """The fused exact kernel every mechanism is timed against (`scale` adds it when missing)."""
 
     qkv_bias: bool = Field(True, description="bias on the shared Q/K/V projection")
 
@@ -25,18 +30,22 @@ class StandardConfig(_AttentionConfig):
     """Explicit softmax attention with separate Q, K and V projections."""
 
     kind: Literal["standard"] = "standard"
+    exact: ClassVar[bool] = True
 
 
 class FusedConfig(_AttentionConfig):
     """Explicit softmax attention with one fused QKV projection."""
 
     kind: Literal["fused"] = "fused"
+    exact: ClassVar[bool] = True
 
 
 class SdpaConfig(_AttentionConfig):
     """Fused QKV projection + torch.nn.functional.scaled_dot_product_attention."""
 
     kind: Literal["sdpa"] = "sdpa"
+    exact: ClassVar[bool] = True
+    baseline: ClassVar[bool] = True
     backend: Literal["auto", "math", "flash", "efficient", "cudnn"] = Field(
         "auto", description="force one SDPA backend; 'auto' lets PyTorch choose"
     )
@@ -116,8 +125,17 @@ AttentionConfig = Annotated[
     Field(discriminator="kind"),
 ]
 
-KINDS: tuple[str, ...] = tuple(
-    get_args(cls.model_fields["kind"].annotation)[0]
+CONFIGS: dict[str, type[Any]] = {
+    get_args(cls.model_fields["kind"].annotation)[0]: cls
     for cls in get_args(get_args(AttentionConfig)[0])
-)
+}
+"""Every attention kind's config class, in the order the report lists them."""
+
+KINDS: tuple[str, ...] = tuple(CONFIGS)
 """Every attention kind, in the order the report lists them."""
+
+EXACT_KINDS: frozenset[str] = frozenset(k for k, c in CONFIGS.items() if c.exact)
+"""The kinds that compute exact softmax attention."""
+
+BASELINE_KIND: str = next(k for k, c in CONFIGS.items() if c.baseline)
+"""The fused exact kind every mechanism is timed against."""

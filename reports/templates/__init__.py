@@ -1,1 +1,0 @@
-"""The report templates (Jinja2), shipped inside the wheel as effbench.report_templates."""
