@@ -521,14 +521,13 @@ def train(
 
     import torch
 
-    from effbench.data import DataError
+    from effbench.errors import DataError, TrainError
     from effbench.results import new_run_id, write_json_atomic
     from effbench.runs import completed, holds_run, run_dir
     from effbench.train import (
         Interrupted,
         StopFlag,
         Trainer,
-        TrainError,
         TrainProgress,
         init_distributed,
     )
@@ -806,10 +805,10 @@ def scale(
     from effbench.data import DataError
     from effbench.device import resolve_device
     from effbench.env import environment
+    from effbench.errors import ScaleError
     from effbench.results import JsonlWriter, new_run_id, write_json_atomic
     from effbench.runs import find_run, load_state
-    from effbench.scale import (
-        ScaleError,
+    from effbench.sweep import (
         checkpoint_spec,
         checkpoint_sweep,
         scale_grid,

@@ -11,10 +11,10 @@ import torch
 from specs import TINY_MODELS
 from typer.testing import CliRunner
 
-from effbench import sweep
 from effbench.cli import app
 from effbench.config.attention import KINDS
 from effbench.results import read_jsonl
+from effbench.sweep import profile as sweep
 
 TINY = """
 [backbone]

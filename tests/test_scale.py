@@ -21,7 +21,7 @@ from effbench.measure.dispatch import backend_from_kernels
 from effbench.measure.profiler import PARTS, breakdown, labelled
 from effbench.model import adapt_state_dict, build_model, resize_sequence_projection
 from effbench.results import read_jsonl
-from effbench.scale import fit_to_tokens
+from effbench.sweep import fit_to_tokens
 
 SPEC = """
 [backbone]

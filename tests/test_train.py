@@ -33,16 +33,14 @@ from effbench.data import (
     random_crop,
     split_validation,
 )
+from effbench.errors import CheckpointError, TrainError
 from effbench.results import read_jsonl
+from effbench.runs import CHECKPOINT, RECORDS
 from effbench.train import (
-    CHECKPOINT,
-    RECORDS,
-    CheckpointError,
     Dist,
     Interrupted,
     StopFlag,
     Trainer,
-    TrainError,
     TrainProgress,
     lr_factor,
 )
@@ -304,7 +302,7 @@ def test_resume_refuses_other_settings_and_corrupt_checkpoints(tmp_path: Path) -
 
 
 def test_nan_loss_stops_with_a_nan_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import effbench.train as train_mod
+    import effbench.train.trainer as train_mod
 
     real = train_mod.F.cross_entropy
     calls = {"n": 0}

@@ -22,7 +22,7 @@ from effbench.measure.profiler import breakdown
 from effbench.model import ViT, adapt_state_dict, build_model
 from effbench.results import Env, ScaleRecord, ScaleSummaryRecord
 from effbench.runs import TrainedRun
-from effbench.sweep import (
+from effbench.sweep.profile import (
     DTYPES,
     MIB,
     attempt,

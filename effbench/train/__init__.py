@@ -1,0 +1,58 @@
+"""Layer 3: `effbench train`, the loop, its checkpoints and RNG state, distributed helpers and
+evaluation. Yields records; never prints."""
+
+from __future__ import annotations
+
+from effbench.train.trainer import (
+    CHECKPOINT_FORMAT,
+    MIB,
+    NEUTRAL_KEYS,
+    PRECISIONS,
+    Dist,
+    Interrupted,
+    NonFiniteLoss,
+    RunState,
+    StopFlag,
+    Trainer,
+    TrainProgress,
+    accuracy,
+    evaluation_sums,
+    fingerprint,
+    fingerprint_diff,
+    init_distributed,
+    load_checkpoint,
+    lr_factor,
+    param_groups,
+    peak_memory,
+    resolve_precision,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "MIB",
+    "NEUTRAL_KEYS",
+    "PRECISIONS",
+    "Dist",
+    "Interrupted",
+    "NonFiniteLoss",
+    "RunState",
+    "StopFlag",
+    "TrainProgress",
+    "Trainer",
+    "accuracy",
+    "evaluation_sums",
+    "fingerprint",
+    "fingerprint_diff",
+    "init_distributed",
+    "load_checkpoint",
+    "lr_factor",
+    "param_groups",
+    "peak_memory",
+    "resolve_precision",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+]
