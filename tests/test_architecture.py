@@ -1,0 +1,201 @@
+"""The layered house (docs/ARCHITECTURE.md): the torch-free layer stays torch-free, layers
+import only downwards, and modules stay small enough to read."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "effbench"
+
+# Layer 1 (no torch), layer 2 (torch, no I/O policy), layer 3 (runners), then the CLI.
+LAYERS: dict[str, int] = {
+    "errors": 1, "config": 1, "results": 1, "env": 1, "contention": 1, "crossover": 1,
+    "report": 1, "__init__": 1,
+    "attention": 2, "model": 2, "data": 2, "device": 2, "measure": 2,
+    "sweep": 3, "runs": 3, "train": 3, "analyze": 3, "plan": 3,
+    "cli": 4, "launch": 4, "__main__": 4,
+}  # fmt: skip
+TORCH_FREE = [
+    "effbench.errors", "effbench.config.spec", "effbench.config.attention", "effbench.results",
+    "effbench.env", "effbench.contention", "effbench.crossover", "effbench.report",
+    "effbench.launch", "effbench.cli",
+]  # fmt: skip
+
+LIMITS = {"function": 80, "class": 300, "command": 60}
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "templates" not in p.parts)
+
+
+def _top(path: Path) -> str:
+    """The top-level unit a module belongs to: `sweep` for effbench/sweep/scale.py."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def imported_modules(stderr: str) -> set[str]:
+    """Module names from `python -X importtime` output."""
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip())
+    return names
+
+
+def _run(args: list[str], tmp_path: Path) -> tuple[int, set[str]]:
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "effbench", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    return proc.returncode, imported_modules(proc.stderr)
+
+
+def test_importtime_parser_sees_torch() -> None:
+    # The check below would pass vacuously if the parser missed torch: prove it finds it.
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import torch"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "torch" in imported_modules(proc.stderr)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--version"],
+        *([cmd, "--help"] for cmd in ("profile", "train", "scale", "analyze", "report")),
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_help_does_not_import_torch(tmp_path: Path, args: list[str]) -> None:
+    code, modules = _run(args, tmp_path)
+    assert code == 0
+    assert "effbench.cli" in modules or "effbench.cli.app" in modules
+    assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
+
+
+@pytest.mark.parametrize("command", ["profile", "train", "scale"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        '[profile]\nseq_lens = "x"\n',  # wrong type, and models missing
+        "[backbone\n",  # not TOML
+        '[[models]]\nname = "a"\nattention = { kind = "nope" }\n',  # unknown kind
+        '[backbone]\nimage_size = 30\npatch_size = 4\n[[models]]\nname = "a"\n'
+        'attention = { kind = "sdpa" }\n',  # image size not divisible by the patch
+    ],
+    ids=["types", "toml", "kind", "patch"],
+)
+def test_spec_errors_exit_2_without_torch(tmp_path: Path, command: str, spec: str) -> None:
+    (tmp_path / "bad.toml").write_text(spec)
+    code, modules = _run([command, "--spec", "bad.toml"], tmp_path)
+    assert code == 2
+    assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
+
+
+def test_layer_one_imports_no_torch() -> None:
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in TORCH_FREE)
+        + "heavy = sorted(m for m in sys.modules if m.split('.')[0] == 'torch')\n"
+        + "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_layers_import_only_downwards() -> None:
+    wrong = []
+    for path in _modules():
+        here = LAYERS[_top(path)]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "effbench" or len(parts) < 2 or parts[1] not in LAYERS:
+                    continue
+                if LAYERS[parts[1]] > here:
+                    wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert not wrong, wrong
+
+
+def test_every_module_is_in_a_layer() -> None:
+    assert {_top(p) for p in _modules()} <= set(LAYERS)
+
+
+def _size_problems(path: Path, root: Path = PACKAGE) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        lines = node.end_lineno - node.lineno + 1
+        if isinstance(node, ast.ClassDef):
+            what = "class"
+        elif any("command" in ast.unparse(d) for d in node.decorator_list):
+            what = "command"
+        else:
+            what = "function"
+        if lines > LIMITS[what]:
+            rel = path.relative_to(root)
+            out.append(f"{rel}:{node.lineno} {what} {node.name}: {lines} > {LIMITS[what]} lines")
+    return out
+
+
+def test_functions_classes_and_commands_stay_small() -> None:
+    found = [p for path in _modules() for p in _size_problems(path)]
+    assert not found, found
+
+
+def test_size_check_counts_lines(tmp_path: Path) -> None:
+    long = tmp_path / "long.py"
+    long.write_text("def f():\n" + "    x = 1\n" * 80)
+    cmd = tmp_path / "cmd.py"
+    cmd.write_text("@app.command()\ndef c():\n" + "    x = 1\n" * 60)
+    assert len(_size_problems(long, tmp_path)) == 1
+    assert len(_size_problems(cmd, tmp_path)) == 1
+    cmd.write_text("@app.command()\ndef c():\n" + "    x = 1\n" * 58)
+    assert not _size_problems(cmd, tmp_path)
+
+
+def kind_branches(path: Path, kinds: tuple[str, ...]) -> list[str]:
+    """Comparisons with a kind's name, and literal collections of two or more kinds."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Compare):
+            consts = [n for n in (node.left, *node.comparators) if isinstance(n, ast.Constant)]
+        elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+            consts = [n for n in node.elts if isinstance(n, ast.Constant)]
+            consts = consts if sum(c.value in kinds for c in consts) >= 2 else []
+        else:
+            continue
+        out += [f"{path.name}:{c.lineno} {c.value!r}" for c in consts if c.value in kinds]
+    return out
+
+
+def test_only_attention_and_its_configs_know_single_kinds(tmp_path: Path) -> None:
+    from effbench.config.attention import KINDS
+
+    outside = [p for p in _modules() if _top(p) not in ("attention", "config")]
+    found = [b for p in outside for b in kind_branches(p, KINDS)]
+    assert not found, found
+    probe = tmp_path / "probe.py"
+    probe.write_text('if cfg.kind == "sdpa":\n    pass\nORDER = ("standard", "fused")\n')
+    assert len(kind_branches(probe, KINDS)) == 3
