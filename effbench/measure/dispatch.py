@@ -41,7 +41,9 @@ def backend_from_kernels(kernel_names: list[str]) -> str | None:
     return None
 
 
-class _OpRecorder(TorchDispatchMode):
+class OpRecorder(TorchDispatchMode):
+    """A dispatch mode that notes the aten op names (without overload) that run, in order."""
+
     def __init__(self) -> None:
         super().__init__()
         self.names: list[str] = []
@@ -65,7 +67,7 @@ def dispatched_ops(fn: Callable[[], Any]) -> list[str]:
     fn must not enter `torch.inference_mode` itself: under it, composite ops such as
     `scaled_dot_product_attention` reach the recorder whole, hiding the kernel they choose.
     """
-    rec = _OpRecorder()
+    rec = OpRecorder()
     with torch.no_grad(), rec:
         fn()
     return rec.names
