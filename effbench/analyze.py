@@ -13,11 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from effbench.attention import build_attention
-from effbench.attention.base import Attention, softmax_attention
-from effbench.attention.nystrom import NystromAttention, iterative_pinv
-from effbench.attention.performer import PerformerAttention
-from effbench.config.attention import PerformerConfig
+from effbench.attention.base import relative_error, softmax_attention
 from effbench.model import ViT, build_model
 from effbench.results import AnalyzeRecord, Env, LayerFidelity
 
@@ -29,8 +25,6 @@ MAP_IMAGES = 4
 FIDELITY_IMAGES = 32
 # Cap on floats in one layer's (B, H, N, N) maps while measuring fidelity.
 MAP_FLOATS = 64 * 2**20
-# Feature counts of the Performer error curve.
-PERFORMER_FEATURES = (16, 32, 64, 128, 256)
 # Images wider than this are stored downsampled (they are shown, not measured).
 SHOWN_SIDE = 96
 
@@ -62,45 +56,9 @@ def attention_inputs(model: ViT, images: Tensor) -> tuple[list[Tensor], Tensor]:
     return seen, logits
 
 
-def relative_error(approx: Tensor, exact: Tensor) -> float:
-    return float((approx - exact).norm() / exact.norm().clamp_min(1e-12))
-
-
 def total_variation(maps: Tensor, exact: Tensor) -> Tensor:
     """Per-row total-variation distance 0.5 * sum_j |p_j - q_j|: (..., N, N) -> (..., N)."""
     return 0.5 * (maps - exact).abs().sum(dim=-1)
-
-
-def pinv_residual(layer: NystromAttention, q: Tensor, k: Tensor) -> float:
-    """||A Z - I||_F / ||I||_F for the landmark kernel A and its iterative pseudo-inverse Z,
-    averaged over batch and heads' matrices as one norm."""
-    _, a, _ = layer.kernels(q, k)
-    z = iterative_pinv(a, layer.cfg.pinv_iterations)
-    eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
-    return float((a @ z - eye).norm() / eye.expand_as(a).norm())
-
-
-def performer_error_curve(
-    layers: list[Attention], inputs: list[Tensor], kernel: str
-) -> list[dict[str, float]]:
-    """Mean relative output error against exact attention of a Performer with each feature
-    count, on the trained layers' own Q, K and V (fresh features, fixed seed)."""
-    curve = []
-    for m in PERFORMER_FEATURES:
-        errors = []
-        for layer, x in zip(layers, inputs, strict=True):
-            torch.manual_seed(0)
-            probe = build_attention(
-                PerformerConfig(features=m, kernel=kernel),
-                dim=layer.dim,
-                num_heads=layer.num_heads,
-                seq_len=layer.seq_len,
-            ).to(x.device)
-            q, k, v = (t.float() for t in layer.qkv_heads(x))
-            exact = softmax_attention(q, k, v, layer.scale)
-            errors.append(relative_error(probe.attend(q, k, v), exact))
-        curve.append({"features": m, "rel_error": sum(errors) / len(errors)})
-    return curve
 
 
 def cls_grid(maps: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -174,26 +132,21 @@ def analyze_model(
                 tv_mean=float(tv.mean()),
                 tv_max=float(tv.max()),
                 row_sum_max_dev=float((rows - 1).abs().max()),
-                pinv_residual=(
-                    pinv_residual(layer, q, k) if isinstance(layer, NystromAttention) else None
-                ),
+                **layer.diagnostics(q, k, v),
             )
         )
         maps_eff.append(eff[:shown])
         maps_exact.append(exact[:shown])
     grid = model.grid
-    curve = None
-    if isinstance(model.attention_layers()[0], PerformerAttention):
-        curve = performer_error_curve(
-            model.attention_layers(), inputs, model.attention_layers()[0].cfg.kernel
-        )
+    attention = model.attention_layers()
+    diagnostics = type(attention[0]).model_diagnostics(attention, inputs)
     roll, roll_exact = rollout(maps_eff), rollout(maps_exact)
     preds = logits.argmax(dim=-1)
     return {
         "n_images": len(images),
         "grid": list(grid),
         "layers": layers,
-        "performer_curve": curve,
+        **diagnostics,
         "images": shown_images(images[:shown]),
         "labels": labels[:shown].tolist(),
         "predictions": preds[:shown].tolist(),

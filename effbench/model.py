@@ -11,20 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from effbench.attention import Attention, build_attention
+from effbench.attention.grid import resize_token_grid as resize_pos_embed
+
+# Transitional: tests/test_scale.py imports it from here; it lives in attention/linformer.py.
+from effbench.attention.linformer import resize_sequence_projection  # noqa: F401
 from effbench.config.attention import AttentionConfig
 from effbench.config.spec import Backbone
-
-
-def resize_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
-    """Bicubic resize of a (1, 1 + gh*gw, C) position embedding; the CLS entry is kept."""
-    if old_grid == new_grid:
-        return pos
-    cls, grid = pos[:, :1], pos[:, 1:]
-    C = pos.shape[-1]
-    grid = grid.reshape(1, *old_grid, C).permute(0, 3, 1, 2)  # (1, C, gh, gw)
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], C)
-    return torch.cat([cls, grid], dim=1)
 
 
 class PatchEmbed(nn.Module):
@@ -133,37 +125,20 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def resize_sequence_projection(
-    e: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
-) -> Tensor:
-    """A Linformer projection (k, 1 + gh*gw) for another patch grid.
-
-    The CLS column is kept; the patch columns are resized bicubically as k maps over the
-    grid, like the position embedding, and scaled by old/new patch count so that each
-    projected row (a weighted sum over the tokens) keeps its magnitude.
-    """
-    if old_grid == new_grid:
-        return e
-    resized = resize_pos_embed(e.t()[None], old_grid, new_grid)[0].t()  # (k, 1 + gh'*gw')
-    ratio = (old_grid[0] * old_grid[1]) / (new_grid[0] * new_grid[1])
-    return torch.cat([resized[:, :1], resized[:, 1:] * ratio], dim=1)
-
-
 def adapt_state_dict(
     state: dict[str, Tensor], model: ViT, *, trained_grid: tuple[int, int]
 ) -> dict[str, Tensor]:
     """Weights trained on `trained_grid` patches, made to fit `model` (another grid): the
-    position embedding and Linformer's sequence projections are resized; every other weight,
-    Nystrom's landmark count and Performer's features included, is kept as it is."""
-    from effbench.attention.linformer import LinformerAttention
-
+    position embedding is resized, and each attention layer adapts its own weights
+    (`Attention.adapt_state`); every other weight is kept as it is."""
     out = dict(state)
     out["pos_embed"] = resize_pos_embed(state["pos_embed"], trained_grid, model.grid)
-    for name, module in model.named_modules():
-        if isinstance(module, LinformerAttention):
-            for p in ("e", "f"):
-                key = f"{name}.{p}"
-                out[key] = resize_sequence_projection(state[key], trained_grid, model.grid)
+    for name, layer in model.named_modules():
+        if isinstance(layer, Attention):
+            prefix = f"{name}."
+            own = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            adapted = layer.adapt_state(own, trained_grid=trained_grid, grid=model.grid)
+            out.update({prefix + k: v for k, v in adapted.items()})
     return out
 
 

@@ -1,5 +1,5 @@
-"""The Attention contract shared by every mechanism, and the exact softmax maths they are
-measured against.
+"""The Attention contract shared by every mechanism, its capability hooks (`adapt_state`,
+`diagnostics`, `model_diagnostics`), and the exact softmax maths they are measured against.
 
 Every mechanism owns the same fused Q/K/V projection (W_qkv) and output projection (W_o) and
 differs only in `attend`, the step between them. FLOPs are counted as 2 per multiply-add of
@@ -10,6 +10,7 @@ softmax or exp is not counted, which is also what fvcore and FlopCounterMode cou
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -35,6 +36,11 @@ def needs_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def relative_error(approx: Tensor, exact: Tensor) -> float:
+    """||approx - exact||_F / ||exact||_F over the whole tensor."""
+    return float((approx - exact).norm() / exact.norm().clamp_min(1e-12))
+
+
 def matmul_flops(*dims: int) -> int:
     """FLOPs of a matrix product with these sizes (batch..., n, k, m): 2 per multiply-add."""
     return 2 * math.prod(dims)
@@ -54,6 +60,11 @@ class Attention(nn.Module):
     # Mechanisms whose effective map is only approximately row-stochastic (iterative
     # pseudo-inverses) widen this; everyone else's rows sum to 1 to float precision.
     map_row_sum_tol: ClassVar[float] = 1e-4
+    # False where the map may hold (small) negative weights by construction.
+    map_nonnegative: ClassVar[bool] = True
+    # False where `attention_map` is a documented stand-in for what `attend` applies to V
+    # (then `weights(q, k) @ v + skip(v)` need not equal `attend(q, k, v)`).
+    map_applied: ClassVar[bool] = True
 
     def __init__(self, cfg: Any, *, dim: int, num_heads: int, seq_len: int) -> None:
         super().__init__()
@@ -106,6 +117,11 @@ class Attention(nn.Module):
         """Effective (B, H, N, N) weights that `attend` applies to v."""
         raise NotImplementedError
 
+    def skip(self, v: Tensor) -> Tensor | None:
+        """The part of `attend`'s output that bypasses the map (a residual on V), or None:
+        attend(q, k, v) == weights(q, k) @ v + skip(v)."""
+        return None
+
     @torch.no_grad()
     def attention_map(self, x: Tensor) -> Tensor:
         """Effective row-stochastic attention weights (B, H, N, N), in float32."""
@@ -133,6 +149,29 @@ class Attention(nn.Module):
     def attend_flops(self, n: int) -> int:
         """Analytic FLOPs of `attend` per sample for n tokens."""
         raise NotImplementedError
+
+    # -- capability hooks ---------------------------------------------------------------
+    def adapt_state(
+        self, state: dict[str, Tensor], *, trained_grid: tuple[int, int], grid: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """This layer's own weights (keys relative to the layer), trained on a
+        `trained_grid` patch grid, made to fit this layer, built for `grid`. Default: kept
+        as they are (the shared projections do not depend on the token count)."""
+        return dict(state)
+
+    def diagnostics(self, q: Tensor, k: Tensor, v: Tensor) -> dict[str, Any]:
+        """Mechanism-specific fidelity figures of this layer on its own float32 q, k, v
+        (B, H, N, d): extra fields of its `results.LayerFidelity`. Default: none."""
+        return {}
+
+    @classmethod
+    def model_diagnostics(
+        cls, layers: Sequence[Attention], inputs: Sequence[Tensor]
+    ) -> dict[str, Any]:
+        """Mechanism-specific figures over a model's attention layers of this kind, each
+        beside its (B, N, C) input: extra fields of the `results.AnalyzeRecord`. Default:
+        none."""
+        return {}
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.cfg.model_dump().items() if k != "kind")

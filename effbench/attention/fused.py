@@ -5,8 +5,8 @@ O(N^2) time and memory.
 
 from __future__ import annotations
 
-from effbench.attention import register
 from effbench.attention.base import ExactAttention
+from effbench.attention.registry import register
 
 
 @register("fused")

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effbench.attention import register
 from effbench.attention.base import (
     Attention,
     matmul_flops,
@@ -21,12 +20,13 @@ from effbench.attention.base import (
     softmax_attention,
     softmax_weights,
 )
-from effbench.attention.performer import (
+from effbench.attention.linear import (
     linear_attention_flops,
     linear_context,
     linear_readout,
     linear_weights,
 )
+from effbench.attention.registry import register
 from effbench.config.attention import HybridConfig
 
 # Bytes of gathered keys and values per query chunk in inference (see `chunk_rows`).

@@ -1,7 +1,8 @@
 """Linformer: keys and values projected along the sequence to k rows (Wang et al. 2020,
 "Linformer: Self-Attention with Linear Complexity").
 
-O(N * k) time and memory; the projections are sized to the sequence length N. The forward
+O(N * k) time and memory; the projections are sized to the sequence length N (and resized
+with the patch grid by `adapt_state`). The forward
 projects the layer's input along the sequence before the key/value projections, E (X W_k) =
 (E X) W_k, which gives the same keys and values without computing them for all N tokens.
 """
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effbench.attention import register
 from effbench.attention.base import Attention, matmul_flops
+from effbench.attention.grid import resize_token_grid
+from effbench.attention.registry import register
 from effbench.config.attention import LinformerConfig
 
 
@@ -47,13 +49,32 @@ def stochastic_rows(f: Tensor) -> Tensor:
     return a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
 
+def resize_sequence_projection(
+    e: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> Tensor:
+    """A Linformer projection (k, 1 + gh*gw) for another patch grid.
+
+    The CLS column is kept; the patch columns are resized bicubically as k maps over the
+    grid, like the position embedding, and scaled by old/new patch count so that each
+    projected row (a weighted sum over the tokens) keeps its magnitude.
+    """
+    if old_grid == new_grid:
+        return e
+    resized = resize_token_grid(e.t()[None], old_grid, new_grid)[0].t()  # (k, 1 + gh'*gw')
+    ratio = (old_grid[0] * old_grid[1]) / (new_grid[0] * new_grid[1])
+    return torch.cat([resized[:, :1], resized[:, 1:] * ratio], dim=1)
+
+
 @register("linformer")
 class LinformerAttention(Attention):
     """softmax(Q (E K)^T / sqrt(d)) (F V), with learned E, F of shape (k, N).
 
     `attention_map` maps each projected key's probability mass back over the tokens in
-    proportion to |F|: row-stochastic, and exactly softmax attention when E = F = I.
+    proportion to |F|: row-stochastic, and exactly softmax attention when E = F = I, but not
+    the signed F that `attend` applies to V.
     """
+
+    map_applied = False
 
     def __init__(self, cfg: LinformerConfig, *, dim: int, num_heads: int, seq_len: int) -> None:
         super().__init__(cfg, dim=dim, num_heads=num_heads, seq_len=seq_len)
@@ -93,6 +114,15 @@ class LinformerAttention(Attention):
         kp = project_sequence(self.e.float(), k)
         attn = torch.softmax((q @ kp.transpose(-2, -1)) * self.scale, dim=-1)
         return attn @ stochastic_rows(self.f.float())
+
+    def adapt_state(
+        self, state: dict[str, Tensor], *, trained_grid: tuple[int, int], grid: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """E and F resized to the new grid (`resize_sequence_projection`); the rest kept."""
+        out = dict(state)
+        for p in ("e", "f"):
+            out[p] = resize_sequence_projection(state[p], trained_grid, grid)
+        return out
 
     def projection_flops(self, n: int) -> int:
         """W_q and W_o for n tokens; W_k and W_v for the k projected rows only."""

@@ -6,11 +6,13 @@ O(N * m * d + m^3) time and O(N * m) memory for m landmarks.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from effbench.attention import register
 from effbench.attention.base import MAP_ROW_CHUNK, Attention, matmul_flops
+from effbench.attention.registry import register
 from effbench.config.attention import NystromConfig
 
 
@@ -64,6 +66,13 @@ def iterative_pinv(a: Tensor, iterations: int) -> Tensor:
     return z
 
 
+def pinv_residual(a: Tensor, z: Tensor) -> float:
+    """||A Z - I||_F / ||I||_F for a (..., m, m) batch and its pseudo-inverses, as one norm
+    over all the batch's matrices."""
+    eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    return float((a @ z - eye).norm() / eye.expand_as(a).norm())
+
+
 @register("nystrom")
 class NystromAttention(Attention):
     """F pinv(A) B V with F = softmax(Q K~^T), A = softmax(Q~ K~^T), B = softmax(Q~ K^T).
@@ -74,6 +83,8 @@ class NystromAttention(Attention):
 
     # The pseudo-inverse is iterative, so F pinv(A) B's rows sum to 1 only approximately.
     map_row_sum_tol = 1e-2
+    # F pinv(A) B may hold small negative entries by construction.
+    map_nonnegative = False
 
     def __init__(self, cfg: NystromConfig, *, dim: int, num_heads: int, seq_len: int) -> None:
         super().__init__(cfg, dim=dim, num_heads=num_heads, seq_len=seq_len)
@@ -102,14 +113,23 @@ class NystromAttention(Attention):
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         f, z, b = self._factors(q, k)
         out = f @ (z @ (b @ v))
-        if self.conv is not None:
-            out = out + self.conv(v)
-        return out
+        skip = self.skip(v)
+        return out if skip is None else out + skip
+
+    def skip(self, v: Tensor) -> Tensor | None:
+        """The depthwise convolution of V along the sequence, when `conv_kernel` is set."""
+        return None if self.conv is None else self.conv(v)
 
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
         f, z, b = self._factors(q, k)
         zb = z @ b  # (B, H, m, N)
         return torch.cat([fc @ zb for fc in f.split(MAP_ROW_CHUNK, dim=2)], dim=2)
+
+    def diagnostics(self, q: Tensor, k: Tensor, v: Tensor) -> dict[str, Any]:
+        """`pinv_residual`: how far the iterative pseudo-inverse of the landmark kernel A is
+        from inverting it, averaged over batch and heads as one norm."""
+        _, a, _ = self.kernels(q, k)
+        return {"pinv_residual": pinv_residual(a, iterative_pinv(a, self.cfg.pinv_iterations))}
 
     def attend_flops(self, n: int) -> int:
         h, d, m, it = self.num_heads, self.head_dim, self.cfg.landmarks, self.cfg.pinv_iterations

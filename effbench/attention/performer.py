@@ -7,16 +7,27 @@ O(N * m * d) time and O(N * m) memory for m features. Computed in float32 under 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from effbench.attention import register
-from effbench.attention.base import Attention, matmul_flops, needs_grad
+from effbench.attention.base import (
+    Attention,
+    matmul_flops,
+    needs_grad,
+    relative_error,
+    softmax_attention,
+)
+from effbench.attention.linear import linear_attention, linear_attention_flops, linear_weights
+from effbench.attention.registry import register
 from effbench.config.attention import PerformerConfig
 
 SOFTMAX_EPS = 1e-4
 RELU_EPS = 1e-3
+# Feature counts of the error curve that `effbench analyze` records (`model_diagnostics`).
+CURVE_FEATURES = (16, 32, 64, 128, 256)
 
 
 def orthogonal_features(m: int, d: int, *, device: torch.device | None = None) -> Tensor:
@@ -66,40 +77,6 @@ def relu_features(x: Tensor, ws_t: Tensor) -> Tensor:
     return torch.relu(proj) + RELU_EPS
 
 
-def linear_context(phi_k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """The key side of linear attention: phi(K)^T V (B, H, m, d) and phi(K)^T 1 (B, H, m, 1)."""
-    return phi_k.transpose(-2, -1) @ v, phi_k.sum(dim=-2).unsqueeze(-1)
-
-
-def linear_readout(phi_q: Tensor, context: Tensor, ksum: Tensor) -> Tensor:
-    """The query side: phi(Q) context / (phi(Q) ksum), (B, H, N, m) -> (B, H, N, d)."""
-    out = phi_q @ context  # (B, H, N, d)
-    den = phi_q @ ksum  # (B, H, N, 1)
-    if not needs_grad(phi_q, context, ksum):
-        return out.div_(den)
-    return out / den
-
-
-def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
-    """phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1)): (B, H, N, m), (B, H, M, m), (B, H, M, d)
-    -> (B, H, N, d). O(N m d) time; nothing of size N x N is formed.
-    """
-    return linear_readout(phi_q, *linear_context(phi_k, v))
-
-
-def linear_attention_flops(h: int, n: int, m: int, d: int, *, keys: int | None = None) -> int:
-    """Matrix-product FLOPs of `linear_attention` per sample: n queries, `keys` keys (default
-    n), m features, head dim d, h heads (the key sum is element-wise and not counted)."""
-    keys = n if keys is None else keys
-    return matmul_flops(h, m, keys, d) + matmul_flops(h, n, m, 1) + matmul_flops(h, n, m, d)
-
-
-def linear_weights(phi_q: Tensor, phi_k: Tensor) -> Tensor:
-    """The effective weights of `linear_attention`, row-normalised: (B, H, N, M)."""
-    w = phi_q @ phi_k.transpose(-2, -1)
-    return w / w.sum(dim=-1, keepdim=True)
-
-
 @register("performer")
 class PerformerAttention(Attention):
     """FAVOR+ with `features` random features, redrawn every `redraw_interval` training calls."""
@@ -143,3 +120,28 @@ class PerformerAttention(Attention):
     def attend_flops(self, n: int) -> int:
         h, d, m = self.num_heads, self.head_dim, self.cfg.features
         return 2 * matmul_flops(h, n, d, m) + linear_attention_flops(h, n, m, d)
+
+    @classmethod
+    def model_diagnostics(
+        cls, layers: Sequence[Attention], inputs: Sequence[Tensor]
+    ) -> dict[str, Any]:
+        """`performer_curve`: the mean relative output error against exact attention of a
+        Performer with each of CURVE_FEATURES features, on the trained layers' own Q, K and V
+        (fresh features, fixed seed)."""
+        kernel = layers[0].cfg.kernel
+        curve = []
+        for m in CURVE_FEATURES:
+            errors = []
+            for layer, x in zip(layers, inputs, strict=True):
+                torch.manual_seed(0)
+                probe = cls(
+                    PerformerConfig(features=m, kernel=kernel),
+                    dim=layer.dim,
+                    num_heads=layer.num_heads,
+                    seq_len=layer.seq_len,
+                ).to(x.device)
+                q, k, v = (t.float() for t in layer.qkv_heads(x))
+                exact = softmax_attention(q, k, v, layer.scale)
+                errors.append(relative_error(probe.attend(q, k, v), exact))
+            curve.append({"features": m, "rel_error": sum(errors) / len(errors)})
+        return {"performer_curve": curve}

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from effbench.attention import register
 from effbench.attention.base import ExactAttention
+from effbench.attention.registry import register
 from effbench.config.attention import SdpaConfig
 from effbench.measure.dispatch import backend_from_ops, dispatched_ops
 

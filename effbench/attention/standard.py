@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from effbench.attention import register
 from effbench.attention.base import ExactAttention
+from effbench.attention.registry import register
 from effbench.config.attention import StandardConfig
 
 

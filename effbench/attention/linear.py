@@ -1,0 +1,46 @@
+"""Linear attention maths shared by the kinds that use it (performer, hybrid's global branch):
+phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1) as small pure functions (Katharopoulos et al. 2020,
+"Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention").
+
+O(N * m * d) time and O(N * m + m * d) memory for m features; nothing of size N x N is formed.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from effbench.attention.base import matmul_flops, needs_grad
+
+
+def linear_context(phi_k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """The key side of linear attention: phi(K)^T V (B, H, m, d) and phi(K)^T 1 (B, H, m, 1)."""
+    return phi_k.transpose(-2, -1) @ v, phi_k.sum(dim=-2).unsqueeze(-1)
+
+
+def linear_readout(phi_q: Tensor, context: Tensor, ksum: Tensor) -> Tensor:
+    """The query side: phi(Q) context / (phi(Q) ksum), (B, H, N, m) -> (B, H, N, d)."""
+    out = phi_q @ context  # (B, H, N, d)
+    den = phi_q @ ksum  # (B, H, N, 1)
+    if not needs_grad(phi_q, context, ksum):
+        return out.div_(den)
+    return out / den
+
+
+def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
+    """phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1)): (B, H, N, m), (B, H, M, m), (B, H, M, d)
+    -> (B, H, N, d). O(N m d) time; nothing of size N x N is formed.
+    """
+    return linear_readout(phi_q, *linear_context(phi_k, v))
+
+
+def linear_attention_flops(h: int, n: int, m: int, d: int, *, keys: int | None = None) -> int:
+    """Matrix-product FLOPs of `linear_attention` per sample: n queries, `keys` keys (default
+    n), m features, head dim d, h heads (the key sum is element-wise and not counted)."""
+    keys = n if keys is None else keys
+    return matmul_flops(h, m, keys, d) + matmul_flops(h, n, m, 1) + matmul_flops(h, n, m, d)
+
+
+def linear_weights(phi_q: Tensor, phi_k: Tensor) -> Tensor:
+    """The effective weights of `linear_attention`, row-normalised: (B, H, N, M)."""
+    w = phi_q @ phi_k.transpose(-2, -1)
+    return w / w.sum(dim=-1, keepdim=True)
