@@ -1,10 +1,20 @@
-"""The run-directory layout of `effbench train` (runs/<model>/seed<N>/: spec.json, train.jsonl,
-checkpoint.pt, best/model.safetensors): where a run lives, whether one is there, finding and
-loading a trained run."""
+"""The run-directory layout of `effbench train`: where a run lives, whether one is there (and
+which checkpoint a resume continues from), opening its files, finding and loading a trained run.
+
+Layout of a run directory (`<output_dir>/<model>/seed<seed>/`):
+
+    train.jsonl        one `train_epoch` record per epoch, then one `train` record
+    spec.json          the resolved spec the run was trained with
+    checkpoint.pt      the latest checkpoint (every `checkpoint_every` epochs, and on SIGTERM)
+    best.safetensors   the weights with the best validation accuracy so far
+    model.safetensors  the selected weights, written at the end
+    tb/                TensorBoard scalars, when asked for
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +23,14 @@ import torch
 from torch import nn
 
 from effbench.config.spec import BenchSpec, ModelEntry, SpecError, TrainSection, parse_spec
-from effbench.errors import RunError
-from effbench.results import read_jsonl, replace_atomically
+from effbench.errors import CheckpointError, RunError, TrainError
+from effbench.results import (
+    JsonlWriter,
+    read_jsonl,
+    replace_atomically,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -23,6 +39,10 @@ RECORDS = "train.jsonl"
 BEST = "best.safetensors"
 
 FINAL = "model.safetensors"
+
+SPEC = "spec.json"
+
+TENSORBOARD = "tb"
 
 
 def run_dir(cfg: TrainSection, model: str, seed: int) -> Path:
@@ -46,6 +66,51 @@ def load_weights(model: nn.Module, path: Path) -> None:
 def holds_run(directory: Path) -> bool:
     """Whether a run directory already holds a checkpoint or records."""
     return (directory / CHECKPOINT).exists() or (directory / RECORDS).exists()
+
+
+def taken_runs(cfg: TrainSection, runs: Iterable[tuple[ModelEntry, int]]) -> list[Path]:
+    """The run directories of (model, seed) `runs` that already hold a run."""
+    return [d for d in (run_dir(cfg, m.name, s) for m, s in runs) if holds_run(d)]
+
+
+def resume_checkpoint(directory: Path, resume: str | None) -> Path | None:
+    """The checkpoint a run in `directory` continues from.
+
+    `resume`: None (a fresh run: refused when `directory` already holds one), "auto" (the
+    directory's own checkpoint, or None when there is none) or a checkpoint or run directory.
+
+    Raises:
+        TrainError: a fresh run where one already is.
+        CheckpointError: the checkpoint `resume` names is not there.
+    """
+    if resume is None:
+        if holds_run(directory):
+            raise TrainError(
+                f"{directory} already holds a run; pass --resume auto to continue it, or "
+                "--output DIR to train a new one elsewhere"
+            )
+        return None
+    own = directory / CHECKPOINT
+    if resume == "auto":
+        return own if own.exists() else None
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found (from --resume {resume})")
+    return path
+
+
+def open_records(
+    directory: Path, *, spec: dict[str, Any], history: list[dict[str, Any]]
+) -> JsonlWriter:
+    """Create the run directory, write its spec.json, and open its records file for appending,
+    holding exactly `history` (a checkpoint's epoch records): epochs after it (computed again,
+    identically) are dropped rather than duplicated."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(directory / SPEC, spec)
+    write_jsonl_atomic(directory / RECORDS, history)
+    return JsonlWriter(directory / RECORDS)
 
 
 def completed(directory: Path) -> dict[str, Any] | None:
@@ -77,7 +142,7 @@ def find_run(path: Path) -> TrainedRun:
     directory = path if path.is_dir() else path.parent
     if not path.exists():
         raise RunError(f"--checkpoint {path}: no such run directory (runs/<model>/seed<N>)")
-    spec_path = directory / "spec.json"
+    spec_path = directory / SPEC
     if not spec_path.is_file():
         raise RunError(f"--checkpoint {directory}: no spec.json; is it an effbench run?")
     try:

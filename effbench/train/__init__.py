@@ -1,34 +1,26 @@
-"""Layer 3: `effbench train`, the loop, its checkpoints and RNG state, distributed helpers and
-evaluation. Yields records; never prints."""
+"""Layer 3: `effbench train`. The loop (trainer), checkpoints, RNG state and fingerprint
+(checkpoint), distributed helpers, evaluation, optimizer and schedule, records, signals.
+Yields records; never prints; the run directory's layout is `effbench.runs`."""
 
 from __future__ import annotations
 
-from effbench.train.trainer import (
+from effbench.train.checkpoint import (
     CHECKPOINT_FORMAT,
-    MIB,
     NEUTRAL_KEYS,
-    PRECISIONS,
-    Dist,
-    Interrupted,
-    NonFiniteLoss,
     RunState,
-    StopFlag,
-    Trainer,
-    TrainProgress,
-    accuracy,
-    evaluation_sums,
     fingerprint,
     fingerprint_diff,
-    init_distributed,
     load_checkpoint,
-    lr_factor,
-    param_groups,
-    peak_memory,
-    resolve_precision,
     rng_state,
     seed_everything,
     set_rng_state,
 )
+from effbench.train.distributed import Dist, init_distributed
+from effbench.train.evaluate import accuracy, evaluation_sums
+from effbench.train.optim import PRECISIONS, lr_factor, param_groups, resolve_precision
+from effbench.train.records import MIB, peak_memory
+from effbench.train.signals import Interrupted, StopFlag
+from effbench.train.trainer import NonFiniteLoss, Trainer, TrainProgress
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -1,0 +1,101 @@
+"""The optimizer and schedule every mechanism trains with: AdamW with weight decay on matrices
+only, linear warm-up then cosine decay per step, one clipped and scaled step, and the precision
+(autocast) of the steps."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from effbench.config.spec import TrainSection
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision for bf16/fp16 (weights stay float32), nothing for fp32."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def lr_factor(step: int, *, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then cosine down to `floor` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on biases, norms, the CLS token or position embedding."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token"))
+        (no_decay if skip else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module, cfg: TrainSection, *, steps_per_epoch: int, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `param_groups` and its per-step schedule over `cfg.epochs` epochs."""
+    opt = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=cfg.betas,
+        fused=device.type == "cuda",
+    )
+    total = steps_per_epoch * cfg.epochs
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total)  # a short run
+    floor = cfg.min_lr / cfg.lr
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, partial(lr_factor, warmup=warmup, total=total, floor=floor)
+    )
+    return opt, sched
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    *,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    model: nn.Module,
+    grad_clip: float,
+) -> str | None:
+    """Backward, gradient clipping (off at 0) and one step of the optimizer and schedule.
+
+    Returns:
+        None, or what is NaN or Inf ("the loss", "the gradient norm"); then no step is taken.
+        fp16's scaler skips steps with Inf gradients by design: only its loss must be finite.
+    """
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    max_norm = grad_clip if grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    checks = [loss.detach()] if scaler.is_enabled() else [loss.detach(), grad_norm]
+    if not bool(torch.isfinite(torch.stack(checks)).all()):
+        return "the loss" if not torch.isfinite(loss).item() else "the gradient norm"
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    return None
