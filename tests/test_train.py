@@ -39,11 +39,16 @@ from effbench.runs import CHECKPOINT, RECORDS
 from effbench.train import (
     Dist,
     Interrupted,
+    RunState,
     StopFlag,
     Trainer,
     TrainProgress,
+    fingerprint_diff,
+    load_checkpoint,
     lr_factor,
+    rng_state,
 )
+from effbench.train.checkpoint import restore, save_checkpoint, zero_acc
 
 SPEC = """
 [backbone]
@@ -226,6 +231,59 @@ def test_lr_schedule_warms_up_then_decays_to_floor() -> None:
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(f[9:]))
     assert f[100] == pytest.approx(0.01)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_restores_modules_state_and_random_streams(tmp_path: Path) -> None:
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    state = RunState(acc=zero_acc(torch.device("cpu")), epoch=2, step_in_epoch=5, history=[{}])
+    state.acc["seen"] += 64
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(
+        path, fingerprint={"seed": 0}, modules={"model": model, "optimizer": opt}, state=state
+    )
+    after = torch.rand(3)  # the streams move on after the save...
+    other = torch.nn.Linear(4, 3)
+    other_opt = torch.optim.AdamW(other.parameters(), lr=0.1)
+    got = restore(
+        load_checkpoint(path), {"model": other, "optimizer": other_opt}, state.acc["seen"].device
+    )
+    assert torch.equal(torch.rand(3), after)  # ...and the restore puts them back
+    assert got.epoch == 2 and got.step_in_epoch == 5 and got.history == [{}]
+    assert got.acc["seen"].item() == 64 and got.acc["seen"].dtype == torch.float64
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters(), strict=True)
+    )
+    assert other_opt.state_dict()["state"][0]["step"] == 1
+    assert set(rng_state()) == {"torch", "cuda", "python", "numpy"}
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or not an effbench checkpoint"):
+        load_checkpoint(path)
+    torch.save({"format": 0}, path)
+    with pytest.raises(CheckpointError, match="not an effbench training checkpoint"):
+        load_checkpoint(path)
+
+
+def test_fingerprint_diff_names_every_changed_setting() -> None:
+    old = {"train": {"lr": 0.1, "mixup": 0.0}, "seed": 0}
+    new = {"train": {"lr": 0.2, "mixup": 0.0}, "seed": 0, "extra": 1}
+    assert fingerprint_diff(old, new) == [
+        "extra: checkpoint None, now 1",
+        "train.lr: checkpoint 0.1, now 0.2",
+    ]
+    assert fingerprint_diff(old, old) == []
+
+
+def test_one_process_is_its_own_world() -> None:
+    dist = Dist()
+    assert dist.main and dist.any_rank(True) and not dist.any_rank(False)
+    t = torch.ones(2)
+    assert dist.all_sum(t) is t
 
 
 # ---------------------------------------------------------------------------- training
