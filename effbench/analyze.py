@@ -107,7 +107,8 @@ def analyze_model(
 ) -> dict[str, Any]:
     """Fidelity per layer on `images` and maps of the first MAP_IMAGES of them.
 
-    Returns the fields of an `AnalyzeRecord` that depend on the model and the images.
+    Returns the fields of an `AnalyzeRecord` that depend on the model and the images; the
+    mechanism's own figures (`Attention.diagnostics`, `model_diagnostics`) where it has any.
     """
     model.eval()
     n, h = model.seq_len, model.attention_layers()[0].num_heads

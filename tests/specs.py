@@ -1,11 +1,14 @@
 """Spec fragments and helpers shared by the command-line tests."""
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from effbench.cli import app
+from effbench.config.attention import CONFIGS, KINDS
 
 # The real CIFAR-10 subset beside the checkout.
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
@@ -18,27 +21,17 @@ def run_cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def _toml(value: Any) -> str:
+    """A TOML literal of a config option (bool, number or string)."""
+    return str(value).lower() if isinstance(value, bool) else json.dumps(value)
+
+
+def _tiny_model(kind: str) -> str:
+    """One `[[models]]` entry named after `kind`, with the options its `tiny()` sets."""
+    opts = CONFIGS[kind].tiny().model_dump(exclude_unset=True)
+    fields = ", ".join(f"{k} = {_toml(v)}" for k, v in {"kind": kind, **opts}.items())
+    return f'[[models]]\nname = "{kind}"\nattention = {{ {fields} }}\n'
+
+
 # One small model of every mechanism, sized for 16-17 token sequences (4x4 patches + CLS).
-TINY_MODELS = """
-[[models]]
-name = "standard"
-attention = { kind = "standard" }
-[[models]]
-name = "fused"
-attention = { kind = "fused" }
-[[models]]
-name = "sdpa"
-attention = { kind = "sdpa" }
-[[models]]
-name = "linformer"
-attention = { kind = "linformer", k = 8 }
-[[models]]
-name = "performer"
-attention = { kind = "performer", features = 16 }
-[[models]]
-name = "nystrom"
-attention = { kind = "nystrom", landmarks = 4, conv_kernel = 3 }
-[[models]]
-name = "hybrid"
-attention = { kind = "hybrid", window = 3, dilation = 1 }
-"""
+TINY_MODELS = "\n" + "".join(_tiny_model(kind) for kind in KINDS)

@@ -1,7 +1,8 @@
-"""The attention contract, FLOP counts and exact limits, for every registered mechanism.
+"""The attention registry and contract, FLOP counts and exact limits, for every registered
+mechanism, and the configs' small test options (`tiny()`, `tiny_variants()`).
 
-Contract and FLOP tests are parametrised over the registry, so a newly registered kind is
-tested as soon as it has an entry in `SMALL`.
+Contract and FLOP tests are parametrised over the registry and each config's `tiny()` and
+`tiny_variants()`, so a newly registered kind is tested as soon as it is registered.
 """
 
 from __future__ import annotations
@@ -16,48 +17,36 @@ from torch.testing import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from effbench.attention import available, build_attention
+from effbench.attention import attention_class, available, build_attention, register
 from effbench.attention.base import Attention, softmax_attention, softmax_weights
 from effbench.attention.nystrom import segment_means
 from effbench.attention.performer import orthogonal_features
 from effbench.attention.sdpa import SdpaAttention
-from effbench.config.attention import (
-    FusedConfig,
-    HybridConfig,
-    LinformerConfig,
-    NystromConfig,
-    PerformerConfig,
-    SdpaConfig,
-    StandardConfig,
-)
+from effbench.config.attention import CONFIGS, KINDS
 from effbench.measure import FlopCountError, count_flops
 
-# N = CLS + a 5x5 patch grid; 26 tokens are not a multiple of nystrom's 8 landmarks.
+# N = CLS + a 5x5 patch grid; 26 tokens are not a multiple of nystrom's tiny 4 landmarks.
 B, DIM, HEADS, N = 2, 32, 2, 26
+# The fewest tokens a test builds a layer for (CLS + a 4x4 grid): every tiny() must fit.
+FEWEST = 17
+# The plain exact mechanism the others are compared with, weights shared.
+REF = "fused"
 
-# Small but valid options per kind: the one place a new mechanism needs an entry.
-SMALL: dict[str, Any] = {
-    "standard": StandardConfig(),
-    "fused": FusedConfig(),
-    "sdpa": SdpaConfig(),
-    "linformer": LinformerConfig(k=8),
-    "performer": PerformerConfig(features=16),
-    "nystrom": NystromConfig(landmarks=8, conv_kernel=3),
-    "hybrid": HybridConfig(window=3, dilation=2),
-}
+# Small but valid options per kind, from each config's own `tiny()`.
+SMALL: dict[str, Any] = {kind: cls.tiny() for kind, cls in CONFIGS.items()}
 
 # Further options run through the contract and FLOP tests: (kind, overrides of SMALL[kind]).
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("standard", {"qkv_bias": False}),
-    ("sdpa", {"backend": "math"}),
-    ("linformer", {"share_kv": True}),
-    ("performer", {"kernel": "relu"}),
-    ("nystrom", {"conv_kernel": 0}),
-    ("hybrid", {"feature_map": "relu", "dilation": 1}),
+    (kind, opts) for kind, cls in CONFIGS.items() for opts in cls.tiny_variants()
 ]
 
+
+def case_id(kind: str, opts: dict[str, Any]) -> str:
+    return "-".join([kind, *(f"{k}={v}" for k, v in opts.items())])
+
+
 CASES = [pytest.param(kind, {}, id=kind) for kind in available()] + [
-    pytest.param(kind, opts, id="-".join([kind, *(f"{k}={v}" for k, v in opts.items())]))
+    pytest.param(kind, opts, id=case_id(kind, opts))
     for kind, opts in VARIANTS
     if kind in available()
 ]
@@ -81,7 +70,7 @@ def shared(kind: str, ref: Attention, **overrides: Any) -> Attention:
     return m
 
 
-# ---------------------------------------------------------------------------- contract
+# ---------------------------------------------------------------------------- registry
 
 
 def test_small_options_cover_the_registry() -> None:
@@ -90,6 +79,40 @@ def test_small_options_cover_the_registry() -> None:
     assert not missing, f"add small options for {sorted(missing)} to SMALL"
     for kind, cfg in SMALL.items():
         assert cfg.kind == kind
+
+
+def test_every_config_has_a_registered_mechanism() -> None:
+    # The registry finds the mechanism modules itself: no import list to forget.
+    assert available() == KINDS
+    for kind in KINDS:
+        cls = attention_class(kind)
+        assert issubclass(cls, Attention) and cls.kind == kind
+        assert cls.__module__.startswith("effbench.attention.")
+
+
+def test_registry_refuses_unknown_and_duplicate_kinds() -> None:
+    with pytest.raises(ValueError, match="unknown attention kind 'nope'; choose one of"):
+        attention_class("nope")
+    with pytest.raises(AssertionError, match="registered twice"):
+        register(KINDS[0])(type("Again", (Attention,), {}))
+    with pytest.raises(AssertionError, match="has no config"):
+        register("nope")(type("Nope", (Attention,), {}))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiny_options_are_valid_and_small(kind: str) -> None:
+    cls = CONFIGS[kind]
+    tiny = cls.tiny()
+    assert type(tiny) is cls and tiny.kind == kind
+    assert cls.model_validate(tiny.model_dump()) == tiny
+    assert all(v <= FEWEST for v in tiny.token_limits().values()), tiny.token_limits()
+    for opts in cls.tiny_variants():
+        variant = cls.model_validate({**tiny.model_dump(), **opts})
+        assert variant != tiny, f"{kind}: variant {opts} changes nothing"
+        assert all(v <= FEWEST for v in variant.token_limits().values())
+
+
+# ---------------------------------------------------------------------------- contract
 
 
 @pytest.mark.parametrize(("kind", "opts"), CASES)
@@ -157,28 +180,28 @@ def test_attention_map_is_row_stochastic(kind: str, opts: dict[str, Any]) -> Non
     assert amap.isfinite().all()
     row_err = (amap.sum(dim=-1) - 1).abs().max().item()
     assert row_err <= type(m).map_row_sum_tol, f"{kind}: rows sum to 1 +- {row_err:.2e}"
-    if kind != "nystrom":  # F pinv(A) B may hold small negative entries by construction
+    if type(m).map_nonnegative:  # Nystrom's F pinv(A) B may hold small negative entries
         assert amap.min() >= 0
 
 
-# Linformer's map spreads each projected key's mass back over the tokens by |F| (documented),
-# which is not the signed F that `attend` applies to V; it is checked at E = F = I below.
-MAP_NOT_APPLIED = {"linformer"}
-# Nystrom's conv skip is added to the output but is no part of its map: switch it off.
-MAP_ONLY_OPTIONS: dict[str, dict[str, Any]] = {"nystrom": {"conv_kernel": 0}}
-
-
-@pytest.mark.parametrize("kind", [k for k in available() if k not in MAP_NOT_APPLIED])
-def test_map_is_what_attend_applies(kind: str) -> None:
-    m = build(kind, **MAP_ONLY_OPTIONS.get(kind, {})).eval()
+# Linformer's map spreads each projected key's mass back over the tokens by |F| (documented,
+# `map_applied = False`), which is not the signed F that `attend` applies to V; it is
+# checked at E = F = I below. A skip on V (Nystrom's conv) is no part of the map.
+@pytest.mark.parametrize(
+    ("kind", "opts"), [c for c in CASES if attention_class(c.values[0]).map_applied]
+)
+def test_map_is_what_attend_applies(kind: str, opts: dict[str, Any]) -> None:
+    m = build(kind, **opts).eval()
     with torch.no_grad():
         q, k, v = m.qkv_heads(torch.randn(B, N, DIM))
-        assert_close(m.weights(q, k) @ v, m.attend(q, k, v), atol=1e-5, rtol=1e-4)
+        skip = m.skip(v)
+        applied = m.weights(q, k) @ v + (0 if skip is None else skip)
+        assert_close(applied, m.attend(q, k, v), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", available())
 def test_projection_state_round_trip(kind: str) -> None:
-    ref = build("fused")
+    ref = build(REF)
     m = shared(kind, ref)
     state, own = ref.projection_state(), m.projection_state()
     assert own.keys() == state.keys()
@@ -258,14 +281,20 @@ def test_uncounted_op_raises(module: nn.Module, op: str) -> None:
 # ---------------------------------------------------------------------------- exact limits
 
 
+def exact_cases() -> list[Any]:
+    """Every exact kind but REF, with its variants (qkv_bias is a test parameter)."""
+    cases = {}
+    for kind, opts in [(k, {}) for k in available()] + VARIANTS:
+        opts = {k: v for k, v in opts.items() if k != "qkv_bias"}
+        if CONFIGS[kind].exact and kind != REF and kind in available():
+            cases[case_id(kind, opts)] = pytest.param(kind, opts, id=case_id(kind, opts))
+    return list(cases.values())
+
+
 @pytest.mark.parametrize("qkv_bias", [True, False])
-@pytest.mark.parametrize(
-    ("kind", "opts"),
-    [("sdpa", {}), ("sdpa", {"backend": "math"}), ("standard", {})],
-    ids=["sdpa", "sdpa-math", "standard"],
-)
+@pytest.mark.parametrize(("kind", "opts"), exact_cases())
 def test_exact_kinds_agree(kind: str, opts: dict[str, Any], qkv_bias: bool) -> None:
-    ref = build("fused", qkv_bias=qkv_bias)
+    ref = build(REF, qkv_bias=qkv_bias)
     m = shared(kind, ref, qkv_bias=qkv_bias, **opts)
     x = torch.randn(B, N, DIM)
     xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -286,7 +315,7 @@ def test_nystrom_with_all_landmarks_is_exact() -> None:
     # which in float32 amplifies rounding to ~1e-3; in float64 the identity holds to ~1e-12,
     # so the check runs in float64 on unit-scale inputs and can be tight.
     n = 17
-    ref = build("fused", seq_len=n).double()
+    ref = build(REF, seq_len=n).double()
     m = shared("nystrom", ref, landmarks=n, conv_kernel=0, pinv_iterations=50).double()
     x = torch.randn(B, n, DIM, dtype=torch.float64)
     with torch.no_grad():
@@ -301,7 +330,7 @@ def test_nystrom_with_all_landmarks_is_exact() -> None:
 @pytest.mark.parametrize("share_kv", [False, True])
 def test_linformer_identity_projections_are_exact(share_kv: bool) -> None:
     n = 17
-    ref = build("fused", seq_len=n)
+    ref = build(REF, seq_len=n)
     m = shared("linformer", ref, k=n, share_kv=share_kv)
     assert (m.f is m.e) == share_kv
     with torch.no_grad():
@@ -315,7 +344,7 @@ def test_linformer_identity_projections_are_exact(share_kv: bool) -> None:
 
 def test_performer_error_falls_with_features() -> None:
     n, redraws = 33, 8
-    ref = build("fused", seq_len=n)
+    ref = build(REF, seq_len=n)
     with torch.no_grad():
         q, k, v = ref.qkv_heads(torch.randn(B, n, DIM))
         exact = softmax_attention(q, k, v, ref.scale)
@@ -441,7 +470,7 @@ def test_hybrid_never_materialises_dense_attention() -> None:
     assert n - 1 > 4 * DIM  # so that no projection width passes for a token count
     x = torch.randn(1, n, DIM)
     assert not dense_intermediates(build("hybrid", seq_len=n), x)
-    assert dense_intermediates(build("fused", seq_len=n), x)  # the check does catch dense
+    assert dense_intermediates(build(REF, seq_len=n), x)  # the check does catch dense
 
 
 @pytest.mark.parametrize(("window", "dilation"), [(3, 2), (3, 1), (5, 3)])
@@ -487,7 +516,7 @@ def test_hybrid_chunked_inference_equals_one_pass(monkeypatch: pytest.MonkeyPatc
 
 
 def test_hybrid_cls_row_is_exact() -> None:
-    ref = build("fused")
+    ref = build(REF)
     m = shared("hybrid", ref)
     x = torch.randn(B, N, DIM)
     assert_close(m.attention_map(x)[:, :, 0], m.exact_map(x)[:, :, 0])
@@ -499,7 +528,7 @@ def test_hybrid_whole_grid_window_is_exact() -> None:
     # A 7x7 window on a 4x4 grid covers every patch; with the gate saturated the global
     # branch drops out and every patch row is exact softmax over all tokens.
     n = 17
-    ref = build("fused", seq_len=n)
+    ref = build(REF, seq_len=n)
     m = shared("hybrid", ref, window=7, dilation=1)
     with torch.no_grad():
         m.gate.fill_(50.0)
@@ -521,3 +550,63 @@ def test_sdpa_backend_used_on_cpu(backend: str, expected: set[str]) -> None:
     used = m.backend_used(torch.randn(B, N, DIM))
     assert isinstance(used, str)
     assert used in expected
+
+
+# ---------------------------------------------------------------------------- hooks
+
+
+@pytest.mark.parametrize("kind", available())
+def test_adapt_state_fits_the_layer_on_another_grid(kind: str) -> None:
+    # Weights trained on a 4x4 grid, adapted by the mechanism's own hook, load into the
+    # same mechanism built for a 6x6 grid; on the same grid they are kept as they are.
+    small, big = build(kind, seq_len=1 + 4 * 4), build(kind, seq_len=1 + 6 * 6)
+    state = small.state_dict()
+    same = small.adapt_state(state, trained_grid=(4, 4), grid=(4, 4))
+    assert same.keys() == state.keys()
+    assert all(torch.equal(same[k], state[k]) for k in state)
+    adapted = big.adapt_state(state, trained_grid=(4, 4), grid=(6, 6))
+    big.load_state_dict(adapted)
+    shared_state = small.projection_state()
+    for name, tensor in big.projection_state().items():
+        assert torch.equal(tensor, shared_state[name]), f"{kind}: {name} changed"
+
+
+def test_nystrom_diagnostics_measure_the_pseudo_inverse() -> None:
+    residual = {}
+    with torch.no_grad():
+        q, k, v = build(REF).qkv_heads(torch.randn(B, N, DIM))
+        for iterations in (1, 6, 30):
+            m = build("nystrom", pinv_iterations=iterations)
+            (name,) = m.diagnostics(q, k, v)
+            residual[iterations] = m.diagnostics(q, k, v)[name]
+    assert name == "pinv_residual"
+    assert residual[1] > residual[6] > residual[30] >= 0, residual
+    assert residual[30] < 1e-2, residual  # converged, up to float32 rounding
+
+
+def test_performer_model_diagnostics_curve() -> None:
+    from effbench.attention.performer import CURVE_FEATURES
+
+    layers = [build("performer", seq_len=FEWEST) for _ in range(2)]
+    inputs = [torch.randn(B, FEWEST, DIM) for _ in layers]
+    with torch.no_grad():
+        (name,) = type(layers[0]).model_diagnostics(layers, inputs)
+        curve = type(layers[0]).model_diagnostics(layers, inputs)[name]
+        again = type(layers[0]).model_diagnostics(layers, inputs)[name]
+    assert name == "performer_curve"
+    assert [c["features"] for c in curve] == list(CURVE_FEATURES)
+    assert curve == again  # fresh features from a fixed seed
+    assert curve[-1]["rel_error"] < curve[0]["rel_error"]
+
+
+@pytest.mark.parametrize("kind", available())
+def test_diagnostics_name_record_fields(kind: str) -> None:
+    from effbench.results import AnalyzeRecord, LayerFidelity
+
+    m = build(kind, seq_len=FEWEST).eval()
+    x = torch.randn(B, FEWEST, DIM)
+    with torch.no_grad():
+        own = m.diagnostics(*m.qkv_heads(x))
+        whole = type(m).model_diagnostics([m], [x])
+    assert set(own) <= set(LayerFidelity.model_fields) - {"layer"}, own
+    assert set(whole) <= set(AnalyzeRecord.model_fields), whole

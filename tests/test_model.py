@@ -1,5 +1,5 @@
 """The ViT: same backbone for every mechanism, analytic FLOPs equal counted FLOPs for the
-whole model, position embeddings that resize to another grid."""
+whole model, position embeddings and trained weights that resize to another grid."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import pytest
 import torch
 
 from effbench.attention import available
+from effbench.config.attention import BASELINE_KIND, CONFIGS
 from effbench.config.spec import Backbone, ModelEntry
 from effbench.measure import count_flops
-from effbench.model import build_model, resize_pos_embed
+from effbench.model import adapt_state_dict, build_model, resize_pos_embed
 
 BB = Backbone(image_size=16, patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, num_classes=5)
-SMALL = {"linformer": {"k": 8}, "nystrom": {"landmarks": 4}, "performer": {"features": 16}}
 
 
 def attention_cfg(kind: str):
+    """The config's `tiny()` options, validated as a bench.toml model entry."""
+    attention = CONFIGS[kind].tiny().model_dump(exclude_unset=True)
     return ModelEntry.model_validate(
-        {"name": kind, "attention": {"kind": kind, **SMALL.get(kind, {})}}
+        {"name": kind, "attention": {"kind": kind, **attention}}
     ).attention
 
 
@@ -39,17 +41,17 @@ def test_only_the_attention_differs() -> None:
     for kind in available():
         sd = build_model(BB, attention_cfg(kind)).state_dict()
         shapes[kind] = {k: v.shape for k, v in sd.items() if ".attn." not in k}
-    ref = shapes["sdpa"]
+    ref = shapes[BASELINE_KIND]
     assert all(s == ref for s in shapes.values())
 
 
 def test_image_size_must_divide_into_patches() -> None:
     with pytest.raises(ValueError, match="not divisible by patch size 4"):
-        build_model(BB, attention_cfg("sdpa"), image_size=18)
+        build_model(BB, attention_cfg(BASELINE_KIND), image_size=18)
 
 
 def test_wrong_input_size_is_refused() -> None:
-    model = build_model(BB, attention_cfg("sdpa"))
+    model = build_model(BB, attention_cfg(BASELINE_KIND))
     with pytest.raises(AssertionError, match="built for 16px images"):
         model(torch.randn(1, 3, 32, 32))
 
@@ -64,6 +66,24 @@ def test_resize_pos_embed() -> None:
     assert torch.allclose(resize_pos_embed(const, (4, 4), (6, 6)), torch.ones(1, 37, 8), atol=1e-5)
 
 
-def test_larger_model_built_at_another_resolution() -> None:
-    model = build_model(BB, attention_cfg("hybrid"), image_size=32)
+@pytest.mark.parametrize("kind", available())
+def test_larger_model_built_at_another_resolution(kind: str) -> None:
+    model = build_model(BB, attention_cfg(kind), image_size=32)
     assert model.seq_len == 65 and model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("kind", available())
+def test_trained_weights_adapt_to_another_grid(kind: str) -> None:
+    # Each attention layer adapts its own weights (Attention.adapt_state); nothing else but
+    # the position embedding changes.
+    trained = build_model(BB, attention_cfg(kind))
+    state = trained.state_dict()
+    bigger = build_model(BB, attention_cfg(kind), image_size=32)
+    adapted = adapt_state_dict(state, bigger, trained_grid=trained.grid)
+    bigger.load_state_dict(adapted)  # every shape fits
+    assert adapted.keys() == state.keys()
+    for name, tensor in state.items():
+        if name != "pos_embed" and ".attn." not in name:
+            assert torch.equal(adapted[name], tensor), name
+    same = adapt_state_dict(state, build_model(BB, attention_cfg(kind)), trained_grid=(4, 4))
+    assert all(torch.equal(same[k], state[k]) for k in state)

@@ -37,10 +37,10 @@ def discover() -> None:
     global _discovered
     if _discovered:
         return
-    _discovered = True
     package = __name__.rpartition(".")[0]
     for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         importlib.import_module(f"{package}.{info.name}")
+    _discovered = True
 
 
 def available() -> tuple[str, ...]:

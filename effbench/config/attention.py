@@ -6,7 +6,7 @@ importing it; the modules that implement each kind live beside this file.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -25,12 +25,28 @@ class _AttentionConfig(BaseModel):
         """Options that may not exceed the token count, by name."""
         return {}
 
+    @classmethod
+    def tiny(cls) -> Self:
+        """Small valid options for tests and examples: fit a 17-token sequence (CLS + a 4x4
+        patch grid) and keep every code path of the default options."""
+        return cls()
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        """Overrides of `tiny()` that reach the mechanism's other code paths; the tests run
+        the attention contract over each."""
+        return ()
+
 
 class StandardConfig(_AttentionConfig):
     """Explicit softmax attention with separate Q, K and V projections."""
 
     kind: Literal["standard"] = "standard"
     exact: ClassVar[bool] = True
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"qkv_bias": False},)
 
 
 class FusedConfig(_AttentionConfig):
@@ -50,6 +66,10 @@ class SdpaConfig(_AttentionConfig):
         "auto", description="force one SDPA backend; 'auto' lets PyTorch choose"
     )
 
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"backend": "math"},)  # the one forced backend every device has
+
 
 class LinformerConfig(_AttentionConfig):
     """Low-rank projections of keys and values along the sequence (Wang et al. 2020)."""
@@ -57,6 +77,14 @@ class LinformerConfig(_AttentionConfig):
     kind: Literal["linformer"] = "linformer"
     k: int = Field(64, ge=1, description="projected sequence length")
     share_kv: bool = Field(False, description="one projection for keys and values")
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return cls(k=8)
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"share_kv": True},)
 
     def token_limits(self) -> dict[str, int]:
         return {"k": self.k}
@@ -73,6 +101,14 @@ class PerformerConfig(_AttentionConfig):
     kernel: Literal["softmax", "relu"] = Field(
         "softmax", description="'softmax': positive random features; 'relu': generalised kernel"
     )
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return cls(features=16)
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"kernel": "relu"},)
 
 
 class NystromConfig(_AttentionConfig):
@@ -91,6 +127,15 @@ class NystromConfig(_AttentionConfig):
         if v and v % 2 == 0:
             raise ValueError(f"conv_kernel must be odd (or 0 for off), got {v}")
         return v
+
+    @classmethod
+    def tiny(cls) -> Self:
+        # 4 landmarks divide neither 17 nor 26 tokens: uneven segments are exercised too.
+        return cls(landmarks=4, conv_kernel=3)
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"conv_kernel": 0},)
 
     def token_limits(self) -> dict[str, int]:
         return {"landmarks": self.landmarks}
@@ -112,6 +157,14 @@ class HybridConfig(_AttentionConfig):
         if v % 2 == 0:
             raise ValueError(f"window must be odd so that it centres on its query, got {v}")
         return v
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return cls(window=3, dilation=1)
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"feature_map": "relu", "dilation": 2},)
 
 
 AttentionConfig = Annotated[

@@ -1,0 +1,61 @@
+"""`effbench.analyze` on tiny untrained models of every registered mechanism: the fidelity
+fields, the mechanisms' own diagnostics merged in, and exact kinds measured as exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from effbench.analyze import analyze_model, attention_inputs, rollout, total_variation
+from effbench.attention import available
+from effbench.config.attention import CONFIGS
+from effbench.config.spec import Backbone
+from effbench.model import build_model
+from effbench.results import AnalyzeRecord, LayerFidelity
+
+BB = Backbone(image_size=16, patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, num_classes=5)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, 3, 16, 16, generator=g), torch.randint(0, 5, (6,), generator=g)
+
+
+@pytest.mark.parametrize("kind", available())
+def test_analyze_merges_the_mechanisms_diagnostics(kind: str, batch) -> None:
+    images, labels = batch
+    torch.manual_seed(0)
+    model = build_model(BB, CONFIGS[kind].tiny()).eval()
+    fields = analyze_model(model, images, labels, classes=tuple("abcde"))
+    layers = model.attention_layers()
+    assert fields["n_images"] == 6 and fields["grid"] == [4, 4]
+    assert [f.layer for f in fields["layers"]] == [0, 1]
+    inputs, _ = attention_inputs(model, images)
+    with torch.no_grad():
+        own = [
+            layer.diagnostics(*(t.float() for t in layer.qkv_heads(x.float())))
+            for layer, x in zip(layers, inputs, strict=True)
+        ]
+        whole = type(layers[0]).model_diagnostics(layers, inputs)
+    for fidelity, extra in zip(fields["layers"], own, strict=True):
+        assert set(extra) <= set(LayerFidelity.model_fields), extra
+        assert {k: getattr(fidelity, k) for k in extra} == extra
+    assert set(whole) <= set(AnalyzeRecord.model_fields), whole
+    assert {k: fields[k] for k in whole} == whole
+    for f in fields["layers"]:
+        assert f.rel_output_error >= 0 and 0 <= f.tv_mean <= f.tv_max <= 1 + 1e-6
+        if CONFIGS[kind].exact:  # exact attention against itself
+            assert f.rel_output_error < 1e-5 and f.tv_mean < 1e-5
+    assert len(fields["cls_maps"]) == 2 and len(fields["cls_maps"][0]) == 4
+    assert len(fields["images"]) == len(fields["labels"]) == len(fields["predictions"]) == 4
+
+
+def test_total_variation_and_rollout() -> None:
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    q = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert torch.equal(total_variation(p, q), torch.tensor([0.5, 0.0]))
+    maps = torch.softmax(torch.randn(2, 3, 5, 5), dim=-1)
+    out = rollout([maps, maps])
+    assert out.shape == (2, 5, 5)
+    torch.testing.assert_close(out.sum(dim=-1), torch.ones(2, 5))
