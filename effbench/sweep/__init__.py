@@ -1,24 +1,30 @@
 """Layer 3, runners that yield records and never print: the profile grid (each attention layer
 across sequence lengths), the scale grid (whole models across resolutions) and trained-checkpoint
-evaluation."""
+evaluation; `common` holds what the grids share."""
 
 from __future__ import annotations
 
-from effbench.sweep.profile import (
-    DTYPES,
+from effbench.measure import DTYPES, MIB
+from effbench.sweep.checkpoint import checkpoint_spec, checkpoint_sweep, scorer_on_test_split
+from effbench.sweep.common import (
     FLOP_TOLERANCE,
-    MIB,
     FlopMismatchError,
     NonFiniteError,
-    Point,
     attempt,
-    block_breakdown,
     check_finite,
     check_flop_counts,
     classify,
     free_memory,
-    measure_attention,
+    note_breakdown,
     note_check,
+    note_flops,
+    record_base,
+    sdpa_layer,
+)
+from effbench.sweep.profile import (
+    Point,
+    block_breakdown,
+    measure_attention,
     profile_grid,
     profile_sweep,
     run_point,
@@ -31,8 +37,6 @@ from effbench.sweep.scale import (
     Trained,
     autocast,
     baseline_name,
-    checkpoint_spec,
-    checkpoint_sweep,
     fit_to_tokens,
     measure_model,
     precision_name,
@@ -40,7 +44,6 @@ from effbench.sweep.scale import (
     scale_backbone,
     scale_grid,
     scale_sweep,
-    scorer_on_test_split,
     summary_records,
 )
 
@@ -69,15 +72,19 @@ __all__ = [
     "free_memory",
     "measure_attention",
     "measure_model",
+    "note_breakdown",
     "note_check",
+    "note_flops",
     "precision_name",
     "profile_grid",
     "profile_sweep",
+    "record_base",
     "run_point",
     "run_scale_point",
     "scale_backbone",
     "scale_grid",
     "scale_sweep",
     "scorer_on_test_split",
+    "sdpa_layer",
     "summary_records",
 ]

@@ -1,6 +1,5 @@
-"""`effbench scale`: whole ViTs across input resolutions (time, memory, FLOPs, time by part),
-and one trained model evaluated at several resolutions. A failed point is a record.
-"""
+"""The scale grid: whole ViTs across input resolutions (time, memory, FLOPs, time by part),
+with trained weights loaded when a checkpoint is evaluated. A failed point is a record."""
 
 from __future__ import annotations
 
@@ -13,22 +12,22 @@ import torch
 import torch.nn.functional as F
 
 from effbench.config.attention import AttentionConfig
-from effbench.config.spec import Backbone, BenchSpec, ModelEntry, SpecError, parse_spec
+from effbench.config.spec import Backbone, BenchSpec, ModelEntry
 from effbench.crossover import summarize
-from effbench.errors import ScaleError
-from effbench.measure import Timing, count_flops, param_count, peak_bytes, time_repeats
+from effbench.measure import MIB, Timing, param_count, peak_bytes, time_repeats
+from effbench.measure import autocast as precision_autocast
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
 from effbench.measure.profiler import breakdown
 from effbench.model import ViT, adapt_state_dict, build_model
 from effbench.results import Env, ScaleRecord, ScaleSummaryRecord
-from effbench.runs import TrainedRun
-from effbench.sweep.profile import (
-    DTYPES,
-    MIB,
+from effbench.sweep.common import (
     attempt,
     check_finite,
-    check_flop_counts,
+    note_breakdown,
     note_check,
+    note_flops,
+    record_base,
+    sdpa_layer,
 )
 
 # A profiled breakdown repeats a call this many times, once when the call is slower than this.
@@ -52,8 +51,9 @@ def scale_grid(spec: BenchSpec) -> list[ScalePoint]:
 
 
 def baseline_name(spec: BenchSpec) -> str | None:
-    """The model that crossovers are measured against: the first `sdpa` one."""
-    return next((m.name for m in spec.models if m.attention.kind == "sdpa"), None)
+    """The model that crossovers are measured against: the first whose attention is the
+    baseline kind (`effbench.config.attention.BASELINE_KIND`)."""
+    return next((m.name for m in spec.models if m.attention.baseline), None)
 
 
 def fit_to_tokens(cfg: AttentionConfig, tokens: int) -> tuple[AttentionConfig, str | None]:
@@ -72,9 +72,7 @@ def precision_name(dtype: str) -> str:
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
     """Mixed precision for a non-float32 dtype (weights stay float32), else nothing."""
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
+    return precision_autocast(device, dtype)
 
 
 # ---------------------------------------------------------------------------- one point
@@ -123,17 +121,7 @@ def measure_model(
     if sc.mode in ("infer", "both"):
         _inference(spec, point, model, x, amp=amp, device=device, out=out)
     if sc.count_flops:
-        counts = count_flops(
-            model, x, analytic=out["flops_analytic"], attention_analytic=out["attn_flops_analytic"]
-        )
-        out.update(
-            flops_fvcore=counts.fvcore,
-            flops_flop_counter=counts.flop_counter,
-            attn_flops_fvcore=counts.attention_fvcore,
-            attn_flops_flop_counter=counts.attention_flop_counter,
-            flops_by_op=counts.by_op,
-        )
-        check_flop_counts(counts)
+        note_flops(out, model, x, attention_analytic=out["attn_flops_analytic"])
     if sc.mode in ("train", "both"):
         _training(spec, model, x, amp=amp, device=device, out=out)
 
@@ -196,15 +184,13 @@ def _inference(
         kernels, ops = b.kernel_names, b.op_names
         out["top_ops"] = [o.model_dump() for o in b.top_ops]
         if sc.breakdown:
-            out.update(
-                breakdown_ms=b.parts_ms, breakdown_step_ms=b.step_ms, breakdown_source=b.source
-            )
-    cfg = point.model.attention
-    if cfg.kind == "sdpa":
+            note_breakdown(out, b)
+    sdpa = sdpa_layer(model)
+    if sdpa is not None:
         if ops is None:
             with amp():
                 ops = dispatched_ops(lambda: model(x))
-        out.update(sdpa_backend_fields(cfg.backend, device=device, kernels=kernels, ops=ops))
+        out.update(sdpa_backend_fields(sdpa.cfg.backend, device=device, kernels=kernels, ops=ops))
 
 
 def _training(
@@ -253,9 +239,9 @@ def run_scale_point(
     """
     sc, bb = spec.scale, scale_backbone(spec)
     tokens = bb.seq_len(point.image_size)
-    cfg, note = point.model.attention, None
+    note = None
     if trained is None:
-        cfg, note = fit_to_tokens(cfg, tokens)
+        cfg, note = fit_to_tokens(point.model.attention, tokens)
         point = ScalePoint(point.model.model_copy(update={"attention": cfg}), point.image_size)
     out: dict[str, Any] = {}
     status, error = attempt(
@@ -264,11 +250,7 @@ def run_scale_point(
     return ScaleRecord(
         status=status,
         error=error,
-        run_id=run_id,
-        spec_hash=spec.hash(),
-        model=point.model.name,
-        attention=cfg.model_dump(mode="json"),
-        env=env,
+        **record_base(spec, point.model, env=env, run_id=run_id),
         image_size=point.image_size,
         patch_size=bb.patch_size,
         seq_len=tokens,
@@ -296,16 +278,12 @@ def scale_sweep(
 def summary_records(
     spec: BenchSpec, records: list[ScaleRecord], *, env: Env, run_id: str
 ) -> list[ScaleSummaryRecord]:
-    """Per model: crossovers against the `sdpa` baseline and slopes, as records."""
+    """Per model: crossovers against the baseline (`baseline_name`) and slopes, as records."""
     base = baseline_name(spec)
     found = summarize([r.model_dump() for r in records], baseline=base, mode=spec.scale.mode)
     return [
         ScaleSummaryRecord(
-            run_id=run_id,
-            spec_hash=spec.hash(),
-            model=m.name,
-            attention=m.attention.model_dump(mode="json"),
-            env=env,
+            **record_base(spec, m, env=env, run_id=run_id),
             baseline=base,
             mode=spec.scale.mode,
             resolutions=spec.scale.resolutions,
@@ -314,80 +292,3 @@ def summary_records(
         for m in spec.models
         if m.name in found
     ]
-
-
-# ---------------------------------------------------------------------------- --checkpoint
-
-
-def checkpoint_spec(run: TrainedRun, current: BenchSpec, data_dir: str | None) -> BenchSpec:
-    """The trained run's spec with this command's `[scale]` section and only its model.
-
-    Raises:
-        ScaleError: when the scale patch differs from the trained one, or a resolution does
-            not divide into the trained patches.
-    """
-    trained = run.spec.backbone.patch_size
-    if current.scale.patch_size not in (None, trained):
-        raise ScaleError(
-            f"--patch {current.scale.patch_size}: {run.directory} was trained with patch "
-            f"{trained}; a trained model keeps its patch size (drop --patch)"
-        )
-    data = run.spec.model_dump(mode="json")
-    data["models"] = [run.entry.model_dump(mode="json")]
-    data["scale"] = {**current.scale.model_dump(mode="json"), "patch_size": trained}
-    if data_dir is not None:
-        data["train"]["data_dir"] = data_dir
-    source = f"{run.directory}/spec.json with [scale]"
-    try:
-        spec = parse_spec(data, source=source)
-    except SpecError as err:
-        raise ScaleError("\n".join(err.lines())) from None
-    if spec.scale_problems():
-        raise ScaleError("\n".join(SpecError(spec.scale_problems(), source).lines()))
-    return spec
-
-
-def scorer_on_test_split(spec: BenchSpec, device: torch.device) -> Evaluate:
-    """A scorer: test loss, top-1 and top-5 of a model on the trained run's test split,
-    resized to the model's input size."""
-    from effbench.data import eval_loader
-    from effbench.train import accuracy, evaluation_sums
-
-    bb = spec.backbone
-
-    def evaluate(
-        model: ViT, amp: Callable[[], contextlib.AbstractContextManager[Any]]
-    ) -> dict[str, Any]:
-        loader = eval_loader(spec, device=device, image_size=model.image_size)
-        acc = accuracy(evaluation_sums(model, loader, autocast=amp, num_classes=bb.num_classes))
-        return {
-            "test_loss": acc["loss"],
-            "test_top1": acc["top1"],
-            "test_top5": acc["top5"],
-            "n_test": int(acc["n"]),
-        }
-
-    return evaluate
-
-
-def checkpoint_sweep(
-    spec: BenchSpec,
-    run: TrainedRun,
-    state: dict[str, torch.Tensor],
-    *,
-    device: torch.device,
-    env: Env,
-    run_id: str,
-) -> Iterator[ScaleRecord]:
-    """The trained model (`state`, from `load_state`) at every resolution of `spec` (from
-    `checkpoint_spec`): accuracy on the test split beside the cost figures."""
-    trained = Trained(
-        state=state,
-        grid=run.spec.backbone.grid(),
-        evaluate=scorer_on_test_split(spec, device),
-    )
-    extra = {"checkpoint": str(run.directory), "trained_image_size": spec.backbone.image_size}
-    for point in scale_grid(spec):
-        yield run_scale_point(
-            spec, point, device=device, env=env, run_id=run_id, trained=trained, checkpoint=extra
-        )

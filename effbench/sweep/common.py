@@ -1,0 +1,128 @@
+"""What the profile and scale grids share: a point's failure as its record status, the checks
+that fail a point (non-finite output, disagreeing FLOP counts), and the record fields they fill."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from effbench.attention.sdpa import SdpaAttention
+from effbench.config.spec import BenchSpec, ModelEntry
+from effbench.measure import FlopCounts, Timing, count_flops
+from effbench.measure.profiler import Breakdown
+from effbench.results import Env, Status
+
+# Counted and analytic FLOPs may differ by at most this fraction before a point is an error.
+FLOP_TOLERANCE = 0.01
+
+
+class NonFiniteError(RuntimeError):
+    """The output held NaN or Inf."""
+
+
+class FlopMismatchError(RuntimeError):
+    """Analytic and counted FLOPs disagree by more than FLOP_TOLERANCE."""
+
+
+def classify(err: BaseException) -> Status:
+    """The record status for an exception raised while measuring."""
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return "oom"
+    msg = str(err).lower()
+    if "out of memory" in msg or "can't allocate memory" in msg:
+        return "oom"
+    if isinstance(err, NonFiniteError):
+        return "nan"
+    return "error"
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def attempt(measure: Callable[[], None], device: torch.device) -> tuple[Status, str | None]:
+    """Run `measure`; an exception becomes its record status and message. Memory is freed
+    afterwards, outside the except block, so that the traceback's frames are gone."""
+    status: Status = "ok"
+    error = None
+    try:
+        measure()
+    except Exception as err:
+        status, error = classify(err), f"{type(err).__name__}: {err}".strip()[:2000]
+    free_memory(device)
+    return status, error
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteError(f"{what} is not finite (NaN or Inf)")
+
+
+def check_flop_counts(counts: FlopCounts) -> None:
+    """Raises FlopMismatchError, naming all three counts, when they disagree by more than
+    FLOP_TOLERANCE in all or in the attention."""
+    if counts.max_rel_diff() > FLOP_TOLERANCE:
+        raise FlopMismatchError(counts.mismatch())
+
+
+def record_base(spec: BenchSpec, model: ModelEntry, *, env: Env, run_id: str) -> dict[str, Any]:
+    """The fields every record of `model` in a grid carries, beside its status."""
+    return {
+        "run_id": run_id,
+        "spec_hash": spec.hash(),
+        "model": model.name,
+        "attention": model.attention.model_dump(mode="json"),
+        "env": env,
+    }
+
+
+def sdpa_layer(module: nn.Module) -> SdpaAttention | None:
+    """The first SDPA attention layer in `module` (itself, when it is one): whose backend a
+    record names."""
+    return next((m for m in module.modules() if isinstance(m, SdpaAttention)), None)
+
+
+# ---------------------------------------------------------------------------- record fields
+
+
+def note_check(out: dict[str, Any], phase: str, timing: Timing) -> None:
+    """Keep a timing's CPU check in the record fields being filled: `cpu_checks[phase]`, and
+    `contended` when any phase's timing stayed disturbed."""
+    if timing.check is None:
+        return
+    out.setdefault("cpu_checks", {})[phase] = timing.check
+    out["contended"] = out.get("contended", False) or timing.check.disturbed
+
+
+def note_breakdown(out: dict[str, Any], b: Breakdown) -> None:
+    """A profiled call's time by part into `breakdown_*` fields."""
+    out.update(breakdown_ms=b.parts_ms, breakdown_step_ms=b.step_ms, breakdown_source=b.source)
+
+
+def note_flops(
+    out: dict[str, Any],
+    module: nn.Module,
+    x: torch.Tensor,
+    *,
+    attention_analytic: int | None = None,
+) -> None:
+    """Count module(x)'s FLOPs into `flops_*` fields beside `out["flops_analytic"]` (and, with
+    `attention_analytic`, its attention layers' into `attn_flops_*`); then check that they
+    agree, raising FlopMismatchError when not."""
+    counts = count_flops(
+        module, x, analytic=out["flops_analytic"], attention_analytic=attention_analytic
+    )
+    out.update(flops_fvcore=counts.fvcore, flops_flop_counter=counts.flop_counter)
+    if attention_analytic is not None:
+        out.update(
+            attn_flops_fvcore=counts.attention_fvcore,
+            attn_flops_flop_counter=counts.attention_flop_counter,
+        )
+    out["flops_by_op"] = counts.by_op
+    check_flop_counts(counts)
