@@ -1,10 +1,10 @@
-"""`effbench scale`: the resolution ladder, crossovers and slopes, the validated FLOP counts,
-the time breakdown by part, and a trained checkpoint evaluated at several resolutions."""
+"""effbench.sweep: the scale grid's resolution ladder, crossovers against the baseline and slopes,
+the validated FLOP counts, failed points as records, and a trained checkpoint evaluated at
+several resolutions (the profile grid runs through the CLI in test_cli.py)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,15 +13,26 @@ from specs import MINI, TINY_MODELS, needs_mini, run_cli
 from torch import Tensor
 
 from effbench.attention.sdpa import SdpaAttention
-from effbench.config.attention import KINDS, LinformerConfig, NystromConfig, SdpaConfig
-from effbench.config.spec import Backbone, SpecError, parse_spec, read_toml, resolution_ladder
+from effbench.config.attention import (
+    BASELINE_KIND,
+    KINDS,
+    LinformerConfig,
+    NystromConfig,
+    SdpaConfig,
+)
+from effbench.config.spec import (
+    Backbone,
+    BenchSpec,
+    SpecError,
+    parse_spec,
+    read_toml,
+    resolution_ladder,
+)
 from effbench.crossover import METRICS, crossover, loglog_slope, upper_slope
-from effbench.measure import time_call
-from effbench.measure.dispatch import backend_from_kernels
-from effbench.measure.profiler import PARTS, breakdown, labelled
+from effbench.env import environment
 from effbench.model import adapt_state_dict, build_model, resize_sequence_projection
 from effbench.results import read_jsonl
-from effbench.sweep import fit_to_tokens
+from effbench.sweep import baseline_name, fit_to_tokens, record_base, sdpa_layer
 
 SPEC = """
 [backbone]
@@ -127,14 +138,34 @@ def test_options_are_capped_at_the_token_count() -> None:
     assert cfg.landmarks == 32 and note is None
 
 
-def test_sdpa_backend_from_cuda_kernel_names() -> None:
-    flash = "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<32, 128, 128, 4>>"
-    efficient = "fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)"
-    cudnn = "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128"
-    assert backend_from_kernels(["ampere_sgemm_128x64_tn", flash]) == "flash"
-    assert backend_from_kernels([efficient]) == "efficient"
-    assert backend_from_kernels([cudnn, "elementwise_kernel"]) == "cudnn"
-    assert backend_from_kernels(["ampere_bf16_s16816gemm", "softmax_warp_forward"]) is None
+def test_the_baseline_is_the_first_model_of_the_baseline_kind() -> None:
+    data = read_toml(Path(__file__).resolve().parents[1] / "bench.toml")
+
+    def spec_of(*kinds: str) -> BenchSpec:
+        models = [{"name": f"m{i}", "attention": {"kind": k}} for i, k in enumerate(kinds)]
+        return parse_spec({**data, "models": models})
+
+    assert baseline_name(spec_of("linformer", BASELINE_KIND, BASELINE_KIND)) == "m1"
+    assert baseline_name(spec_of("linformer", "nystrom")) is None
+
+
+def test_records_share_one_base_and_name_the_sdpa_layer() -> None:
+    data = read_toml(Path(__file__).resolve().parents[1] / "bench.toml")
+    spec = parse_spec(data)
+    model = spec.models[0]
+    env = environment("cpu", "float32")
+    assert record_base(spec, model, env=env, run_id="r1") == {
+        "run_id": "r1",
+        "spec_hash": spec.hash(),
+        "model": model.name,
+        "attention": model.attention.model_dump(mode="json"),
+        "env": env,
+    }
+    bb = Backbone(image_size=32, patch_size=4, dim=32, depth=2, heads=2)
+    vit = build_model(bb, SdpaConfig())
+    assert sdpa_layer(vit) is vit.blocks[0].attn
+    assert sdpa_layer(vit.blocks[1].attn) is vit.blocks[1].attn
+    assert sdpa_layer(build_model(bb, LinformerConfig(k=8))) is None
 
 
 def test_resized_weights_fit_and_keep_their_scale() -> None:
@@ -153,52 +184,6 @@ def test_resized_weights_fit_and_keep_their_scale() -> None:
     assert torch.equal(resized[:, 0], e[:, 0])  # CLS column kept
     # E X of an all-ones X sums each row: about the same on the finer grid
     torch.testing.assert_close(resized[:, 1:].sum(1), e[:, 1:].sum(1), rtol=0.05, atol=0)
-
-
-# ---------------------------------------------------------------------------- breakdown
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """torch on one thread, leaving a core to the profiler's own thread (on a 2-core machine
-    the two would otherwise contend and the profiled time read high)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("one_thread")
-def test_breakdown_parts_are_non_negative_and_sum_to_the_step_time() -> None:
-    bb = Backbone(image_size=64, patch_size=4, dim=128, depth=2, heads=2)
-    model = build_model(bb, SdpaConfig()).eval()
-    x = torch.randn(32, 3, 64, 64)  # ~100 ms a call: the profiler's own cost is a few percent
-    cpu = torch.device("cpu")
-
-    def fwd() -> Tensor:
-        with torch.inference_mode():
-            return model(x)
-
-    # interleaved, so that a slow spell of a shared machine hits both alike
-    runs, timed = [], []
-    for _ in range(5):
-        runs.append(breakdown(fwd, model=model, device=cpu))
-        timed.append(time_call(fwd, device=cpu, min_run_time=0.2).median_ms)
-    for b in runs:
-        assert set(b.parts_ms) == {*PARTS, "other"}
-        assert all(v >= 0 for v in b.parts_ms.values()), b.parts_ms
-        assert all(b.parts_ms[p] > 0 for p in PARTS), b.parts_ms
-        assert sum(b.parts_ms.values()) == pytest.approx(b.step_ms)
-        assert b.source == "CPU time" and b.top_ops
-        assert "aten::_scaled_dot_product_flash_attention_for_cpu" in b.op_names
-    # Noise on a shared machine only ever adds time, so the fastest of each is compared.
-    profiled = min(b.step_ms for b in runs)
-    assert profiled == pytest.approx(min(timed), rel=0.10), (runs, timed)
-    # the labels are gone afterwards
-    assert all("forward" not in vars(m) for m in model.modules())
-    with labelled(model):
-        assert "forward" in vars(model.blocks[0].attn)
-    assert "forward" not in vars(model.blocks[0].attn)
 
 
 # ---------------------------------------------------------------------------- end to end
