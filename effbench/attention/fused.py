@@ -1,4 +1,5 @@
-"""Softmax attention with one fused QKV projection and the (N, N) weights materialised.
+"""Softmax attention (Vaswani et al. 2017, "Attention Is All You Need") with one fused QKV
+projection and the (N, N) weights materialised.
 
 O(N^2) time and memory.
 """

@@ -1,5 +1,7 @@
 """Hybrid: dilated (atrous) local attention on the 2-D patch grid plus a global linear-attention
 branch, mixed per head by a learned gate; the CLS token attends globally with exact softmax.
+After dilated neighbourhood attention (Hassani & Shi 2022, "Dilated Neighborhood Attention
+Transformer") and linear attention (Katharopoulos et al. 2020).
 
 O(N * (w^2 + d) * d) time and memory for a w x w window: neighbourhoods are gathered, never
 masked out of a dense N x N matrix.

@@ -1,6 +1,7 @@
 """Exact attention through torch.nn.functional.scaled_dot_product_attention.
 
-O(N^2) time; the fused kernels (flash, memory-efficient, cuDNN, CPU flash) keep memory O(N).
+O(N^2) time; the fused kernels (flash, memory-efficient, cuDNN, CPU flash) keep memory O(N)
+(Dao et al. 2022, "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness").
 """
 
 from __future__ import annotations
