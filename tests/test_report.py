@@ -16,7 +16,9 @@ import pytest
 from specs import MINI, run_cli
 
 from effbench.config.attention import KINDS
-from effbench.report import KIND_ORDER, pareto_front
+from effbench.report import pareto_front
+from effbench.report.data import model_order
+from effbench.report.figures import PALETTE, colour_of
 from effbench.results import read_jsonl, write_jsonl_atomic
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -229,8 +231,26 @@ def test_report_side_never_imports_torch(results: Path) -> None:
     subprocess.run([sys.executable, "-c", script], check=True)
 
 
+def test_public_names_survive_importing_every_submodule() -> None:
+    """`effbench.report` re-exports lazily: no submodule may shadow an exported name."""
+    import importlib
+    import pkgutil
+    from types import ModuleType
+
+    import effbench.report as report
+
+    for info in pkgutil.walk_packages(report.__path__, "effbench.report."):
+        importlib.import_module(info.name)
+    shadowed = [n for n in report.__all__ if isinstance(getattr(report, n), ModuleType)]
+    assert not shadowed, shadowed
+    assert callable(report.collect) and callable(report.build_report)
+
+
 def test_colours_follow_the_registry_and_pareto_front() -> None:
-    assert KIND_ORDER == KINDS
+    # Models are listed, and coloured, in the configs' order of their kinds.
+    kinds = {f"m-{k}": k for k in reversed(KINDS)}
+    assert model_order(kinds, kinds) == [f"m-{k}" for k in KINDS]
+    assert [colour_of(f"m-{k}", kinds) for k in KINDS] == list(PALETTE[: len(KINDS)])
     assert pareto_front([(1, 50), (2, 40), (3, 60), (4, 55), (0.5, 10)]) == [
         (0.5, 10),
         (1, 50),

@@ -1,0 +1,48 @@
+"""build_report: the ReportData once, then every section in order, and the summary lines
+they return (plus one on contended timings)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from effbench import __version__
+from effbench.report.data import ReportData, build_data
+from effbench.report.document import Report, Section
+from effbench.report.inputs import Results
+from effbench.report.sections import SECTIONS
+
+
+def _contended_line(data: ReportData) -> list[str]:
+    contended = Counter(
+        r["kind"] for r in data.kind("profile", "scale", "train_epoch") if r.get("contended")
+    )
+    if not contended:
+        return []
+    what = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(contended.items()))
+    return [
+        f"Contended timings ({what} record(s)): measured while other work held the CPU, "
+        "even after re-measuring. They are marked, left out of the fastest verdicts, and "
+        "named where a crossover rests on them."
+    ]
+
+
+def build_report(results: Results) -> Report:
+    """Tables, figures and the summary from the records; a section only when it has data."""
+    data = build_data(results)
+    sections: list[Section] = []
+    summary: list[str] = []
+    for build in SECTIONS:
+        section, lines = build(data)
+        if section is not None:
+            sections.append(section)
+        summary += lines
+    return Report(
+        title="effbench report",
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        version=__version__,
+        files=results.files,
+        summary=summary + _contended_line(data),
+        sections=sections,
+        bad=results.bad,
+    )

@@ -1,0 +1,288 @@
+"""ReportData: what every section reads, derived once from the collected records: environment
+ids, each model's kind and order, the accuracy rows, the scale series and the fidelity rows."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from effbench.config.attention import BASELINE_KIND, EXACT_KINDS, KINDS
+from effbench.report.figures import colour_of
+from effbench.report.inputs import Results
+
+Record = dict[str, Any]
+
+
+def env_key(r: Mapping[str, Any]) -> tuple[str, ...]:
+    """What makes two records comparable: device, torch, threads and allocator."""
+    e = r.get("env") or {}
+    return (
+        str(e.get("device_name", "?")),
+        str(e.get("torch", "?")),
+        str(e.get("threads", "?")),
+        str(e.get("allocator", "?")),
+    )
+
+
+def env_label(key: tuple[str, ...]) -> str:
+    """'device, torch X, N threads, allocator'."""
+    device, torch_version, threads, allocator = key
+    return f"{device}, torch {torch_version}, {threads} threads, {allocator}"
+
+
+@dataclass
+class Envs:
+    """Environment ids (E1, E2, ...) in the order they were first seen."""
+
+    keys: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def id(self, r: Mapping[str, Any]) -> str:
+        key = env_key(r)
+        return self.keys.setdefault(key, f"E{len(self.keys) + 1}")
+
+
+def model_order(models: Iterable[str], kinds: Mapping[str, str]) -> list[str]:
+    """Models by their kind's order in the configs (KINDS), then by name."""
+
+    def key(m: str) -> tuple[int, str]:
+        k = kinds.get(m, "")
+        return (KINDS.index(k) if k in KINDS else len(KINDS), m)
+
+    return sorted(set(models), key=key)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One model trained on one dataset and resolution in one environment, over its seeds."""
+
+    model: str
+    runs: list[Record]  # every final training record (one per seed)
+    ok: list[Record]  # those that finished with a test accuracy
+    top1: list[float]
+    top5: list[float]
+    params: int | None
+    flops: float | None  # per image
+    latency: Record | None  # the scale point of the trained size, if any
+    epoch_s: float | None  # mean training seconds per epoch
+    epochs_contended: int
+    peak_mib: float | None
+    dataset: str | None
+    image_size: int | None
+    env: str
+
+
+@dataclass(frozen=True)
+class Series:
+    """Scale points of one environment, patch, batch, precision and mode (newest per point)."""
+
+    env: str
+    patch: Any
+    batch: Any
+    precision: Any
+    mode: Any
+    points: list[Record]
+
+
+@dataclass(frozen=True)
+class FidelityRow:
+    """A model's latest `analyze` record and its numbers over layers."""
+
+    model: str
+    mean_error: float  # mean relative output error
+    worst_error: float
+    mean_tv: float
+    max_row_dev: float  # max |row sum - 1|
+    pinv_residual: float | None  # mean, Nystrom only
+    images: int
+    record: Record
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the sections read; build it with `build_data`."""
+
+    results: Results
+    envs: Envs
+    kinds: dict[str, str]  # model -> attention kind
+    rows: list[ModelRow]
+    series: list[Series]
+    fidelity: list[FidelityRow]
+
+    def kind(self, *kinds: str) -> list[Record]:
+        return self.results.kind(*kinds)
+
+    @property
+    def analyzed(self) -> list[Record]:
+        """The newest `analyze` record of each model, in model order."""
+        return [f.record for f in self.fidelity]
+
+    def env(self, r: Mapping[str, Any]) -> str:
+        """The record's environment id (E1, E2, ...)."""
+        return self.envs.id(r)
+
+    def order(self, models: Iterable[str]) -> list[str]:
+        return model_order(models, self.kinds)
+
+    def colour(self, model: str) -> str:
+        return colour_of(model, self.kinds)
+
+    def exact(self, model: str) -> bool:
+        """Whether the model computes exact softmax attention."""
+        return self.kinds.get(model) in EXACT_KINDS
+
+    def baseline(self, points: Iterable[Record]) -> str | None:
+        """The first model of the baseline kind among `points`' models."""
+        return next(
+            (
+                m
+                for m in self.order(r["model"] for r in points)
+                if self.kinds.get(m) == BASELINE_KIND
+            ),
+            None,
+        )
+
+
+def build_data(results: Results) -> ReportData:
+    """ReportData from the collected records (environment ids in the order first seen)."""
+    envs = Envs()
+    for r in results.records:
+        envs.id(r)
+    kinds = {
+        r["model"]: str((r.get("attention") or {}).get("kind", ""))
+        for r in results.records
+        if "model" in r
+    }
+    analyzed = _latest_analyzed(results, kinds)
+    return ReportData(
+        results=results,
+        envs=envs,
+        kinds=kinds,
+        rows=_model_rows(results, envs, kinds),
+        series=_series(results, envs),
+        fidelity=[_fidelity_row(r) for r in analyzed],
+    )
+
+
+# ---------------------------------------------------------------------------- accuracy rows
+
+
+def _finals(results: Results, envs: Envs) -> dict[tuple[str, ...], list[Record]]:
+    """Final training records by model, dataset, resolution and environment: runs that
+    differ in any of these are separate rows."""
+    groups: dict[tuple[str, ...], list[Record]] = {}
+    for r in results.kind("train"):
+        key = (r["model"], str(r.get("dataset")), str(r.get("seq_len")), envs.id(r))
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def _latency_at(results: Results, envs: Envs, final: Record) -> Record | None:
+    """An inference point of the trained model's size (same resolution and tokens, no
+    checkpoint): from the training's environment when there is one, else the newest."""
+    points = [
+        r
+        for r in results.kind("scale")
+        if r["model"] == final["model"]
+        and r.get("image_size") == final.get("image_size")
+        and r.get("seq_len") == final.get("seq_len")
+        and r.get("infer_ms") is not None
+        and not r.get("checkpoint")
+    ]
+    env = envs.id(final)
+    return max(points, key=lambda r: (envs.id(r) == env, r.get("time", ""))) if points else None
+
+
+def _model_row(results: Results, envs: Envs, model: str, runs: list[Record]) -> ModelRow:
+    ok = [r for r in runs if r.get("status") == "ok" and r.get("test_top1") is not None]
+    first = runs[0]
+    seeds = {r.get("seed") for r in runs}
+    mine = [
+        e
+        for e in results.kind("train_epoch")
+        if e["model"] == model
+        and e.get("seed") in seeds
+        and e.get("status") == "ok"
+        and envs.id(e) == envs.id(first)
+    ]
+    epoch_s = [e["train_s"] for e in mine]
+    return ModelRow(
+        model=model,
+        runs=runs,
+        ok=ok,
+        top1=[r["test_top1"] for r in ok],
+        top5=[r["test_top5"] for r in ok if r.get("test_top5") is not None],
+        params=first.get("params"),
+        flops=first.get("flops_per_image"),
+        latency=_latency_at(results, envs, first),
+        epoch_s=statistics.fmean(epoch_s) if epoch_s else None,
+        epochs_contended=sum(bool(e.get("contended")) for e in mine),
+        peak_mib=first.get("peak_mib"),
+        dataset=first.get("dataset"),
+        image_size=first.get("image_size"),
+        env=envs.id(first),
+    )
+
+
+def _model_rows(results: Results, envs: Envs, kinds: Mapping[str, str]) -> list[ModelRow]:
+    """One row per model, dataset, resolution and environment, by model order then env."""
+    rows = [
+        _model_row(results, envs, model, runs)
+        for (model, *_), runs in _finals(results, envs).items()
+    ]
+    order = model_order((r.model for r in rows), kinds)
+    return sorted(rows, key=lambda r: (order.index(r.model), r.env))
+
+
+# ---------------------------------------------------------------------------- scale series
+
+
+def _series(results: Results, envs: Envs) -> list[Series]:
+    """Scale points (not of checkpoints) by environment, patch, batch, precision and mode,
+    newest per model and resolution, in the order each series was first seen by time."""
+    series: dict[tuple[Any, ...], dict[tuple[str, int], Record]] = {}
+    for r in sorted(results.kind("scale"), key=lambda r: r.get("time", "")):
+        if r.get("checkpoint"):
+            continue
+        key = (
+            envs.id(r),
+            r.get("patch_size"),
+            r.get("batch_size"),
+            r.get("precision"),
+            r.get("mode"),
+        )
+        series.setdefault(key, {})[(r["model"], r["image_size"])] = r
+    return [Series(*key, points=list(v.values())) for key, v in series.items()]
+
+
+# ---------------------------------------------------------------------------- fidelity
+
+
+def _latest_analyzed(results: Results, kinds: Mapping[str, str]) -> list[Record]:
+    """The newest `analyze` record of each model, in model order."""
+    latest: dict[str, Record] = {}
+    for r in sorted(results.kind("analyze"), key=lambda r: r.get("time", "")):
+        latest[r["model"]] = r
+    return [latest[m] for m in model_order(latest, kinds)]
+
+
+def _fidelity_row(r: Record) -> FidelityRow:
+    layers = r["layers"]
+    resid = [x["pinv_residual"] for x in layers if x.get("pinv_residual") is not None]
+    return FidelityRow(
+        model=r["model"],
+        mean_error=statistics.fmean(x["rel_output_error"] for x in layers),
+        worst_error=max(x["rel_output_error"] for x in layers),
+        mean_tv=statistics.fmean(x["tv_mean"] for x in layers),
+        max_row_dev=max(x["row_sum_max_dev"] for x in layers),
+        pinv_residual=statistics.fmean(resid) if resid else None,
+        images=r["n_images"],
+        record=r,
+    )
+
+
+def by_error(rows: Iterable[FidelityRow]) -> list[FidelityRow]:
+    """Rows from the closest to exact attention (lowest mean error; NaN last)."""
+    return sorted(rows, key=lambda f: math.inf if math.isnan(f.mean_error) else f.mean_error)

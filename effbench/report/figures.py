@@ -1,0 +1,87 @@
+"""The report's figures: the Plot a section embeds (PNG bytes, title, caption), one colour
+per mechanism, and matplotlib through `matplotlib.figure.Figure` only, never pyplot."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from effbench.config.attention import KINDS
+
+FIGURE_DIR = "report_files"
+# One colour per attention kind, in the configs' order (effbench.config.attention.KINDS),
+# then colours for models of other kinds.
+PALETTE = (
+    "#4c72b0", "#8172b3", "#2f2f2f", "#dd8452", "#55a868", "#c44e52", "#937860",
+    "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd",
+)  # fmt: skip
+PART_COLOURS = {"attention": "#c44e52", "mlp": "#4c72b0", "norm": "#55a868", "other": "#bbbbbb"}
+DPI = 110
+
+
+@dataclass
+class Plot:
+    """A rendered figure: PNG bytes, a file stem, a title and a caption."""
+
+    stem: str
+    title: str
+    caption: str
+    png: bytes
+
+    @property
+    def uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+    @property
+    def path(self) -> str:
+        return f"{FIGURE_DIR}/{self.stem}.png"
+
+
+def colour_of(model: str, kinds: Mapping[str, str]) -> str:
+    """One colour per mechanism, the same in every figure: its kind's, in the configs' order."""
+    kind = kinds.get(model, "")
+    if kind in KINDS:
+        return PALETTE[KINDS.index(kind)]
+    others = sorted(m for m, k in kinds.items() if k not in KINDS)
+    i = others.index(model) if model in others else 0
+    return PALETTE[len(KINDS) + i % (len(PALETTE) - len(KINDS))]
+
+
+def blank_figure(width: float, height: float) -> Figure:
+    """An empty figure of `width` x `height` inches with constrained layout."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def new_figure(panels: int, *, width: float = 5.2, height: float = 3.8) -> tuple[Figure, list[Any]]:
+    """A figure of `panels` gridded axes in one row (two rows of two for four)."""
+    rows, cols = (2, 2) if panels == 4 else (1, panels)
+    fig = blank_figure(width * cols, height * rows)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    return fig, axes
+
+
+def render_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes at the report's resolution."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot(stem: str, title: str, caption: str, fig: Figure) -> Plot:
+    """`fig` rendered, with the file stem, title and caption the report shows it under."""
+    return Plot(stem, title, caption, render_png(fig))
+
+
+def slug(*parts: Any) -> str:
+    """A file stem from `parts`: lower case, anything but letters, digits, - and _ as '-'."""
+    text = "-".join(str(p) for p in parts)
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-").lower()

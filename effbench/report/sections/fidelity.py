@@ -1,0 +1,108 @@
+"""The fidelity section: how far each trained model's attention is from exact softmax
+attention, per layer, and Performer's error against its feature count; summary: the
+approximate mechanisms ranked by their mean relative output error."""
+
+from __future__ import annotations
+
+import math
+
+from effbench.report.data import FidelityRow, ReportData, by_error
+from effbench.report.document import Part, Section
+from effbench.report.figures import Plot, new_figure, plot
+from effbench.report.format import num
+
+COLUMNS = [
+    "model", "mean rel. error", "worst layer", "mean TV distance", "max |row sum − 1|",
+    "Nystrom pinv residual", "images",
+]  # fmt: skip
+
+
+def section(data: ReportData) -> Part:
+    rows = data.fidelity
+    if not rows:
+        return None, []
+    sec = Section("fidelity", "How far from exact attention")
+    sec.text(
+        "For every layer of each trained model, on its own Q, K and V from test images: the "
+        "relative output error against exact softmax attention, ‖attend − softmax‖ / "
+        "‖softmax‖, and the total-variation distance between its attention rows and the "
+        "exact ones (0: identical, 1: disjoint). Exact mechanisms should read ~0."
+    )
+    sec.table(COLUMNS, [_cells(f) for f in rows])
+    sec.figure(_layers_plot(data, rows))
+    curves = [f for f in rows if f.record.get("performer_curve")]
+    if curves:
+        sec.figure(_performer_plot(data, curves))
+    approx = [f for f in by_error(rows) if not data.exact(f.model)]
+    if not approx:
+        return sec, []
+    return sec, [
+        "Distance from exact attention (mean relative output error over layers): "
+        + ", ".join(f"{f.model} {num(f.mean_error)}" for f in approx)
+        + "."
+    ]
+
+
+def _cells(f: FidelityRow) -> list[str]:
+    return [
+        f.model,
+        num(f.mean_error),
+        num(f.worst_error),
+        num(f.mean_tv),
+        num(f.max_row_dev),
+        num(f.pinv_residual) if f.pinv_residual is not None else "-",
+        str(f.images),
+    ]
+
+
+def _layers_plot(data: ReportData, rows: list[FidelityRow]) -> Plot:
+    fig, axes = new_figure(2, width=4.6)
+    for f in rows:
+        layers = f.record["layers"]
+        xs = [x["layer"] + 1 for x in layers]
+        for ax, key in zip(axes, ("rel_output_error", "tv_mean"), strict=True):
+            ax.plot(
+                xs,
+                [x[key] for x in layers],
+                marker="o",
+                color=data.colour(f.model),
+                label=f.model,
+            )
+    for ax, label in zip(axes, ("relative output error", "mean TV distance"), strict=True):
+        ax.set_xlabel("layer")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
+    return plot(
+        "fidelity-layers",
+        "Fidelity per layer",
+        "Relative output error and total-variation distance against exact attention, per layer.",
+        fig,
+    )
+
+
+def _performer_plot(data: ReportData, curves: list[FidelityRow]) -> Plot:
+    """Error against random feature count, with a 1/√m guide from each curve's first point."""
+    fig, (ax,) = new_figure(1, width=5.5)
+    for f in curves:
+        pts = [(c["features"], c["rel_error"]) for c in f.record["performer_curve"]]
+        ax.plot(*zip(*pts, strict=True), marker="o", color=data.colour(f.model), label=f.model)
+        m0, e0 = pts[0]
+        ax.plot(
+            [p[0] for p in pts],
+            [e0 * math.sqrt(m0 / p[0]) for p in pts],
+            color="#aaaaaa",
+            ls="--",
+            lw=1,
+            label="∝ 1/√m",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("random features m")
+    ax.set_ylabel("relative output error")
+    ax.legend(fontsize=8)
+    return plot(
+        "performer-features",
+        "Performer error against feature count",
+        "Mean relative output error of FAVOR+ with fresh features on the trained layers' Q, K, V.",
+        fig,
+    )

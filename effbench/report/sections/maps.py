@@ -1,0 +1,96 @@
+"""The maps section: each trained model's CLS attention over the patch grid for fixed test
+images, per layer and as rollout, beside exact softmax attention from the same weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from effbench.report.data import Record, ReportData
+from effbench.report.document import Part, Section
+from effbench.report.figures import Plot, blank_figure, plot, slug
+
+
+def section(data: ReportData) -> Part:
+    if not data.analyzed:
+        return None, []
+    sec = Section("maps", "Attention maps")
+    sec.text(
+        "The CLS token's attention over the patch grid (mean over heads) for fixed test "
+        "images: for each image, the mechanism's effective map (upper row) and exact "
+        "softmax attention computed from the same trained weights (lower row), per layer "
+        "and as rollout across layers; each pair shares one colour scale, from 0."
+    )
+    for r in data.analyzed:
+        sec.figure(_maps_plot(r))
+    return sec, []
+
+
+def _top(a: list[Any], b: list[Any], layer: int, i: int) -> float:
+    """One colour scale for the mechanism's map and the exact one beside it."""
+    return max(max(map(max, a[layer][i])), max(map(max, b[layer][i]))) or 1.0
+
+
+def _maps_plot(r: Record) -> Plot:
+    images = r["images"]
+    cols = len(r["cls_maps"]) + 2
+    fig = blank_figure(1.25 * cols, 2.5 * len(images) + 0.3)
+    grid = fig.add_gridspec(2 * len(images), cols)
+    classes = r.get("classes") or []
+
+    def name(i: int) -> str:
+        return classes[i] if 0 <= i < len(classes) else str(i)
+
+    for i, img in enumerate(images):
+        ax = fig.add_subplot(grid[2 * i : 2 * i + 2, 0])
+        ax.imshow(img)
+        ax.set_title(f"{name(r['labels'][i])}\n→ {name(r['predictions'][i])}", fontsize=7)
+        ax.axis("off")
+        for row, (maps, roll, tag) in enumerate(
+            (
+                (r["cls_maps"], r["rollout"], r["model"]),
+                (r["cls_maps_exact"], r["rollout_exact"], "exact"),
+            )
+        ):
+            _map_row(fig, grid, r, i=i, row=row, maps=maps, roll=roll, tag=tag)
+    gh, gw = r["grid"]
+    title = f"{r['model']}: CLS attention, {r['image_size']} px, {gh}×{gw} patches"
+    return plot(
+        slug("maps", r["model"]), title, title + "; label → prediction above each image.", fig
+    )
+
+
+def _map_row(
+    fig: Figure,
+    grid: Any,
+    r: Record,
+    *,
+    i: int,
+    row: int,
+    maps: list[Any],
+    roll: list[Any],
+    tag: str,
+) -> None:
+    """Image `i`'s maps of every layer and its rollout, in grid row 2i + `row`."""
+    layers = len(r["cls_maps"])
+    for layer in range(layers):
+        ax = fig.add_subplot(grid[2 * i + row, layer + 1])
+        ax.imshow(
+            maps[layer][i],
+            cmap="magma",
+            vmin=0,
+            vmax=_top(r["cls_maps"], r["cls_maps_exact"], layer, i),
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i == 0 and row == 0:
+            ax.set_title(f"layer {layer + 1}", fontsize=7)
+        if layer == 0:
+            ax.set_ylabel(tag, fontsize=7)
+    ax = fig.add_subplot(grid[2 * i + row, layers + 1])
+    ax.imshow(roll[i], cmap="magma", vmin=0, vmax=_top([r["rollout"]], [r["rollout_exact"]], 0, i))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if i == 0 and row == 0:
+        ax.set_title("rollout", fontsize=7)

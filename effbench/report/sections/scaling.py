@@ -1,0 +1,230 @@
+"""The scaling section: whole-model time and memory against tokens for each scale series,
+with crossovers against the baseline, log-log slopes, failed and contended points; summary:
+the fastest model at the smallest and largest resolution and the inference crossovers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from effbench.config.attention import BASELINE_KIND
+from effbench.crossover import METRICS, is_contended, metrics_for, summarize
+from effbench.report.data import Record, ReportData, Series
+from effbench.report.document import Part, Section
+from effbench.report.figures import Plot, new_figure, plot, slug
+from effbench.report.format import evidence, num, px_list
+
+Found = dict[str, dict[str, Any]]  # model -> crossover.summarize()'s entry
+
+
+def section(data: ReportData) -> Part:
+    if not data.series:
+        return None, []
+    sec = Section("scaling", "Scaling with resolution")
+    sec.text(
+        "Whole models from `effbench scale`, against the number of tokens (log-log). Grey "
+        "lines show N and N² growth from the baseline's first point; a star marks where a "
+        f"model overtakes `{BASELINE_KIND}` for good (its crossover). Crossover and slope tables "
+        "follow each figure; failed points are listed, not dropped."
+    )
+    summary: list[str] = []
+    for s in data.series:
+        summary += _one_series(sec, data, s)
+    return sec, summary
+
+
+def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
+    """The figure and tables of one series; returns its summary lines."""
+    points = s.points
+    base = data.baseline(points)
+    found = summarize(points, baseline=base, mode=s.mode)
+    metrics = metrics_for(s.mode)
+    where = f"{s.env}: patch {s.patch}, batch {s.batch}, {s.precision}, mode {s.mode}"
+    stem = slug("scaling", s.env, s.patch, s.batch, s.precision, s.mode)
+    sec.figure(_scaling_plot(data, points, found, metrics, where=where, stem=stem))
+    models = data.order(r["model"] for r in points)
+    sec.table(
+        ["model", *(m.replace("_", " ") for m in metrics)],
+        [
+            [m, *(_crossover_cell(found[m], metric, m == base) for metric in metrics)]
+            for m in models
+        ],
+        title=f"Crossover against {base}, {where}",
+    )
+    failed = [r for r in points if r.get("status") != "ok"]
+    if failed:
+        sec.table(
+            ["model", "px", "tokens", "status", "error"],
+            [_failed_cells(r) for r in failed],
+            title=f"Failed points, {where}",
+        )
+    contended = [r for r in points if any(is_contended(r, m) for m in metrics)]
+    if contended:
+        sec.table(
+            ["model", "px", "tokens", "phase", "evidence"],
+            [
+                [r["model"], str(r["image_size"]), str(r["seq_len"]), *evidence(r)]
+                for r in contended
+            ],
+            title=f"Contended points (timed while other work held the CPU), {where}",
+        )
+    summary = _fastest(points, where)
+    if base:
+        summary.append(_crossovers_line(found, models, base, where))
+    return summary
+
+
+def _failed_cells(r: Record) -> list[str]:
+    err = (r.get("error") or "")[:160]
+    return [r["model"], str(r["image_size"]), str(r["seq_len"]), r["status"], err]
+
+
+def _crossover_cell(found: dict[str, Any], metric: str, is_base: bool) -> str:
+    c = found["crossovers"].get(metric)
+    cross = (
+        "baseline"
+        if is_base
+        else "not reached in range"
+        if c is None
+        else f"{c['resolution']} px ({c['tokens']} tokens)"
+        + (", from the smallest" if c["at_start"] else "")
+    )
+    shaky = found.get("contended", {}).get(metric)
+    rests = f"; rests on contended figures at {px_list(shaky)}" if shaky else ""
+    return f"{cross}; slope {num(found['slopes'].get(metric))}{rests}"
+
+
+def _crossovers_line(found: Found, models: list[str], base: str, where: str) -> str:
+    reached = [
+        f"{m} from {found[m]['crossovers']['infer_time']['resolution']} px"
+        + (
+            f" (rests on contended figures at {px_list(shaky)})"
+            if (shaky := found[m].get("contended", {}).get("infer_time"))
+            else ""
+        )
+        for m in models
+        if m != base and found[m]["crossovers"].get("infer_time")
+    ]
+    return (
+        f"Inference crossovers against {base} ({where}): "
+        + (", ".join(reached) if reached else "none in range")
+        + "."
+    )
+
+
+def _fastest(points: list[Record], where: str) -> list[str]:
+    """The fastest model at the smallest and largest resolution, from figures that were
+    not contended (those are left out, and counted)."""
+    sizes = sorted({r["image_size"] for r in points})
+    parts = []
+    for size in (sizes[0], sizes[-1]) if len(sizes) > 1 else sizes:
+        timed = [r for r in points if r["image_size"] == size and r.get("infer_ms") is not None]
+        ok = [r for r in timed if not is_contended(r, "infer_time")]
+        left_out = len(timed) - len(ok)
+        note = f", {left_out} contended figure(s) left out" if left_out else ""
+        if ok:
+            best = min(ok, key=lambda r: r["infer_ms"])
+            parts.append(f"at {size} px {best['model']} ({num(best['infer_ms'])} ms a batch{note})")
+        elif left_out:
+            parts.append(f"at {size} px not decided (every figure there is contended)")
+    return [f"Fastest inference ({where}): " + "; ".join(parts) + "."] if parts else []
+
+
+# ---------------------------------------------------------------------------- the figure
+
+
+def _scaling_plot(
+    data: ReportData,
+    points: list[Record],
+    found: Found,
+    metrics: list[str],
+    *,
+    where: str,
+    stem: str,
+) -> Plot:
+    fig, axes = new_figure(len(metrics), width=4.4, height=3.6)
+    base = data.baseline(points)
+    contended_labelled = False
+    for ax, metric in zip(axes, metrics, strict=True):
+        field_ = METRICS[metric]
+        for m in data.order(r["model"] for r in points):
+            contended_labelled |= _draw_model(
+                ax, data, points, found, m, metric=metric, labelled=contended_labelled
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ref = sorted(
+            (r["seq_len"], r[field_]) for r in points if r["model"] == base and r.get(field_)
+        )
+        if ref:
+            _guides(ax, ref[0], sorted({r["seq_len"] for r in points}))
+        ax.set_xlabel("tokens N")
+        ax.set_ylabel("MiB" if metric.endswith("memory") else "ms")
+        ax.set_title(metric.replace("_", " "), fontsize=10)
+    axes[0].legend(fontsize=7, ncol=2)
+    return plot(
+        stem,
+        f"Scaling, {where}",
+        f"Time and peak memory against tokens, {where}"
+        + (
+            "; × marks a figure timed while other work held the CPU (contended)."
+            if contended_labelled
+            else "."
+        ),
+        fig,
+    )
+
+
+def _draw_model(
+    ax: Any,
+    data: ReportData,
+    points: list[Record],
+    found: Found,
+    m: str,
+    *,
+    metric: str,
+    labelled: bool,
+) -> bool:
+    """One model's line, its contended points (×) and its crossover (★); returns whether
+    it drew contended points."""
+    field_ = METRICS[metric]
+    mine = sorted((r["seq_len"], r[field_]) for r in points if r["model"] == m and r.get(field_))
+    if not mine:
+        return False
+    ax.plot(*zip(*mine, strict=True), marker="o", ms=3, color=data.colour(m), label=m)
+    shaky = [
+        (r["seq_len"], r[field_])
+        for r in points
+        if r["model"] == m and r.get(field_) and is_contended(r, metric)
+    ]
+    if shaky:
+        ax.scatter(
+            *zip(*shaky, strict=True),
+            marker="x",
+            s=50,
+            color="black",
+            zorder=5,
+            label="contended" if not labelled else None,
+        )
+    c = found[m]["crossovers"].get(metric)
+    y = dict(mine).get(c["tokens"]) if c is not None else None
+    if c is not None and y is not None:
+        ax.scatter(
+            [c["tokens"]],
+            [y],
+            marker="*",
+            s=140,
+            color=data.colour(m),
+            zorder=4,
+            edgecolors="black",
+            linewidths=0.5,
+        )
+    return bool(shaky)
+
+
+def _guides(ax: Any, first: tuple[Any, Any], xs: list[Any]) -> None:
+    """Grey N and N² lines from the baseline's first point, within the data's y range."""
+    ylim = ax.get_ylim()  # the data's range: the guides must not stretch it
+    n0, y0 = first
+    ax.plot(xs, [y0 * x / n0 for x in xs], color="#aaaaaa", ls=":", lw=1, label="∝ N")
+    ax.plot(xs, [y0 * (x / n0) ** 2 for x in xs], color="#aaaaaa", ls="--", lw=1, label="∝ N²")
+    ax.set_ylim(*ylim)
