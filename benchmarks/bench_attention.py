@@ -52,14 +52,13 @@ from effbench.config.attention import (
     StandardConfig,
 )
 from effbench.env import allocator_name, cpu_name, prepare_measuring_process
-from effbench.measure import peak_bytes
+from effbench.measure import MIB, peak_bytes
 
 BATCH = 8
 HEADS = 4
 HEAD_DIM = 32
 DIM = HEADS * HEAD_DIM
 DEVICE = torch.device("cpu")
-MIB = 2**20
 SEED = 0
 REFERENCE_PACKAGES = ("performer-pytorch", "nystrom-attention", "linformer", "einops")
 

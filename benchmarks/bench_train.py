@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from effbench.config.spec import load_spec, parse_set, select_models
 from effbench.env import allocator_name, cpu_name, prepare_measuring_process
+from effbench.measure import param_count
 from effbench.model import build_model
 from effbench.results import write_json_atomic
 from effbench.train import Dist, Trainer
@@ -112,7 +113,7 @@ def throughput(args: argparse.Namespace) -> dict:
         "effbench": build_model(bb, bench.models[0].attention),
         "timm": _timm_vit(bb),
     }
-    params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    params = {k: param_count(m) for k, m in models.items()}
     x = torch.randn(args.batch_size, bb.channels, bb.image_size, bb.image_size)
     y = torch.randint(0, bb.num_classes, (args.batch_size,))
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}

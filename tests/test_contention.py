@@ -15,7 +15,7 @@ import pytest
 import torch
 from specs import run_cli
 
-from effbench import contention, measure
+from effbench import contention
 from effbench.contention import (
     Counters,
     MachineLoad,
@@ -26,7 +26,7 @@ from effbench.contention import (
     others_limit,
     share,
 )
-from effbench.measure import combine_checks, time_call
+from effbench.measure import combine_checks, time_call, timing
 from effbench.results import CpuCheck, ProfileRecord, Status, read_jsonl
 
 TICKS = contention._TICKS_PER_S
@@ -143,7 +143,7 @@ class FakeTimer:
 def fake_clock(monkeypatch: pytest.MonkeyPatch, medians: list[float], waits: list[float]) -> None:
     """Measurements with the given medians (s) whose threads waited the given shares."""
     FakeTimer.medians = iter(medians)
-    monkeypatch.setattr(measure.benchmark, "Timer", FakeTimer)
+    monkeypatch.setattr(timing.benchmark, "Timer", FakeTimer)
     monkeypatch.setattr(contention, "BACKOFF_S", 0.0)
     reads = iter(
         c

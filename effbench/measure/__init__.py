@@ -4,8 +4,6 @@ as submodules."""
 
 from __future__ import annotations
 
-from torch.utils import benchmark  # noqa: F401  (tests patch `measure.benchmark.Timer`)
-
 from effbench.measure.flops import (
     COMPUTE_OP_MARKERS,
     FlopCountError,
