@@ -12,9 +12,6 @@ from torch import Tensor, nn
 
 from effbench.attention import Attention, build_attention
 from effbench.attention.grid import resize_token_grid as resize_pos_embed
-
-# Transitional: tests/test_sweep.py imports it from here; it lives in attention/linformer.py.
-from effbench.attention.linformer import resize_sequence_projection  # noqa: F401
 from effbench.config.attention import AttentionConfig
 from effbench.config.spec import Backbone
 

@@ -12,6 +12,7 @@ import torch
 from specs import MINI, TINY_MODELS, needs_mini, run_cli
 from torch import Tensor
 
+from effbench.attention.linformer import resize_sequence_projection
 from effbench.attention.sdpa import SdpaAttention
 from effbench.config.attention import (
     BASELINE_KIND,
@@ -30,7 +31,7 @@ from effbench.config.spec import (
 )
 from effbench.crossover import METRICS, crossover, loglog_slope, upper_slope
 from effbench.env import environment
-from effbench.model import adapt_state_dict, build_model, resize_sequence_projection
+from effbench.model import adapt_state_dict, build_model
 from effbench.results import read_jsonl
 from effbench.sweep import baseline_name, fit_to_tokens, record_base, sdpa_layer
 
