@@ -4,6 +4,7 @@ Yields records; never prints; the run directory's layout is `effbench.runs`."""
 
 from __future__ import annotations
 
+from effbench.measure import MIB, PRECISIONS, peak_memory
 from effbench.train.checkpoint import (
     CHECKPOINT_FORMAT,
     NEUTRAL_KEYS,
@@ -17,8 +18,7 @@ from effbench.train.checkpoint import (
 )
 from effbench.train.distributed import Dist, init_distributed
 from effbench.train.evaluate import accuracy, evaluation_sums
-from effbench.train.optim import PRECISIONS, lr_factor, param_groups, resolve_precision
-from effbench.train.records import MIB, peak_memory
+from effbench.train.optim import lr_factor, param_groups, resolve_precision
 from effbench.train.signals import Interrupted, StopFlag
 from effbench.train.trainer import NonFiniteLoss, Trainer, TrainProgress
 

@@ -1,10 +1,9 @@
 """The optimizer and schedule every mechanism trains with: AdamW with weight decay on matrices
 only, linear warm-up then cosine decay per step, one clipped and scaled step, and the precision
-(autocast) of the steps."""
+`auto` resolves to (its autocast is `effbench.measure.autocast`)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from functools import partial
 from typing import Any
@@ -14,21 +13,11 @@ from torch import nn
 
 from effbench.config.spec import TrainSection
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     return name
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """Mixed precision for bf16/fp16 (weights stay float32), nothing for fp32."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def lr_factor(step: int, *, warmup: int, total: int, floor: float) -> float:

@@ -1,5 +1,5 @@
 """The records a training run yields: the fields every one of them shares, one per epoch and
-the final one, built from the run's `RunState`."""
+the final one, built from the run's `RunState` (peak memory: `effbench.measure.peak_memory`)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,11 @@ from typing import Any
 import torch
 
 from effbench.config.spec import BenchSpec, ModelEntry
-from effbench.measure import param_count
+from effbench.measure import param_count, peak_memory
 from effbench.results import CpuCheck, Env, TrainEpochRecord, TrainRecord
 from effbench.runs import FINAL
 from effbench.train.checkpoint import RunState
 from effbench.train.setup import Parts
-
-MIB = 2**20
-
-
-def peak_memory(device: torch.device) -> tuple[float | None, str]:
-    """Peak memory in MiB and how it was read: allocated on the GPU since the last reset, or
-    the process's peak resident set on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / MIB, "cuda_max_memory_allocated"
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
-    except (ImportError, OSError):
-        return None, "unavailable"
 
 
 def record_base(

@@ -19,7 +19,7 @@ from effbench import contention
 from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.data import batch_seed, class_count, mix_batch
 from effbench.env import environment
-from effbench.measure import cpu_check
+from effbench.measure import autocast, cpu_check
 from effbench.results import CpuCheck, JsonlWriter, Record, TrainEpochRecord
 from effbench.runs import (
     BEST,
@@ -43,7 +43,7 @@ from effbench.train.checkpoint import (
 )
 from effbench.train.distributed import Dist
 from effbench.train.evaluate import accuracy, evaluation_sums
-from effbench.train.optim import autocast, optimizer_step, resolve_precision
+from effbench.train.optim import optimizer_step, resolve_precision
 from effbench.train.records import epoch_record, final_record, record_base, run_facts
 from effbench.train.setup import build_parts, compile_parts
 from effbench.train.signals import Interrupted, StopFlag
@@ -114,7 +114,7 @@ class Trainer:
     # -- setup
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return autocast(self.precision, self.device)
+        return autocast(self.device, self.precision)
 
     def _setup(self) -> None:
         """Data, model, optimizer, schedule and scaler; the checkpoint's state when resuming."""
