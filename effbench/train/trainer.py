@@ -1,6 +1,6 @@
 """The training loop: one model, one seed, the `[train]` budget. Yields one record per epoch and
-a final record; checkpoints atomically; resumes exactly; runs under torchrun as DDP. The run
-directory's layout is `effbench.runs`'."""
+a final record; checkpoints atomically; resumes exactly; runs under torchrun as DDP (the run
+directory's layout is `effbench.runs`)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ from effbench.train.tensorboard import summary_writer, write_scalars
 
 
 class NonFiniteLoss(RuntimeError):
+    """The loss or gradient norm of a step is NaN or Inf: the run ends with a `nan` record."""
+
     def __init__(self, epoch: int, step: int, what: str) -> None:
         super().__init__(
             f"{what} is NaN or Inf at epoch {epoch}, step {step}; lower train.lr, keep "
