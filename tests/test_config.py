@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from effbench.cli import app
 from effbench.config.attention import KINDS
-from effbench.config.spec import SpecError, load_spec, parse_spec, select_models
+from effbench.config.spec import SpecError, load_spec, parse_set, parse_spec, select_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,3 +187,10 @@ def test_parse_spec_reports_every_problem_at_once() -> None:
         parse_spec({"backbone": {"dim": 0, "heads": "x"}, "models": []})
     locs = [loc for loc, _ in info.value.issues]
     assert {"backbone.dim", "backbone.heads", "models"} <= set(locs)
+
+
+def test_parse_set_reads_toml_values() -> None:
+    got = parse_set(["train.lr=3e-4", "train.seeds=[0, 1]", "train.dataset=synthetic"])
+    assert got == {"train.lr": 3e-4, "train.seeds": [0, 1], "train.dataset": "synthetic"}
+    with pytest.raises(SpecError):
+        parse_set(["lr=3"])
