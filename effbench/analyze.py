@@ -15,7 +15,7 @@ from torch import Tensor
 
 from effbench.attention.base import relative_error, softmax_attention
 from effbench.model import ViT, build_model
-from effbench.results import AnalyzeRecord, Env, LayerFidelity
+from effbench.results import AnalyzeRecord, Env, LayerFidelity, record_base
 
 if TYPE_CHECKING:
     from effbench.runs import TrainedRun
@@ -178,11 +178,7 @@ def analyze_run(
     images, labels = test_batch(loader, FIDELITY_IMAGES)
     fields = analyze_model(model, images, labels, classes=loader.classes)
     return AnalyzeRecord(
-        run_id=run_id,
-        spec_hash=spec.hash(),
-        model=entry.name,
-        attention=entry.attention.model_dump(mode="json"),
-        env=env,
+        **record_base(spec, entry, env=env, run_id=run_id),
         run_dir=str(run.directory),
         weights=str(Path(run.weights).name),
         dataset=spec.train.dataset,

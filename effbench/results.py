@@ -12,9 +12,12 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from effbench.config.spec import BenchSpec, ModelEntry
 
 SCHEMA_VERSION = 1
 FLOPS_UNIT = "FLOPs = 2 x multiply-adds of matrix products, forward, per sample"
@@ -409,3 +412,14 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[BadLine]]:
 def _lines(path: Path) -> Iterator[str]:
     with path.open(encoding="utf-8", errors="replace") as fh:
         yield from fh
+
+
+def record_base(spec: BenchSpec, model: ModelEntry, *, env: Env, run_id: str) -> dict[str, Any]:
+    """The fields every record of `model` carries: which run, which spec, which mechanism, where."""
+    return {
+        "run_id": run_id,
+        "spec_hash": spec.hash(),
+        "model": model.name,
+        "attention": model.attention.model_dump(mode="json"),
+        "env": env,
+    }

@@ -32,8 +32,8 @@ from effbench.config.spec import (
 from effbench.crossover import METRICS, crossover, loglog_slope, upper_slope
 from effbench.env import environment
 from effbench.model import adapt_state_dict, build_model
-from effbench.results import read_jsonl
-from effbench.sweep import baseline_name, fit_to_tokens, record_base, sdpa_layer
+from effbench.results import read_jsonl, record_base
+from effbench.sweep import baseline_name, fit_to_tokens, sdpa_layer
 
 SPEC = """
 [backbone]

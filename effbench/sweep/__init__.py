@@ -18,7 +18,6 @@ from effbench.sweep.common import (
     note_breakdown,
     note_check,
     note_flops,
-    record_base,
     sdpa_layer,
 )
 from effbench.sweep.profile import (
@@ -78,7 +77,6 @@ __all__ = [
     "precision_name",
     "profile_grid",
     "profile_sweep",
-    "record_base",
     "run_point",
     "run_scale_point",
     "scale_backbone",

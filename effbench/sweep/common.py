@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from effbench.attention.sdpa import SdpaAttention
-from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.measure import FlopCounts, Timing, count_flops
 from effbench.measure.profiler import Breakdown
-from effbench.results import Env, Status
+from effbench.results import Status
 
 # Counted and analytic FLOPs may differ by at most this fraction before a point is an error.
 FLOP_TOLERANCE = 0.01
@@ -69,17 +68,6 @@ def check_flop_counts(counts: FlopCounts) -> None:
     FLOP_TOLERANCE in all or in the attention."""
     if counts.max_rel_diff() > FLOP_TOLERANCE:
         raise FlopMismatchError(counts.mismatch())
-
-
-def record_base(spec: BenchSpec, model: ModelEntry, *, env: Env, run_id: str) -> dict[str, Any]:
-    """The fields every record of `model` in a grid carries, beside its status."""
-    return {
-        "run_id": run_id,
-        "spec_hash": spec.hash(),
-        "model": model.name,
-        "attention": model.attention.model_dump(mode="json"),
-        "env": env,
-    }
 
 
 def sdpa_layer(module: nn.Module) -> SdpaAttention | None:

@@ -16,7 +16,7 @@ from effbench.measure import DTYPES, MIB, Timing, param_count, peak_bytes, time_
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
 from effbench.measure.profiler import breakdown, profile_call
 from effbench.model import Block
-from effbench.results import Env, ProfileRecord
+from effbench.results import Env, ProfileRecord, record_base
 from effbench.sweep.common import (
     NonFiniteError as NonFiniteError,  # tests reach it here, beside measure_attention
 )
@@ -26,7 +26,6 @@ from effbench.sweep.common import (
     note_breakdown,
     note_check,
     note_flops,
-    record_base,
     sdpa_layer,
 )
 

@@ -19,14 +19,13 @@ from effbench.measure import autocast as precision_autocast
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
 from effbench.measure.profiler import breakdown
 from effbench.model import ViT, adapt_state_dict, build_model
-from effbench.results import Env, ScaleRecord, ScaleSummaryRecord
+from effbench.results import Env, ScaleRecord, ScaleSummaryRecord, record_base
 from effbench.sweep.common import (
     attempt,
     check_finite,
     note_breakdown,
     note_check,
     note_flops,
-    record_base,
     sdpa_layer,
 )
 

@@ -10,6 +10,7 @@ import torch
 from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.measure import param_count, peak_memory
 from effbench.results import CpuCheck, Env, TrainEpochRecord, TrainRecord
+from effbench.results import record_base as base_fields
 from effbench.runs import FINAL
 from effbench.train.checkpoint import RunState
 from effbench.train.setup import Parts
@@ -19,14 +20,7 @@ def record_base(
     bench: BenchSpec, entry: ModelEntry, *, seed: int, run_id: str, env: Env
 ) -> dict[str, Any]:
     """The fields every record of one run carries."""
-    return {
-        "run_id": run_id,
-        "spec_hash": bench.hash(),
-        "model": entry.name,
-        "attention": entry.attention.model_dump(mode="json"),
-        "env": env,
-        "seed": seed,
-    }
+    return {**base_fields(bench, entry, env=env, run_id=run_id), "seed": seed}
 
 
 def epoch_record(
