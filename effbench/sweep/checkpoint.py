@@ -49,7 +49,7 @@ def scorer_on_test_split(spec: BenchSpec, device: torch.device) -> Evaluate:
     """A scorer: test loss, top-1 and top-5 of a model on the trained run's test split,
     resized to the model's input size."""
     from effbench.data import eval_loader
-    from effbench.train import accuracy, evaluation_sums
+    from effbench.train.evaluate import accuracy, evaluation_sums
 
     bb = spec.backbone
 
