@@ -103,7 +103,7 @@ def plan_scale(
         if overrides.get("scale.patch_size") is None:
             overrides["scale.patch_size"] = run.spec.backbone.patch_size
     if res:  # with --checkpoint the patch is known from here on, without it from the spec
-        patch = overrides.get("scale.patch_size") or bench.scale_patch()  # type: ignore[union-attr]
+        patch = overrides.get("scale.patch_size") or bench.scale_patch()
         overrides["scale.resolutions"] = _resolutions(res, patch)
     if run is not None:
         return _checkpoint_plan(

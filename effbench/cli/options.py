@@ -1,0 +1,49 @@
+"""Options that several commands share, as `Annotated` types: the spec, the models, dtype,
+device, threads, batch size, the results directory and `--set`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from effbench.config.spec import DEFAULT_SPEC, Dtype
+
+DEFAULT_SPEC_PATH = Path(DEFAULT_SPEC)
+DEFAULT_RESULTS = Path("results")
+
+SpecOpt = Annotated[
+    Path,
+    typer.Option("--spec", "-s", help="Benchmark spec (TOML).", show_default=True),
+]
+AttentionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--attention",
+        "-a",
+        help="Models to run: model names or attention kinds from the spec, several allowed, "
+        "or 'all' (default).",
+    ),
+]
+DtypeOpt = Annotated[
+    Dtype | None,
+    typer.Option(help="Compute dtype (overrides the spec).", case_sensitive=False),
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(help="CPU threads for torch (default: torch's, one per core)."),
+]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Batch size.")]
+ResultsOpt = Annotated[
+    Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override any spec key: --set train.lr=3e-4 backbone.depth=4 (values are TOML; "
+        "applied after the other options).",
+    ),
+]

@@ -1,0 +1,261 @@
+"""`effbench scale`: whole ViTs across input resolutions, one table row and one record per
+point, then crossovers against the baseline and log-log slopes; with `--checkpoint`, a trained
+model's test accuracy at each resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from effbench.cli.app import ListOptionCommand, app
+from effbench.cli.console import (
+    backend_note,
+    closing_line,
+    console,
+    contention_note,
+    count,
+    gflop,
+    mib,
+    ms,
+    pct,
+    status,
+)
+from effbench.cli.grid import Measuring, grid_table, run_grid, start_measuring
+from effbench.cli.options import (
+    DEFAULT_RESULTS,
+    DEFAULT_SPEC_PATH,
+    AttentionOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ResultsOpt,
+    SetOpt,
+    SpecOpt,
+    ThreadsOpt,
+)
+from effbench.plan import ScalePlan, check_checkpoint_data, plan_scale
+
+if TYPE_CHECKING:
+    from effbench.config.spec import BenchSpec
+
+ResOpt = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--res",
+        "-r",
+        help="Input sides in pixels. Two values sweep a ladder between them (the ends and "
+        "the powers of two in between, divisible by the patch); more are taken as given.",
+    ),
+]
+PatchOpt = Annotated[
+    int | None, typer.Option("--patch", "-p", help="Patch size (default: the backbone's).")
+]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option(help="infer (forward only), train (one optimizer step) or both."),
+]
+RepeatsOpt = Annotated[
+    int | None, typer.Option(help="Timed repeats per point; their spread is recorded.")
+]
+BreakdownOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--breakdown/--no-breakdown",
+        help="Profile one forward per point: time in attention / MLP / norm / other.",
+    ),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="A trained run (runs/<model>/seed<N>): evaluate its test accuracy at each "
+        "resolution (position embedding and Linformer projections interpolated).",
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="With --checkpoint: the dataset, when not where it was trained."),
+]
+
+SCALE_COLUMNS: dict[str, int | None] = {
+    "model": 10,
+    "px": 4,
+    "N": 5,
+    "status": 6,
+    "inf ms": 7,
+    "img/s": 7,
+    "inf MiB": 7,
+    "step ms": 7,
+    "step MiB": 8,
+    "GFLOP": 7,
+    "attn %": 6,
+    "top-1": 5,
+    "note": None,
+}
+
+
+def scale_row(r: Any) -> dict[str, str]:
+    share = None
+    if r.breakdown_ms and r.breakdown_step_ms:
+        share = 100 * r.breakdown_ms["attention"] / r.breakdown_step_ms
+    note = r.error or "; ".join(n for n in (contention_note(r), r.note, backend_note(r)) if n)
+    cells = [
+        r.model,
+        str(r.image_size),
+        str(r.seq_len),
+        status(r),
+        ms(r.infer_ms),
+        count(r.images_per_s),
+        mib(r.infer_peak_mib),
+        ms(r.train_ms),
+        mib(r.train_peak_mib),
+        gflop(r.flops_analytic),
+        "-" if share is None else f"{share:.0f}",
+        pct(r.test_top1),
+        note[:80],
+    ]
+    return dict(zip(SCALE_COLUMNS, cells, strict=True))
+
+
+def _crossover(c: Any) -> str:
+    if c is None:
+        return "none"
+    return f"{'≤' if c.at_start else ''}{c.resolution}px"
+
+
+def scale_summary_table(summaries: list[Any], mode: str) -> Table:
+    """Per model and metric: the crossover against the baseline, then the slope."""
+    from effbench.crossover import metrics_for
+
+    metrics = metrics_for(mode)
+    base = summaries[0].baseline if summaries else None
+    table = Table(
+        title=f"Crossover against {base} · log-log slope against tokens",
+        caption="crossover: the resolution from which it stays ahead (≤: from the smallest; "
+        "none: not reached in range)",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("model")
+    for m in metrics:
+        table.add_column(m.replace("_", " ").replace("memory", "mem"), justify="right")
+    for s in summaries:
+        cells = []
+        for m in metrics:
+            cross = "base" if s.model == base else _crossover(s.crossovers.get(m))
+            slope = "-" if s.slopes.get(m) is None else f"{s.slopes[m]:.2f}"
+            cells.append(f"{cross} · {slope}" + ("*" if s.contended.get(m) else ""))
+        table.add_row(s.model, *cells)
+    if any(s.contended for s in summaries):
+        table.caption += "; *: rests on contended figures (timed while other work held the CPU)"
+    return table
+
+
+def headline(bench: BenchSpec, n_points: int, at: Measuring) -> str:
+    """The line above the table: the grid and what it runs on."""
+    sc = bench.scale
+    return (
+        f"{n_points} points: {len(bench.models)} models x {len(sc.resolutions)} resolutions "
+        f"({', '.join(map(str, sc.resolutions))} px, patch {bench.scale_patch()}), "
+        f"batch {sc.batch_size}, {sc.mode}, {sc.dtype}, {at.device}, {at.env.threads} threads, "
+        f"{at.env.allocator}, {at.env.openmp}, {sc.repeats} repeats"
+    )
+
+
+def measure(plan: ScalePlan, at: Measuring, results: Path) -> list[Any]:
+    """Run the plan's grid under the live table; the records in order."""
+    from effbench.results import write_json_atomic
+    from effbench.sweep import checkpoint_sweep, scale_grid, scale_sweep
+
+    bench, run = plan.spec, plan.run
+    if run is not None:
+        check_checkpoint_data(plan, at.device)  # a missing dataset fails before any point
+        records = checkpoint_sweep(
+            bench, run, plan.state, device=at.device, env=at.env, run_id=at.run_id
+        )
+    else:
+        records = scale_sweep(bench, device=at.device, env=at.env, run_id=at.run_id)
+    spec_path = results.with_name(results.name.removesuffix(".jsonl") + ".spec.json")
+    write_json_atomic(spec_path, bench.model_dump(mode="json"))
+    points = scale_grid(bench)
+    columns = {c: w for c, w in SCALE_COLUMNS.items() if run is not None or c != "top-1"}
+    title = f"effbench scale on {at.env.device_name}" + (
+        f": {run.entry.name} trained at {bench.backbone.image_size} px" if run else ""
+    )
+    console.print(headline(bench, len(points), at))
+    return run_grid(
+        records,
+        labels=[f"{p.model.name} {p.image_size}px" for p in points],
+        table=grid_table(title, columns),
+        row=lambda rec: [scale_row(rec)[c] for c in columns],
+        results=results,
+        what="scaling",
+    )
+
+
+def summarize(plan: ScalePlan, done: list[Any], at: Measuring, results: Path) -> None:
+    """Append the crossover and slope records to `results` and print their table."""
+    from effbench.results import JsonlWriter
+    from effbench.sweep import summary_records
+
+    summaries = summary_records(plan.spec, done, env=at.env, run_id=at.run_id)
+    with JsonlWriter(results) as writer:
+        for s in summaries:
+            writer.write(s)
+    console.print(scale_summary_table(summaries, plan.spec.scale.mode))
+
+
+@app.command(cls=ListOptionCommand)
+def scale(
+    spec: SpecOpt = DEFAULT_SPEC_PATH,
+    attention: AttentionOpt = None,
+    res: ResOpt = None,
+    patch: PatchOpt = None,
+    batch_size: BatchSizeOpt = None,
+    mode: ModeOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    repeats: RepeatsOpt = None,
+    threads: ThreadsOpt = None,
+    breakdown: BreakdownOpt = None,
+    checkpoint: CheckpointOpt = None,
+    data_dir: DataDirOpt = None,
+    output: ResultsOpt = DEFAULT_RESULTS,
+    set_: SetOpt = None,
+) -> None:
+    """Whole ViTs across input resolutions, and where each mechanism overtakes `sdpa`.
+
+    Per model and resolution: latency, one training step, peak memory, FLOPs (analytic and
+    counted two ways) and time by part; then the crossover against `sdpa` in time and memory
+    and the log-log slope of each against the token count. With --checkpoint, one trained
+    model's test accuracy at each resolution beside its cost.
+    """
+    overrides: dict[str, Any] = {
+        "scale.patch_size": patch,
+        "scale.batch_size": batch_size,
+        "scale.mode": mode,
+        "scale.dtype": dtype,
+        "scale.device": device,
+        "scale.repeats": repeats,
+        "scale.breakdown": breakdown,
+        "scale.threads": threads,
+    }
+    plan = plan_scale(
+        spec,
+        overrides,
+        attention=attention,
+        sets=set_,
+        res=res,
+        checkpoint=checkpoint,
+        data_dir=data_dir,
+    )
+    at = start_measuring(plan.spec.scale, where="scale.device")
+    results = output / f"scale-{at.run_id}.jsonl"
+    done = measure(plan, at, results)
+    if plan.run is None:
+        summarize(plan, done, at, results)
+    console.print(closing_line(done, results))
