@@ -24,11 +24,11 @@ from effbench.config.spec import (
     select_models,
 )
 from effbench.errors import DataError, EffbenchError, TrainError
+from effbench.runs import TrainedRun, completed, find_run, load_state, run_dir, taken_runs
 
 if TYPE_CHECKING:
     import torch
 
-    from effbench.runs import TrainedRun
     from effbench.train import Dist
 
 
@@ -122,7 +122,6 @@ def plan_scale(
 def _trained_run(checkpoint: Path, attention: list[str] | None) -> TrainedRun:
     if attention:
         raise EffbenchError("--attention: a --checkpoint evaluates the model it was trained with")
-    from effbench.runs import find_run
 
     return find_run(checkpoint)
 
@@ -143,7 +142,6 @@ def _checkpoint_plan(
     own_spec: bool,
     data_dir: Path | None,
 ) -> ScalePlan:
-    from effbench.runs import load_state
     from effbench.sweep import checkpoint_spec
 
     if own_spec:  # the run's own spec gives the [scale] defaults
@@ -187,17 +185,13 @@ class TrainPlan:
     resume: str | None
 
     def directory(self, entry: ModelEntry, seed: int) -> Path:
-        from effbench.runs import run_dir
-
         return run_dir(self.spec.train, entry.name, seed)
 
     def taken(self) -> list[Path]:
         """Run directories that already hold a run, when fresh runs were asked for."""
-        from effbench.runs import holds_run
-
         if self.resume is not None:
             return []
-        return [d for d in (self.directory(m, s) for m, s in self.runs) if holds_run(d)]
+        return taken_runs(self.spec.train, self.runs)
 
     def check_free(self) -> None:
         """Raises TrainError naming the taken run directories and what to pass instead."""
@@ -215,8 +209,6 @@ class TrainPlan:
 
     def finished(self, entry: ModelEntry, seed: int) -> dict[str, Any] | None:
         """The final record of a run that `--resume auto` skips; None when it is to run."""
-        from effbench.runs import completed
-
         return completed(self.directory(entry, seed)) if self.resume == "auto" else None
 
 
@@ -268,7 +260,6 @@ def load_runs(
     Raises:
         RunError, SpecError: naming the run that cannot be used.
     """
-    from effbench.runs import find_run, load_state
 
     found = []
     for path in paths:

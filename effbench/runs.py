@@ -17,13 +17,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from effbench.config.spec import BenchSpec, ModelEntry, SpecError, TrainSection, parse_spec
 from effbench.errors import CheckpointError, RunError, TrainError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 from effbench.results import (
     JsonlWriter,
     read_jsonl,

@@ -25,6 +25,8 @@ TORCH_FREE = [
     "effbench.errors", "effbench.config.spec", "effbench.config.attention", "effbench.results",
     "effbench.env", "effbench.contention", "effbench.crossover", "effbench.report",
     "effbench.launch", "effbench.cli",
+    # runners, but planning a command (and so every spec error) needs no torch either
+    "effbench.plan", "effbench.runs",
 ]  # fmt: skip
 
 LIMITS = {"function": 80, "class": 300, "command": 60}
