@@ -11,6 +11,10 @@ class EffbenchError(Exception):
         return str(self).splitlines() or [type(self).__name__]
 
 
+class UsageError(EffbenchError, ValueError):
+    """A command-line option or argument that cannot be used, with what to pass instead."""
+
+
 class SpecError(EffbenchError, ValueError):
     """A spec that cannot be used; `issues` holds one (location, message) pair per problem."""
 

@@ -23,7 +23,7 @@ from effbench.config.spec import (
     resolution_ladder,
     select_models,
 )
-from effbench.errors import DataError, EffbenchError, TrainError
+from effbench.errors import DataError, TrainError, UsageError
 from effbench.runs import TrainedRun, completed, find_run, load_state, run_dir, taken_runs
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def choose_device(setting: str, *, where: str) -> torch.device:
     try:
         return resolve_device(setting)
     except ValueError as err:
-        raise EffbenchError(f"{where}: {err}") from None
+        raise UsageError(f"{where}: {err}") from None
 
 
 # ---------------------------------------------------------------------------- scale
@@ -121,7 +121,7 @@ def plan_scale(
 
 def _trained_run(checkpoint: Path, attention: list[str] | None) -> TrainedRun:
     if attention:
-        raise EffbenchError("--attention: a --checkpoint evaluates the model it was trained with")
+        raise UsageError("--attention: a --checkpoint evaluates the model it was trained with")
 
     return find_run(checkpoint)
 
@@ -130,7 +130,7 @@ def _resolutions(res: list[int], patch: int) -> list[int]:
     try:
         return resolution_ladder(res[0], res[1], patch) if len(res) == 2 else res
     except ValueError as err:
-        raise EffbenchError(f"--res: {err}") from None
+        raise UsageError(f"--res: {err}") from None
 
 
 def _checkpoint_plan(
@@ -228,7 +228,7 @@ def plan_train(
     bench = resolve_spec(path, overrides, attention, sets)
     runs = [(m, s) for m in bench.models for s in bench.train.seeds]
     if resume not in (None, "auto") and len(runs) > 1:
-        raise EffbenchError(
+        raise UsageError(
             f"--resume {resume}: a checkpoint path resumes one run; pick one model and one "
             "seed, or use --resume auto"
         )
@@ -246,7 +246,7 @@ def start_distributed(setting: str) -> Dist:
     try:
         return init_distributed(setting)
     except ValueError as err:
-        raise EffbenchError(f"train.device: {err}") from None
+        raise UsageError(f"train.device: {err}") from None
 
 
 # ---------------------------------------------------------------------------- analyze

@@ -10,7 +10,7 @@ import typer
 
 from effbench.cli.app import app
 from effbench.cli.console import console
-from effbench.errors import EffbenchError
+from effbench.errors import UsageError
 
 InputsArg = Annotated[
     list[Path] | None,
@@ -37,7 +37,7 @@ def input_paths(inputs: list[Path] | None) -> list[Path]:
     paths = inputs or [p for p in (Path("results"), Path("runs")) if p.exists()]
     missing = [p for p in paths if not p.exists()]
     if missing or not paths:
-        raise EffbenchError(
+        raise UsageError(
             "\n".join(
                 [f"{p}: no such file or directory" for p in missing]
                 or ["no results/ or runs/ here: pass the result directories to read"]
@@ -62,11 +62,11 @@ def report(
 
     formats = FORMATS.get(format_.lower())
     if formats is None:
-        raise EffbenchError(f"--format {format_!r}: choose html, md or both")
+        raise UsageError(f"--format {format_!r}: choose html, md or both")
     paths = input_paths(inputs)
     results = collect(paths)
     if not results.records:
-        raise EffbenchError(f"no effbench records in {', '.join(map(str, paths))}")
+        raise UsageError(f"no effbench records in {', '.join(map(str, paths))}")
     built = build_report(results)
     written = write_report(built, output or Path("results"), formats)
     console.print(
