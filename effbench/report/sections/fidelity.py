@@ -50,7 +50,7 @@ def _cells(f: FidelityRow) -> list[str]:
         num(f.worst_error),
         num(f.mean_tv),
         num(f.max_row_dev),
-        num(f.pinv_residual) if f.pinv_residual is not None else "-",
+        num(f.pinv_residual),
         str(f.images),
     ]
 
