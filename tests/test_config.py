@@ -10,7 +10,15 @@ from typer.testing import CliRunner
 
 from effbench.cli import app
 from effbench.config.attention import KINDS
-from effbench.config.spec import SpecError, load_spec, parse_set, parse_spec, select_models
+from effbench.config.spec import (
+    SpecError,
+    load_spec,
+    parse_set,
+    parse_spec,
+    read_toml,
+    resolution_ladder,
+    select_models,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,3 +202,28 @@ def test_parse_set_reads_toml_values() -> None:
     assert got == {"train.lr": 3e-4, "train.seeds": [0, 1], "train.dataset": "synthetic"}
     with pytest.raises(SpecError):
         parse_set(["lr=3"])
+
+
+def test_resolution_ladder() -> None:
+    assert resolution_ladder(32, 224, 4) == [32, 64, 128, 224]
+    assert resolution_ladder(32, 512, 16) == [32, 64, 128, 256, 512]
+    assert resolution_ladder(48, 100, 4) == [48, 64, 100]
+    assert resolution_ladder(64, 64, 8) == [64]
+    assert resolution_ladder(8, 32, 8) == [8, 16, 32]
+    with pytest.raises(ValueError, match="not divisible by patch size 16; use a multiple"):
+        resolution_ladder(30, 224, 16)
+    with pytest.raises(ValueError, match="must not exceed"):
+        resolution_ladder(64, 32, 4)
+
+
+def test_scale_section_is_validated() -> None:
+    data = read_toml(Path(__file__).resolve().parents[1] / "bench.toml")
+    spec = parse_spec(data)
+    assert spec.scale.resolutions == [32, 64, 128, 224] and spec.scale_patch() == 4
+    odd = parse_spec(data, overrides={"scale.resolutions": [30, 64]})  # fine for other commands
+    assert odd.scale_problems() == [
+        ("scale.resolutions", "[30] not divisible by patch size 4; use multiples of 4")
+    ]
+    with pytest.raises(SpecError, match=r"scale\.mode"):
+        parse_spec(data, overrides={"scale.mode": "fast"})
+    assert parse_spec(data, overrides={"scale.patch_size": 16}).scale_patch() == 16

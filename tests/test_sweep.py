@@ -1,10 +1,9 @@
-"""effbench.sweep: the scale grid's resolution ladder, crossovers against the baseline and slopes,
+"""effbench.sweep: the scale grid with crossovers against the baseline and slopes,
 the validated FLOP counts, failed points as records, and a trained checkpoint evaluated at
 several resolutions (the profile grid runs through the CLI in test_cli.py)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,10 @@ from effbench.config.attention import (
 from effbench.config.spec import (
     Backbone,
     BenchSpec,
-    SpecError,
     parse_spec,
     read_toml,
-    resolution_ladder,
 )
-from effbench.crossover import METRICS, crossover, loglog_slope, upper_slope
+from effbench.crossover import METRICS, loglog_slope
 from effbench.env import environment
 from effbench.model import adapt_state_dict, build_model
 from effbench.results import read_jsonl, record_base
@@ -82,54 +79,6 @@ def scale_records(out: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- pure parts
-
-
-def test_resolution_ladder() -> None:
-    assert resolution_ladder(32, 224, 4) == [32, 64, 128, 224]
-    assert resolution_ladder(32, 512, 16) == [32, 64, 128, 256, 512]
-    assert resolution_ladder(48, 100, 4) == [48, 64, 100]
-    assert resolution_ladder(64, 64, 8) == [64]
-    assert resolution_ladder(8, 32, 8) == [8, 16, 32]
-    with pytest.raises(ValueError, match="not divisible by patch size 16; use a multiple"):
-        resolution_ladder(30, 224, 16)
-    with pytest.raises(ValueError, match="must not exceed"):
-        resolution_ladder(64, 32, 4)
-
-
-def test_scale_section_is_validated() -> None:
-    data = read_toml(Path(__file__).resolve().parents[1] / "bench.toml")
-    spec = parse_spec(data)
-    assert spec.scale.resolutions == [32, 64, 128, 224] and spec.scale_patch() == 4
-    odd = parse_spec(data, overrides={"scale.resolutions": [30, 64]})  # fine for other commands
-    assert odd.scale_problems() == [
-        ("scale.resolutions", "[30] not divisible by patch size 4; use multiples of 4")
-    ]
-    with pytest.raises(SpecError, match=r"scale\.mode"):
-        parse_spec(data, overrides={"scale.mode": "fast"})
-    assert parse_spec(data, overrides={"scale.patch_size": 16}).scale_patch() == 16
-
-
-def test_crossover_from_records() -> None:
-    base = {32: 1.0, 64: 2.0, 128: 8.0, 224: 30.0}
-    assert crossover({32: 2.0, 64: 3.0, 128: 5.0, 224: 9.0}, base) == (128, False)
-    assert crossover({32: 0.5, 64: 1.0, 128: 5.0, 224: 9.0}, base) == (32, True)
-    # ahead early, behind at the end: not reached
-    assert crossover({32: 0.5, 64: 1.0, 128: 9.0, 224: 31.0}, base) is None
-    # a failed baseline point (None) is beaten; a failed own point is not ahead
-    assert crossover({32: 2.0, 64: 3.0, 128: 9.0, 224: 9.0}, {**base, 224: None}) == (224, False)
-    assert crossover({32: 2.0, 64: 1.0, 128: 5.0, 224: None}, base) is None
-    assert crossover({32: None}, {32: None}) is None
-
-
-def test_loglog_slopes() -> None:
-    tokens = [65, 257, 1025, 4097, 16385]
-    assert loglog_slope((n, 3.0 * n**2) for n in tokens) == pytest.approx(2.0)
-    slope, used = upper_slope({n: 5.0 * n + (1e4 if n < 300 else 0.0) for n in tokens})
-    assert used == [1025, 4097, 16385]  # the upper part: >= 1/16 of the largest
-    assert slope == pytest.approx(1.0)
-    assert upper_slope({65: 1.0, 257: None}) == (None, [65])
-    two = pytest.approx(math.log(4) / math.log(257 / 65))
-    assert upper_slope({65: 1.0, 257: 4.0}) == (two, [65, 257])
 
 
 def test_options_are_capped_at_the_token_count() -> None:
