@@ -181,6 +181,17 @@ def _mark_contended(r: dict, phase: str) -> None:
     }  # fmt: skip
 
 
+def _quiet(records: list[dict]) -> None:
+    """Clear contention the test machine really had while the fixture ran, so that only the
+    points this test marks are contended."""
+    for r in records:
+        if r.get("kind") == "scale_summary":
+            r["contended"] = {}
+        elif "contended" in r:
+            r["contended"] = False
+            r["cpu_checks"] = {}
+
+
 def test_contended_figures_are_marked_and_left_out_of_verdicts(
     results: Path, tmp_path: Path
 ) -> None:
@@ -188,11 +199,13 @@ def test_contended_figures_are_marked_and_left_out_of_verdicts(
     shutil.copytree(results / "results", data)
     (path,) = [p for p in data.glob("scale-*.jsonl") if '"scale_summary"' in p.read_text()]
     records = read_jsonl(path)[0]
+    _quiet(records)
     small = [r for r in records if r["kind"] == "scale" and r["image_size"] == 16]
     fastest = min(small, key=lambda r: r["infer_ms"])
     _mark_contended(fastest, "infer")
     profiled = next(p for p in data.glob("profile-*.jsonl"))
     prof = read_jsonl(profiled)[0]
+    _quiet(prof)
     _mark_contended(prof[0], "fwd")
     write_jsonl_atomic(path, records)
     write_jsonl_atomic(profiled, prof)
