@@ -323,3 +323,12 @@ def test_wheel_ships_the_templates(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("report.html", "report.md"):
         assert f"effbench/report/templates/{name}" in names, names
+
+
+def test_every_section_module_is_in_the_order() -> None:
+    import pkgutil
+
+    from effbench.report import sections
+
+    modules = {m.name for m in pkgutil.iter_modules(sections.__path__)}
+    assert modules == set(sections.ORDER) and len(sections.ORDER) == len(sections.SECTIONS)

@@ -1,35 +1,29 @@
 """The report's sections, in the order they appear. Each module's `section(data)` returns its
-Section (None without data) and its summary lines; adding a section is one module and one
-entry in SECTIONS."""
+Section (None without data) and its summary lines; adding a section is one module here and one
+line in ORDER."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from effbench.report.data import ReportData
 from effbench.report.document import Part
-from effbench.report.sections import (
-    accuracy,
-    breakdown,
-    curves,
-    environment,
-    fidelity,
-    maps,
-    pareto,
-    profile,
-    resolution,
-    scaling,
-)
 
-SECTIONS: tuple[Callable[[ReportData], Part], ...] = (
-    accuracy.section,
-    pareto.section,
-    scaling.section,
-    breakdown.section,
-    profile.section,
-    curves.section,
-    resolution.section,
-    fidelity.section,
-    maps.section,
-    environment.section,
+ORDER = (
+    "accuracy",
+    "pareto",
+    "scaling",
+    "breakdown",
+    "profile",
+    "curves",
+    "resolution",
+    "fidelity",
+    "maps",
+    "environment",
+)
+"""The section modules of this package, in report order."""
+
+SECTIONS: tuple[Callable[[ReportData], Part], ...] = tuple(
+    importlib.import_module(f"{__name__}.{name}").section for name in ORDER
 )
