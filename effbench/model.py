@@ -1,10 +1,14 @@
 """The Vision Transformer: identical for every mechanism except the attention layer.
 
 Conv patch embedding, CLS token (token 0), learned position embedding (resizable to another
-grid), pre-norm blocks with a GELU MLP, classification head on the CLS token.
+grid), pre-norm blocks with a GELU MLP, classification head on the CLS token. Equal starts:
+for one seed every mechanism gets the same shared weights (embeddings, norms, MLPs, head,
+W_qkv and W_o), and each attention layer draws its own parameters from a stream of its own.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -67,17 +71,21 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, bb.dim))
         self.pos_embed = nn.Parameter(torch.randn(1, self.seq_len, bb.dim) * 0.02)
         self.drop = nn.Dropout(bb.dropout)
+        # One draw from the global stream, the same for every mechanism: it seeds the shared
+        # weights and each attention layer's own stream, so what a mechanism builds never
+        # shifts the global stream or anybody else's weights.
+        seed = int(torch.randint(0, 2**62, (1,)).item())
         self.blocks = nn.ModuleList(
             Block(
-                build_attention(attention, dim=bb.dim, num_heads=bb.heads, seq_len=self.seq_len),
+                _own_attention(attention, bb, seq_len=self.seq_len, seed=seed + 1 + i),
                 mlp_ratio=bb.mlp_ratio,
                 dropout=bb.dropout,
             )
-            for _ in range(bb.depth)
+            for i in range(bb.depth)
         )
         self.norm = nn.LayerNorm(bb.dim)
         self.head = nn.Linear(bb.dim, bb.num_classes)
-        self.apply(_init_weights)
+        init_shared(self, torch.Generator().manual_seed(seed))
 
     def tokens(self, images: Tensor) -> Tensor:
         """(B, channels, H, W) -> embedded tokens (B, N, C), CLS first."""
@@ -120,6 +128,53 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+def _own_attention(
+    attention: AttentionConfig, bb: Backbone, *, seq_len: int, seed: int
+) -> Attention:
+    """An attention layer built from its own seeded stream (its mechanism-specific parameters
+    and buffers: Linformer's E and F, Performer's features, ...); the global stream is left
+    as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed % 2**63)
+        layer = build_attention(attention, dim=bb.dim, num_heads=bb.heads, seq_len=seq_len)
+        layer.apply(_init_weights)
+    return layer
+
+
+def _trunc_normal(*shape: int, g: torch.Generator) -> Tensor:
+    return nn.init.trunc_normal_(torch.empty(shape), std=0.02, generator=g)
+
+
+@torch.no_grad()
+def init_shared(model: ViT, g: torch.Generator) -> None:
+    """Initialise every weight the mechanisms share from `g`, in one fixed order: the patch
+    embedding (PyTorch's Conv2d default), position embedding, CLS, then per block the norms,
+    W_qkv and W_o in the fused layout (`standard` gets its Q, K and V as the split of it) and
+    the MLP, then the final norm and the head (truncated normal, std 0.02, zero biases)."""
+    conv = model.patch_embed.proj
+    nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5), generator=g)
+    bound = 1 / math.sqrt(conv.weight[0].numel())
+    conv.bias.uniform_(-bound, bound, generator=g)
+    nn.init.normal_(model.pos_embed, std=0.02, generator=g)
+    model.cls_token.zero_()
+    for blk in model.blocks:
+        for norm in (blk.norm1, blk.norm2):
+            _init_weights(norm)
+        attn, c = blk.attn, blk.attn.dim
+        state = {
+            "qkv.weight": _trunc_normal(3 * c, c, g=g),
+            "proj.weight": _trunc_normal(c, c, g=g),
+        }
+        state |= {"qkv.bias": torch.zeros(3 * c), "proj.bias": torch.zeros(c)}
+        attn.load_projection_state(state)
+        for lin in (blk.mlp.fc1, blk.mlp.fc2):
+            lin.weight.copy_(_trunc_normal(*lin.weight.shape, g=g))
+            lin.bias.zero_()
+    _init_weights(model.norm)
+    model.head.weight.copy_(_trunc_normal(*model.head.weight.shape, g=g))
+    model.head.bias.zero_()
 
 
 def adapt_state_dict(

@@ -87,3 +87,40 @@ def test_trained_weights_adapt_to_another_grid(kind: str) -> None:
             assert torch.equal(adapted[name], tensor), name
     same = adapt_state_dict(state, build_model(BB, attention_cfg(kind)), trained_grid=(4, 4))
     assert all(torch.equal(same[k], state[k]) for k in state)
+
+
+def _shared(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight outside the attention layers, and each layer's W_qkv and W_o (fused)."""
+    out = {k: v for k, v in model.state_dict().items() if ".attn." not in k}
+    for i, blk in enumerate(model.blocks):
+        out |= {f"blocks.{i}.attn.{k}": v for k, v in blk.attn.projection_state().items()}
+    return out
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_every_mechanism_starts_from_the_same_shared_weights(qkv_bias: bool) -> None:
+    starts, streams = {}, {}
+    for kind in available():
+        cfg = attention_cfg(kind).model_copy(update={"qkv_bias": qkv_bias})
+        torch.manual_seed(0)
+        starts[kind] = _shared(build_model(BB, cfg))
+        streams[kind] = torch.randn(4)  # what comes after the build (dropout, data) is equal too
+    ref = starts[BASELINE_KIND]
+    for kind, shared in starts.items():
+        assert shared.keys() == ref.keys(), kind
+        differ = [k for k in ref if not torch.equal(shared[k], ref[k])]
+        assert not differ, (kind, differ)
+        assert torch.equal(streams[kind], streams[BASELINE_KIND]), kind
+    torch.manual_seed(1)
+    other = _shared(build_model(BB, attention_cfg(BASELINE_KIND)))
+    assert not torch.equal(other["head.weight"], ref["head.weight"])  # the seed still matters
+
+
+def test_attention_layers_draw_their_own_streams() -> None:
+    # Mechanism-specific parameters differ between layers of one model and between seeds.
+    torch.manual_seed(0)
+    model = build_model(BB, CONFIGS["linformer"].tiny())
+    e0, e1 = (blk.attn.state_dict()["e"] for blk in model.blocks)
+    assert not torch.equal(e0, e1)
+    torch.manual_seed(0)
+    assert torch.equal(build_model(BB, CONFIGS["linformer"].tiny()).blocks[0].attn.e, e0)

@@ -19,7 +19,7 @@ from specs import MINI, TINY_MODELS, needs_mini
 from typer.testing import CliRunner
 
 from effbench.cli import app
-from effbench.config.attention import KINDS
+from effbench.config.attention import BASELINE_KIND, EXACT_KINDS, KINDS
 from effbench.config.spec import SpecError, load_spec, select_models
 from effbench.errors import CheckpointError, TrainError
 from effbench.results import read_jsonl
@@ -463,3 +463,18 @@ def test_download_failure_names_the_ways_out(
     res = run_cli(["train", "--spec", str(spec), "-a", "sdpa"])
     assert res.exit_code == 2
     assert "could not be downloaded" in res.output and "--dataset synthetic" in res.output
+
+
+@needs_mini
+def test_exact_kinds_train_to_the_same_losses(tmp_path: Path) -> None:
+    """Equal starts: the exact kinds compute one function from the same initial weights, so
+    two epochs on the mini CIFAR-10 give the same losses up to float rounding."""
+    spec = write_spec(tmp_path, epochs=2)
+    runs = {k: list(trainer(spec, k).run()) for k in sorted(EXACT_KINDS)}
+    losses = {k: _losses(out[:-1]) for k, out in runs.items()}
+    ref = losses[BASELINE_KIND]
+    assert len(ref) == 2
+    for kind, got in losses.items():
+        assert got == pytest.approx(ref, rel=1e-5), (kind, losses)
+    tops = {k: out[-1].test_top1 for k, out in runs.items()}
+    assert max(tops.values()) - min(tops.values()) <= 2 / 932, tops
