@@ -38,10 +38,6 @@ class RunError(EffbenchError, ValueError):
     """A run directory or `--checkpoint` that cannot be used, with what to change."""
 
 
-# The name `scale` has used since it first read checkpoints.
-ScaleError = RunError
-
-
 class TrainError(EffbenchError, RuntimeError):
     """A run that cannot start or continue, with what to change."""
 

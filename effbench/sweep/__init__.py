@@ -4,7 +4,6 @@ evaluation; `common` holds what the grids share."""
 
 from __future__ import annotations
 
-from effbench.measure import DTYPES, MIB
 from effbench.sweep.checkpoint import checkpoint_spec, checkpoint_sweep, scorer_on_test_split
 from effbench.sweep.common import (
     FLOP_TOLERANCE,
@@ -48,9 +47,7 @@ from effbench.sweep.scale import (
 
 __all__ = [
     "BREAKDOWN_CALLS",
-    "DTYPES",
     "FLOP_TOLERANCE",
-    "MIB",
     "SLOW_CALL_MS",
     "Evaluate",
     "FlopMismatchError",

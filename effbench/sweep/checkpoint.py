@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from effbench.config.spec import BenchSpec, SpecError, parse_spec
-from effbench.errors import ScaleError
+from effbench.errors import RunError
 from effbench.model import ViT
 from effbench.results import Env, ScaleRecord
 from effbench.runs import TrainedRun
@@ -21,12 +21,12 @@ def checkpoint_spec(run: TrainedRun, current: BenchSpec, data_dir: str | None) -
     """The trained run's spec with this command's `[scale]` section and only its model.
 
     Raises:
-        ScaleError: when the scale patch differs from the trained one, or a resolution does
+        RunError: when the scale patch differs from the trained one, or a resolution does
             not divide into the trained patches.
     """
     trained = run.spec.backbone.patch_size
     if current.scale.patch_size not in (None, trained):
-        raise ScaleError(
+        raise RunError(
             f"--patch {current.scale.patch_size}: {run.directory} was trained with patch "
             f"{trained}; a trained model keeps its patch size (drop --patch)"
         )
@@ -39,9 +39,9 @@ def checkpoint_spec(run: TrainedRun, current: BenchSpec, data_dir: str | None) -
     try:
         spec = parse_spec(data, source=source)
     except SpecError as err:
-        raise ScaleError("\n".join(err.lines())) from None
+        raise RunError("\n".join(err.lines())) from None
     if spec.scale_problems():
-        raise ScaleError("\n".join(SpecError(spec.scale_problems(), source).lines()))
+        raise RunError("\n".join(SpecError(spec.scale_problems(), source).lines()))
     return spec
 
 

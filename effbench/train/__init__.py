@@ -4,7 +4,6 @@ Yields records; never prints; the run directory's layout is `effbench.runs`."""
 
 from __future__ import annotations
 
-from effbench.measure import MIB, PRECISIONS, peak_memory
 from effbench.train.checkpoint import (
     CHECKPOINT_FORMAT,
     NEUTRAL_KEYS,
@@ -24,9 +23,7 @@ from effbench.train.trainer import NonFiniteLoss, Trainer, TrainProgress
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "MIB",
     "NEUTRAL_KEYS",
-    "PRECISIONS",
     "Dist",
     "Interrupted",
     "NonFiniteLoss",
@@ -42,7 +39,6 @@ __all__ = [
     "load_checkpoint",
     "lr_factor",
     "param_groups",
-    "peak_memory",
     "resolve_precision",
     "rng_state",
     "seed_everything",
