@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +20,12 @@ from effbench.measure import (
     autocast,
     autocast_dtype,
     peak_from_events,
+    peak_memory,
+    reset_peak_memory,
     time_call,
 )
 from effbench.measure.dispatch import backend_from_kernels
+from effbench.measure.memory import CLEAR_REFS
 from effbench.measure.profiler import PARTS, breakdown, labelled
 from effbench.model import build_model
 
@@ -110,3 +114,19 @@ def test_breakdown_parts_are_non_negative_and_sum_to_the_step_time() -> None:
     with labelled(model):
         assert "forward" in vars(model.blocks[0].attn)
     assert "forward" not in vars(model.blocks[0].attn)
+
+
+@pytest.mark.skipif(not Path(CLEAR_REFS).exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_cpu_peak_resets_so_a_smaller_job_after_a_bigger_one_reports_its_own_peak() -> None:
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = torch.ones(64 * MIB // 4)  # 64 MiB, touched
+    big_peak, source = peak_memory(cpu)
+    del big
+    reset_peak_memory(cpu)
+    small = torch.ones(8 * MIB // 4)
+    small_peak, again = peak_memory(cpu)
+    del small
+    assert source == again == "peak_rss_since_reset"
+    assert big_peak is not None and small_peak is not None
+    assert small_peak < big_peak - 40  # the 64 MiB job's peak did not carry over

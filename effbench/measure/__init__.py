@@ -23,6 +23,7 @@ from effbench.measure.memory import (
     peak_bytes,
     peak_from_events,
     peak_memory,
+    reset_peak_memory,
 )
 from effbench.measure.precision import DTYPES, PRECISIONS, autocast, autocast_dtype
 from effbench.measure.timing import (
@@ -58,6 +59,7 @@ __all__ = [
     "peak_from_events",
     "peak_memory",
     "rel_spread",
+    "reset_peak_memory",
     "synchronize",
     "time_call",
     "time_repeats",

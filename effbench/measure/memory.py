@@ -1,5 +1,6 @@
 """Memory: peak bytes of a call (CUDA allocator stats, or the profiler's CPU memory events), a
-process's peak so far, and the RLIMIT_DATA cap that turns a too-big CPU point into an `oom`."""
+process's peak since a reset (one training run's own peak), and the RLIMIT_DATA cap that turns
+a too-big CPU point into an `oom`."""
 
 from __future__ import annotations
 
@@ -100,11 +101,60 @@ def cap_cpu_memory(*, headroom: float = 0.9, extra_bytes: int | None = None) -> 
     return cap
 
 
+CLEAR_REFS = "/proc/self/clear_refs"
+"""Writing "5" here resets the process's peak resident set (VmHWM) to its current size (Linux)."""
+
+_PEAK_RESET = {"done": False}
+
+
+def _release_free_memory() -> None:
+    """Hand memory the allocator keeps but no longer uses back to the system, so a peak that
+    starts now starts from what is really in use: glibc's `malloc_trim`, mimalloc's
+    `mi_collect` (whichever this process has)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return
+    for name, args in (("mi_collect", (ctypes.c_bool(True),)), ("malloc_trim", (0,))):
+        fn = getattr(libc, name, None)
+        if fn is not None:
+            fn(*args)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `peak_memory`: the CUDA allocator's peak stats, or on the CPU the
+    process's peak resident set (after returning freed memory to the system), so a run
+    measured after a bigger one reports its own peak, not the bigger one's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    _release_free_memory()
+    try:
+        Path(CLEAR_REFS).write_text("5", encoding="ascii")
+    except OSError:
+        _PEAK_RESET["done"] = False
+        return
+    _PEAK_RESET["done"] = True
+
+
 def peak_memory(device: torch.device) -> tuple[float | None, str]:
-    """The process's peak memory so far in MiB and how it was read: allocated on the GPU since
-    the last `torch.cuda.reset_peak_memory_stats`, or the peak resident set on CPU."""
+    """The peak memory since the last `reset_peak_memory` in MiB, and how it was read:
+
+    - `cuda_max_memory_allocated`: bytes the CUDA caching allocator handed out;
+    - `peak_rss_since_reset`: the process's peak resident set (VmHWM) since the reset (Linux);
+    - `process_max_rss`: the process's lifetime peak resident set (ru_maxrss), where the peak
+      cannot be reset (no reset yet, or no /proc): an upper bound on any one run's peak.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / MIB, "cuda_max_memory_allocated"
+    if _PEAK_RESET["done"]:
+        hwm = _proc_kib_field("/proc/self/status", "VmHWM")
+        if hwm is not None:
+            return hwm / MIB, "peak_rss_since_reset"
     try:
         import resource
 
