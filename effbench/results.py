@@ -265,7 +265,7 @@ class TrainEpochRecord(Contention, Record):
     kind: Literal["train_epoch"] = "train_epoch"
     seed: int
     epoch: int  # 1-based
-    epochs: int
+    epochs: int | None = None  # epochs the budget buys (the last may be partial); None: time
     step: int  # optimizer steps so far
     train_loss: float
     train_top1: float
@@ -288,9 +288,12 @@ class TrainRecord(Record):
     dataset: str
     image_size: int
     seq_len: int
-    epochs: int
+    epochs: int | None = None  # epochs the budget buys; None for a time budget
     epochs_run: int
     steps: int
+    budget: str | None = None  # what each run could spend: "30ep", "5min", "2e+15flop"
+    images: int | None = None  # training images seen (steps x global batch)
+    train_flop: float | None = None  # analytic training FLOPs: forward per image x 3 x images
     best_epoch: int | None = None
     best_val_top1: float | None = None
     test_loss: float | None = None
@@ -311,7 +314,7 @@ class TrainRecord(Record):
     total_s: float
     images_per_s: float | None = None
     contended_epochs: int | None = None  # epochs timed while other work held the CPU
-    peak_mib: float | None = None
+    peak_mib: float | None = None  # this run's own peak (`mem_source` says how it was read)
     mem_source: str | None = None
     stopped_early: bool = False
     weights: str | None = None  # safetensors file of the selected weights, relative to the run

@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 from effbench.cli import app
 from effbench.config.attention import BASELINE_KIND, EXACT_KINDS, KINDS
 from effbench.config.spec import SpecError, load_spec, select_models
+from effbench.data import build_loaders
 from effbench.errors import CheckpointError, TrainError
 from effbench.results import read_jsonl
-from effbench.runs import CHECKPOINT, RECORDS
+from effbench.runs import CHECKPOINT, RECORDS, load_predictions
 from effbench.train import (
     Dist,
     Interrupted,
@@ -432,6 +433,21 @@ def test_torchrun_two_processes_write_one_set_of_results(tmp_path: Path) -> None
     recs = records(spec, "nystrom")
     assert [r["kind"] for r in recs] == ["train_epoch", "train_epoch", "train"]
     assert recs[-1]["world_size"] == 2 and recs[-1]["n_test"] == 64
+    # Both processes' test shards come back in the split's order (the labels of the synthetic
+    # test split are what one process would have read).
+    predicted, label = load_predictions(tmp_path / "runs" / "nystrom" / "seed0")
+    assert len(label) == 64 and (predicted == label).mean() == pytest.approx(recs[-1]["test_top1"])
+    loaders = build_loaders(
+        load_spec(spec).train,
+        image_size=32,
+        channels=3,
+        num_classes=10,
+        device=torch.device("cpu"),
+        seed=0,
+        rank=0,
+        world=1,
+    )
+    assert label.tolist() == torch.cat([y for _, y in loaders.test.iterate()]).tolist()
     assert len(list((tmp_path / "runs").glob("summary-*.json"))) == 1
     assert res.stdout.decode().count("test top-1") == 1  # only rank 0 prints
 

@@ -21,6 +21,7 @@ from effbench.cli.options import (
     SpecOpt,
     ThreadsOpt,
 )
+from effbench.errors import UsageError
 from effbench.plan import TrainPlan, plan_train, start_distributed
 
 if TYPE_CHECKING:
@@ -38,7 +39,20 @@ DataDirOpt = Annotated[
         "when absent). ImageNet-100: the root holding train/ and val/."
     ),
 ]
-EpochsOpt = Annotated[int | None, typer.Option(help="Epochs (the same for every model).")]
+EpochsOpt = Annotated[
+    int | None, typer.Option(help="Epochs (the same for every model); the same as --budget NEp.")
+]
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="<budget>",
+        help="What each run may spend, the same for every model: '30ep' (epochs), '5min' "
+        "(minutes of training steps, validation not counted; also '300s', '1.5h') or "
+        "'2e15flop' (training FLOPs: analytic forward FLOPs per image x 3 x images). Each "
+        "model trains as many steps as fit, with warm-up + cosine laid over the budget. "
+        "Default: train.budget, else train.epochs.",
+    ),
+]
 GlobalBatchOpt = Annotated[
     int | None, typer.Option("--batch-size", "-b", help="Global batch size.")
 ]
@@ -76,6 +90,7 @@ def train(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     epochs: EpochsOpt = None,
+    budget: BudgetOpt = None,
     batch_size: GlobalBatchOpt = None,
     lr: LrOpt = None,
     precision: PrecisionOpt = None,
@@ -93,11 +108,14 @@ def train(
     epoch, then the final record), spec.json, checkpoint.pt and model.safetensors. Runs under
     torchrun as DDP (one process per GPU, or gloo on CPU).
     """
+    if epochs is not None and budget is not None:
+        raise UsageError("give --epochs or --budget, not both (--epochs N is --budget Nep)")
     overrides = {
         "train.seeds": seeds or None,
         "train.dataset": dataset,
         "train.data_dir": None if data_dir is None else str(data_dir),
         "train.epochs": epochs,
+        "train.budget": f"{epochs}ep" if epochs is not None and budget is None else budget,
         "train.batch_size": batch_size,
         "train.lr": lr,
         "train.precision": precision,
@@ -173,8 +191,8 @@ def train_runs(plan: TrainPlan, *, dist: Dist, run_id: str, out: Console) -> lis
     )
     out.print(
         f"{len(plan.runs)} run(s): {len(plan.spec.models)} model(s) x {len(cfg.seeds)} "
-        f"seed(s), {cfg.dataset}, {cfg.epochs} epochs, batch {cfg.batch_size}, {dist.device}"
-        + (f", {dist.world} processes" if dist.world > 1 else "")
+        f"seed(s), {cfg.dataset}, budget {cfg.run_budget()}, batch {cfg.batch_size}, "
+        f"{dist.device}" + (f", {dist.world} processes" if dist.world > 1 else "")
     )
     with stop.installed(), progress:
         runs_task = progress.add_task("runs", total=len(plan.runs), note="")
@@ -210,7 +228,7 @@ def train_one(
 
     out = progress.console
     name = f"{entry.name} seed {seed}"
-    epoch_task = progress.add_task(name, total=plan.spec.train.epochs, note="")
+    epoch_task = progress.add_task(name, total=plan.spec.train.run_budget().epochs, note="")
     batch_task = progress.add_task("  batches", total=None, note="")
 
     def on_batch(phase: str, i: int, n: int) -> None:
@@ -233,7 +251,8 @@ def train_one(
     for rec in trainer.run():
         if rec.kind == "train_epoch":
             progress.update(epoch_task, completed=rec.epoch, note=epoch_note(rec))
-            out.print(f"{name} epoch {rec.epoch}/{rec.epochs}: {epoch_note(rec)}")
+            of = f"/{rec.epochs}" if rec.epochs is not None else ""
+            out.print(f"{name} epoch {rec.epoch}{of}: {epoch_note(rec)}")
         else:
             finals.append(rec.model_dump(mode="json"))
             out.print(f"{name}: {final_note(rec)}")

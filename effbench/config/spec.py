@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from effbench.config.attention import KINDS, AttentionConfig
+from effbench.config.budget import HELP as BUDGET_HELP
+from effbench.config.budget import Budget, normalised, parse_budget
 from effbench.errors import SpecError
 
 DEFAULT_SPEC = "bench.toml"
@@ -119,6 +121,7 @@ class TrainSection(_Section):
     )
     download: bool = Field(True, description="download CIFAR-10 into data_dir when absent")
     epochs: int = Field(30, gt=0)
+    budget: Annotated[str, AfterValidator(normalised)] | None = Field(None, description=BUDGET_HELP)
     batch_size: int = Field(128, gt=0, description="global batch, split across processes")
     eval_batch_size: int = Field(512, gt=0)
     lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate")
@@ -171,6 +174,10 @@ class TrainSection(_Section):
         if not all(0 <= b < 1 for b in v):
             raise ValueError(f"betas must lie in [0, 1), got {list(v)}")
         return v
+
+    def run_budget(self) -> Budget:
+        """What each run may spend: `budget`, or `epochs` epochs when it is unset."""
+        return parse_budget(self.budget) if self.budget else Budget("ep", float(self.epochs))
 
 
 class ScaleSection(_Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -37,6 +38,19 @@ class Dist:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+    def gather_interleaved(self, t: torch.Tensor) -> torch.Tensor:
+        """The whole split from every process's shard (process r holds items r, r + world,
+        ...: `effbench.data`'s evaluation shards), on the CPU, in the split's order."""
+        t = t.cpu()
+        if self.world == 1:
+            return t
+        shards: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(shards, t)
+        out = torch.empty(sum(len(s) for s in shards), *t.shape[1:], dtype=t.dtype)
+        for r, shard in enumerate(shards):
+            out[r :: self.world] = shard
+        return out
 
 
 def init_distributed(device_name: str) -> Dist:

@@ -5,6 +5,7 @@ only, linear warm-up then cosine decay per step, one clipped and scaled step, an
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -43,22 +44,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: TrainSection, *, steps_per_epoch: int, device: torch.device
+    model: nn.Module,
+    cfg: TrainSection,
+    *,
+    schedule: Callable[[int], float],
+    device: torch.device,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over `param_groups` and its per-step schedule over `cfg.epochs` epochs."""
+    """AdamW over `param_groups` and its per-step schedule: `schedule(step)` scales the peak
+    learning rate (the run's `BudgetPlan`: warm-up, then cosine over the budget)."""
     opt = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
         betas=cfg.betas,
         fused=device.type == "cuda",
     )
-    total = steps_per_epoch * cfg.epochs
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total)  # a short run
-    floor = cfg.min_lr / cfg.lr
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, partial(lr_factor, warmup=warmup, total=total, floor=floor)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_call, schedule))
     return opt, sched
+
+
+def _call(schedule: Callable[[int], float], step: int) -> float:
+    return schedule(step)
 
 
 def optimizer_step(

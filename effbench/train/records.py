@@ -27,7 +27,7 @@ def epoch_record(
     base: dict[str, Any],
     st: RunState,
     *,
-    epochs: int,
+    epochs: int | None,
     sums: list[float],
     val: dict[str, float] | None,
     lr: float,
@@ -81,6 +81,16 @@ def _contended_epochs(history: list[dict[str, Any]]) -> int | None:
     return sum(bool(h.get("contended")) for h in history)
 
 
+def run_peak(history: list[dict[str, Any]], device: torch.device) -> tuple[float | None, str]:
+    """The run's own peak memory: the highest of its epochs' peaks (each read since a reset at
+    the epoch's start, restored epochs included) and the peak since the last reset."""
+    peak, source = peak_memory(device)
+    peaks = [h["peak_mib"] for h in history if h.get("mem_source") == source and h.get("peak_mib")]
+    if peak is None:
+        return (max(peaks), source) if peaks else (None, source)
+    return max([peak, *peaks]), source
+
+
 def run_facts(bench: BenchSpec, parts: Parts, *, precision: str, world: int) -> dict[str, Any]:
     """What was trained, on what, how: the final record's fixed fields."""
     cfg, model, loaders = bench.train, parts.model, parts.loaders
@@ -88,7 +98,8 @@ def run_facts(bench: BenchSpec, parts: Parts, *, precision: str, world: int) -> 
         "dataset": cfg.dataset,
         "image_size": bench.backbone.image_size,
         "seq_len": model.seq_len,
-        "epochs": cfg.epochs,
+        "epochs": parts.budget.epochs,
+        "budget": str(parts.budget.budget),
         "params": param_count(model),
         "flops_per_image": model.flops(),
         "precision": precision,
@@ -114,10 +125,13 @@ def final_record(
 ) -> TrainRecord:
     """The run's last record: `facts` (`run_facts`), how it went (`st`), and the test
     accuracy of the selected weights."""
-    peak, mem_source = peak_memory(device)
+    peak, mem_source = run_peak(st.history, device)
+    images = st.global_step * facts["batch_size"]
     return TrainRecord(
         **base,
         **facts,
+        images=images,
+        train_flop=3.0 * facts["flops_per_image"] * images,
         status=status,
         error=error,
         epochs_run=len(st.history),

@@ -15,6 +15,7 @@ from torch import nn
 from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.data import Loaders, build_loaders
 from effbench.model import ViT, build_model
+from effbench.train.budget import BudgetPlan, plan_budget
 from effbench.train.distributed import Dist
 from effbench.train.optim import build_optimizer
 
@@ -29,6 +30,7 @@ class Parts:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
+    budget: BudgetPlan
 
     @property
     def steps_per_epoch(self) -> int:
@@ -47,8 +49,8 @@ class Parts:
 def build_parts(
     bench: BenchSpec, entry: ModelEntry, *, seed: int, dist: Dist, precision: str
 ) -> Parts:
-    """Loaders, then the model (its initial weights from the global stream), then the optimizer,
-    schedule and scaler; call after seeding."""
+    """Loaders, then the model (its initial weights from the global stream), then the budget,
+    optimizer, schedule and scaler; call after seeding."""
     cfg, dev, bb = bench.train, dist.device, bench.backbone
     loaders = build_loaders(
         cfg,
@@ -66,9 +68,12 @@ def build_parts(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
-    opt, sched = build_optimizer(model, cfg, steps_per_epoch=len(loaders.train), device=dev)
+    budget = plan_budget(cfg, steps_per_epoch=len(loaders.train), flop_per_image=model.flops())
+    opt, sched = build_optimizer(model, cfg, schedule=budget, device=dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    return Parts(loaders=loaders, model=model, net=net, opt=opt, sched=sched, scaler=scaler)
+    return Parts(
+        loaders=loaders, model=model, net=net, opt=opt, sched=sched, scaler=scaler, budget=budget
+    )
 
 
 def compile_parts(

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 from effbench import contention
 from effbench.config.spec import BenchSpec, ModelEntry
-from effbench.data import batch_seed, class_count, mix_batch
+from effbench.data import Loaders, batch_seed, class_count, mix_batch
 from effbench.env import environment
-from effbench.measure import autocast, cpu_check
-from effbench.results import CpuCheck, JsonlWriter, Record, TrainEpochRecord
+from effbench.measure import autocast, cpu_check, reset_peak_memory
+from effbench.results import JsonlWriter, Record, TrainEpochRecord
 from effbench.runs import (
     BEST,
     CHECKPOINT,
@@ -42,7 +42,7 @@ from effbench.train.checkpoint import (
     zero_acc,
 )
 from effbench.train.distributed import Dist
-from effbench.train.evaluate import accuracy, evaluation_sums
+from effbench.train.evaluate import accuracy, evaluation_sums, keep_predictions
 from effbench.train.optim import optimizer_step, resolve_precision
 from effbench.train.records import epoch_record, final_record, record_base, run_facts
 from effbench.train.setup import build_parts, compile_parts
@@ -58,6 +58,14 @@ class NonFiniteLoss(RuntimeError):
             f"{what} is NaN or Inf at epoch {epoch}, step {step}; lower train.lr, keep "
             "train.grad_clip on, or use precision fp32/bf16 instead of fp16"
         )
+
+
+def checks_cpu(device: torch.device, dist: Dist, loaders: Loaders) -> bool:
+    """Whether epochs are checked for CPU contention: not when the process shares the machine
+    by design (several CPU processes, DataLoader worker processes), whose load would read as
+    other work."""
+    cpu_ranks = device.type == "cpu" and dist.world > 1
+    return not cpu_ranks and not loaders.uses_workers
 
 
 @dataclass
@@ -129,6 +137,7 @@ class Trainer:
         if self.parts.loaders.warning:
             self.progress.on_message(self.parts.loaders.warning)
         self._cpus = contention.usable_cpus()
+        self._t_epoch = time.perf_counter()
         self.state = RunState(acc=zero_acc(self.device))
         if ckpt is not None:
             self.state = restore(ckpt, self.parts.modules(), self.device)
@@ -199,7 +208,7 @@ class Trainer:
 
     def _epochs(self, base: dict[str, Any], start: float) -> Iterator[TrainEpochRecord]:
         st = self.state
-        while st.epoch < self.cfg.epochs:
+        while not self.parts.budget.spent(st.global_step, st.train_s):
             rec = self._epoch(base, start)
             self._end_epoch(rec, start)
             yield rec
@@ -217,15 +226,17 @@ class Trainer:
         dev, st, parts = self.device, self.state, self.parts
         parts.loaders.train.set_epoch(st.epoch)
         parts.net.train()
-        t_epoch = time.perf_counter()
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        before = contention.read_counters(self._cpus) if self._check_cpu else None
+        t_epoch = self._t_epoch = time.perf_counter()
+        reset_peak_memory(dev)
+        checked = checks_cpu(self.device, self.dist, self.parts.loaders)
+        before = contention.read_counters(self._cpus) if checked else None
         for x, y in parts.loaders.train.iterate(st.step_in_epoch):
             self._step(x, y)
             st.step_in_epoch += 1
             st.global_step += 1
             self.progress.on_batch("train", st.step_in_epoch, parts.steps_per_epoch)
+            if self._budget_spent():
+                break
             if self._stop_requested():
                 elapsed = time.perf_counter() - t_epoch
                 st.train_s += elapsed
@@ -237,13 +248,13 @@ class Trainer:
         elapsed = time.perf_counter() - t_epoch
         st.train_s += elapsed
         train_s = st.epoch_train_s + elapsed  # the whole epoch's, across a resume
-        check = self._cpu_check(before)
+        check = None if before is None else cpu_check(before, device=dev, cpus=self._cpus)
         sums = self.dist.all_sum(torch.stack(list(st.acc.values()))).tolist()
         val = self.evaluate(parts.loaders.val, "val") if parts.loaders.val else None
         return epoch_record(
             base,
             st,
-            epochs=self.cfg.epochs,
+            epochs=parts.budget.epochs,
             sums=sums,
             val=val,
             lr=parts.opt.param_groups[0]["lr"],
@@ -269,21 +280,21 @@ class Trainer:
         st.history.append(rec.model_dump(mode="json"))
         st.total_s = time.perf_counter() - start
         st.stopped_early = cfg.patience > 0 and st.bad_epochs >= cfg.patience
-        last = st.epoch == cfg.epochs or st.stopped_early
+        last = self.parts.budget.spent(st.global_step, st.train_s) or st.stopped_early
         if st.epoch % cfg.checkpoint_every == 0 or last:
             self.checkpoint()
 
-    @property
-    def _check_cpu(self) -> bool:
-        """Whether epochs are checked for CPU contention: not when the process shares the
-        machine by design (several CPU processes, DataLoader worker processes), whose load
-        would read as other work."""
-        cpu_ranks = self.device.type == "cpu" and self.dist.world > 1
-        return not cpu_ranks and not self.parts.loaders.uses_workers
+    def _train_s(self) -> float:
+        """Seconds of training steps so far, the current epoch's included."""
+        return self.state.train_s + time.perf_counter() - self._t_epoch
 
-    def _cpu_check(self, before: contention.Counters | None) -> CpuCheck | None:
-        """Whether the epoch's training steps had the CPU to themselves (since `before`)."""
-        return None if before is None else cpu_check(before, device=self.device, cpus=self._cpus)
+    def _budget_spent(self) -> bool:
+        """Whether the budget ends the run after this step (under DDP: in any process, so
+        that all stop at the same step)."""
+        budget = self.parts.budget
+        if budget.steps is not None:
+            return budget.spent(self.state.global_step, 0.0)
+        return self.dist.any_rank(budget.spent(self.state.global_step, self._train_s()))
 
     def _stop_requested(self) -> bool:
         """Whether a signal arrived, here or (under DDP) in any process: all stop together."""
@@ -301,6 +312,7 @@ class Trainer:
             x, target = mix_batch(
                 x, y, len(p.loaders.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, g=g
             )
+        p.budget.elapsed = self._train_s()  # where a time budget's schedule stands
         with self._autocast():
             logits = p.net(x)
         loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
@@ -315,8 +327,11 @@ class Trainer:
             st.acc["correct"] += (logits.argmax(-1) == y).sum()
             st.acc["seen"] += n
 
-    def evaluate(self, loader: Any, phase: str) -> dict[str, float]:
-        """Loss (no smoothing), top-1 and top-5 over the whole split, summed across processes."""
+    def evaluate(
+        self, loader: Any, phase: str, *, predictions: list[torch.Tensor] | None = None
+    ) -> dict[str, float]:
+        """Loss (no smoothing), top-1 and top-5 over the whole split, summed across processes;
+        `predictions` receives this process's (top-1 class, label) per batch."""
         self.parts.net.eval()
         sums = evaluation_sums(
             self.parts.net,
@@ -324,6 +339,7 @@ class Trainer:
             autocast=self._autocast,
             num_classes=self.bench.backbone.num_classes,
             on_batch=lambda i, n: self.progress.on_batch(phase, i, n),
+            predictions=predictions,
         )
         self.parts.net.train()
         return accuracy(self.dist.all_sum(sums))
@@ -337,7 +353,9 @@ class Trainer:
             if self.state.best_epoch is not None:
                 self.dist.barrier()
                 load_weights(self.parts.model, self.dir / BEST)
-            test = self.evaluate(self.parts.loaders.test, "test")
+            batches: list[torch.Tensor] = []
+            test = self.evaluate(self.parts.loaders.test, "test", predictions=batches)
+            keep_predictions(batches, dist=self.dist, directory=self.dir)
             if self.dist.main:
                 save_weights(self.parts.model, self.dir / FINAL)
         return final_record(
