@@ -145,7 +145,7 @@ def test_report_renders_every_section_in_both_formats(results: Path) -> None:
         assert title in md
     linked = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
     assert linked and all((out / p).is_file() for p in linked)
-    assert "Most accurate:" in page and "Measured on:" in page
+    assert "Most accurate (" in page and "Test-set resolution:" in page and "Measured on:" in page
     assert "Fastest inference" in page and "Distance from exact attention" in page
 
 

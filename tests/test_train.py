@@ -23,8 +23,8 @@ from effbench.config.attention import BASELINE_KIND, EXACT_KINDS, KINDS
 from effbench.config.spec import SpecError, load_spec, select_models
 from effbench.data import build_loaders
 from effbench.errors import CheckpointError, TrainError
-from effbench.results import read_jsonl
-from effbench.runs import CHECKPOINT, RECORDS, load_predictions
+from effbench.results import load_predictions, read_jsonl
+from effbench.runs import CHECKPOINT, RECORDS
 from effbench.train import (
     Dist,
     Interrupted,

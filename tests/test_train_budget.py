@@ -13,7 +13,7 @@ from effbench.config.budget import parse_budget
 from effbench.config.spec import load_spec
 from effbench.measure.memory import CLEAR_REFS
 from effbench.model import build_model
-from effbench.runs import load_predictions
+from effbench.results import load_predictions
 from effbench.train import Interrupted, StopFlag, TrainProgress
 
 SYNTH = {"dataset": "synthetic", "epochs": 2}

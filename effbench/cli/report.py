@@ -10,6 +10,7 @@ import typer
 
 from effbench.cli.app import app
 from effbench.cli.console import console
+from effbench.config.attention import BASELINE_KIND
 from effbench.errors import UsageError
 
 InputsArg = Annotated[
@@ -24,6 +25,14 @@ ReportDirOpt = Annotated[
     typer.Option("--output", "-o", help="Where report.html / report.md go (default: results/)."),
 ]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="html, md or both.")]
+BaselineOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="<model>",
+        help="The model every accuracy is paired against (default: the first model of kind "
+        f"{BASELINE_KIND}).",
+    ),
+]
 
 FORMATS = {"html": ["html"], "md": ["md"], "both": ["html", "md"]}
 
@@ -51,6 +60,7 @@ def report(
     inputs: InputsArg = None,
     output: ReportDirOpt = None,
     format_: FormatOpt = "both",
+    baseline: BaselineOpt = None,
 ) -> None:
     """An HTML and a Markdown report from the results of train, profile, scale and analyze.
 
@@ -67,7 +77,11 @@ def report(
     results = collect(paths)
     if not results.records:
         raise UsageError(f"no effbench records in {', '.join(map(str, paths))}")
-    built = build_report(results)
+    trained = {r.get("model") for r in results.kind("train")}
+    if baseline is not None and baseline not in trained:
+        known = ", ".join(sorted(str(m) for m in trained)) or "none"
+        raise UsageError(f"--baseline {baseline!r}: no trained model of that name ({known})")
+    built = build_report(results, baseline=baseline)
     written = write_report(built, output or Path("results"), formats)
     console.print(
         f"{len(results.records)} records from {len(results.files)} file(s), "

@@ -27,9 +27,10 @@ def _contended_line(data: ReportData) -> list[str]:
     ]
 
 
-def build_report(results: Results) -> Report:
-    """Tables, figures and the summary from the records; a section only when it has data."""
-    data = build_data(results)
+def build_report(results: Results, *, baseline: str | None = None) -> Report:
+    """Tables, figures and the summary from the records; a section only when it has data.
+    Accuracies are paired against `baseline` (a model name; default: the baseline kind's)."""
+    data = build_data(results, baseline=baseline)
     sections: list[Section] = []
     summary: list[str] = []
     for build in SECTIONS:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from effbench.config.attention import BASELINE_KIND, EXACT_KINDS, KINDS
+from effbench.report.comparison import RowStats, budget_of, row_stats, with_baseline
 from effbench.report.figures import colour_of
 from effbench.report.inputs import Results
 
@@ -72,6 +73,13 @@ class ModelRow:
     dataset: str | None
     image_size: int | None
     env: str
+    budget: str | None = None  # what each run could spend ("80ep", "5min", ...)
+    stats: RowStats | None = None  # interval, and paired difference from the baseline
+
+    @property
+    def comparison(self) -> tuple[Any, ...]:
+        """Rows compared with each other: same dataset, resolution and budget."""
+        return (self.dataset, self.image_size, self.budget)
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ class ReportData:
     rows: list[ModelRow]
     series: list[Series]
     fidelity: list[FidelityRow]
+    baseline_model: str | None = None  # the accuracy baseline named by the user, if any
 
     def kind(self, *kinds: str) -> list[Record]:
         return self.results.kind(*kinds)
@@ -145,8 +154,9 @@ class ReportData:
         )
 
 
-def build_data(results: Results) -> ReportData:
-    """ReportData from the collected records (environment ids in the order first seen)."""
+def build_data(results: Results, *, baseline: str | None = None) -> ReportData:
+    """ReportData from the collected records (environment ids in the order first seen);
+    accuracies are paired against `baseline` (a model name), else the baseline kind's model."""
     envs = Envs()
     for r in results.records:
         envs.id(r)
@@ -160,9 +170,10 @@ def build_data(results: Results) -> ReportData:
         results=results,
         envs=envs,
         kinds=kinds,
-        rows=_model_rows(results, envs, kinds),
+        rows=_paired(_model_rows(results, envs, kinds), kinds, baseline),
         series=_series(results, envs),
         fidelity=[_fidelity_row(r) for r in analyzed],
+        baseline_model=baseline,
     )
 
 
@@ -170,11 +181,17 @@ def build_data(results: Results) -> ReportData:
 
 
 def _finals(results: Results, envs: Envs) -> dict[tuple[str, ...], list[Record]]:
-    """Final training records by model, dataset, resolution and environment: runs that
-    differ in any of these are separate rows."""
+    """Final training records by model, dataset, resolution, budget and environment: runs
+    that differ in any of these are separate rows."""
     groups: dict[tuple[str, ...], list[Record]] = {}
     for r in results.kind("train"):
-        key = (r["model"], str(r.get("dataset")), str(r.get("seq_len")), envs.id(r))
+        key = (
+            r["model"],
+            str(r.get("dataset")),
+            str(r.get("seq_len")),
+            str(budget_of(r)),
+            envs.id(r),
+        )
         groups.setdefault(key, []).append(r)
     return groups
 
@@ -223,7 +240,31 @@ def _model_row(results: Results, envs: Envs, model: str, runs: list[Record]) -> 
         dataset=first.get("dataset"),
         image_size=first.get("image_size"),
         env=envs.id(first),
+        budget=budget_of(first),
+        stats=row_stats(ok),
     )
+
+
+def _paired(rows: list[ModelRow], kinds: Mapping[str, str], baseline: str | None) -> list[ModelRow]:
+    """Rows with their paired difference from the baseline row of their comparison (the
+    named model, else the first of the baseline kind)."""
+    out = []
+    for row in rows:
+        peers = [r for r in rows if r.comparison == row.comparison and r.stats is not None]
+        base = next(
+            (
+                r
+                for r in peers
+                if (r.model == baseline if baseline else kinds.get(r.model) == BASELINE_KIND)
+            ),
+            None,
+        )
+        if row.stats is None or base is None or base is row:
+            out.append(row)
+            continue
+        paired = with_baseline(row.stats, base.stats, base.model)
+        out.append(replace(row, stats=paired))
+    return out
 
 
 def _model_rows(results: Results, envs: Envs, kinds: Mapping[str, str]) -> list[ModelRow]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effbench.runs import save_predictions
+from effbench.results import save_predictions
 from effbench.train.distributed import Dist
 
 

@@ -1,25 +1,35 @@
-"""The accuracy section: test accuracy over seeds beside parameters, FLOPs, latency, training
-time and memory, one row per model and environment; summary: the most accurate model."""
+"""The accuracy section: test accuracy with its 95 % interval and its paired difference from the
+baseline, beside parameters, FLOPs, latency, training time and memory, one row per model,
+budget and environment; summary: the best model of each comparison and those tied with it."""
 
 from __future__ import annotations
 
-import statistics
+from collections.abc import Sequence
 
+from effbench import stats
+from effbench.report.comparison import tied_with_best
 from effbench.report.data import ModelRow, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.format import contended_mark, mean_std, num
 
 COLUMNS = [
-    "model", "seeds ok", "top-1 %", "top-5 %", "params (M)", "GFLOPs / image",
-    "latency ms", "images/s", "train s / epoch", "train peak MiB", "env",
+    "model", "budget", "seeds ok", "top-1 %", "95 % CI", "Δ vs baseline (95 % CI)", "p",
+    "P(beats)", "top-5 %", "params (M)", "GFLOPs / image", "latency ms", "train s / epoch",
+    "train peak MiB", "env",
 ]  # fmt: skip
 TEXT = (
-    "Test accuracy of the weights with the best validation accuracy, mean ± standard "
-    "deviation over seeds; a run that ended `nan` or `oom` is counted in the seeds "
-    "column and named there. Latency and throughput are one inference batch of "
-    "`effbench scale` at the trained resolution; training time is per epoch; peak "
-    "memory is that of training. The last column names the environments of the "
-    "training and of the latency figures."
+    "Test accuracy of the weights with the best validation accuracy: mean ± standard "
+    "deviation over seeds, and its 95 % interval (one seed: Wilson; several: bootstrap over "
+    "test images). Models are compared only with models of the same dataset, resolution and "
+    "budget (`80ep`: equal epochs; `5min`: equal training time; `…flop`: equal training "
+    "compute). Δ is the accuracy difference from the baseline model ({baseline}) on the same "
+    "test images, in points, with its paired-bootstrap 95 % interval; p is McNemar's exact "
+    "test (one seed) or the paired bootstrap's (several seeds); P(beats) is the share of "
+    "bootstrap resamples in which the model is the more accurate. Runs trained before "
+    "effbench kept per-image predictions have an interval from their accuracy and test-set "
+    "size, and no paired figures. A run that ended `nan` or `oom` is counted in the seeds "
+    "column and named there. Latency is one inference batch of `effbench scale` at the "
+    "trained resolution; training time is per epoch; peak memory is that of the run itself."
 )
 CONTENDED = (
     " * marks a figure timed while other work held the CPU (contended: a latency, "
@@ -28,22 +38,79 @@ CONTENDED = (
 )
 
 
+def _paired_cells(r: ModelRow) -> list[str]:
+    p = r.stats.paired if r.stats else None
+    if p is None:
+        return ["baseline" if _is_baseline(r) else "—", "—", "—"]
+    d = p.diff
+    return [
+        f"{100 * d.estimate:+.1f} ({100 * d.low:+.1f} to {100 * d.high:+.1f})",
+        f"{p.p_value:.2g}",
+        f"{p.p_beats:.2f}",
+    ]
+
+
+def _is_baseline(r: ModelRow) -> bool:
+    return r.stats is not None and r.stats.paired is None and r.stats.answers is not None
+
+
 def _cells(r: ModelRow, data: ReportData) -> list[str]:
     failed = [f"seed {x['seed']}: {x['status']}" for x in r.runs if x not in r.ok]
     lat = r.latency
+    ci = r.stats.ci if r.stats else None
     return [
         r.model,
+        r.budget or "—",
         f"{len(r.ok)}/{len(r.runs)}" + (f" ({'; '.join(failed)})" if failed else ""),
         mean_std(r.top1),
+        f"{100 * ci.low:.1f}–{100 * ci.high:.1f}" if ci else "—",
+        *_paired_cells(r),
         mean_std(r.top5),
         num(r.params and r.params / 1e6),
         num(r.flops and r.flops / 1e9),
         num(lat and lat["infer_ms"]) + contended_mark(lat),
-        num(lat and lat.get("images_per_s")) + contended_mark(lat),
         num(r.epoch_s) + ("*" if r.epochs_contended else ""),
         num(r.peak_mib),
         r.env + (f" / {data.env(lat)}" if lat else ""),
     ]
+
+
+def _verdict(rows: Sequence[ModelRow]) -> str | None:
+    """The summary line of one comparison: its best model and the models tied with it."""
+    entries = [(r.model, r.stats) for r in rows if r.stats is not None]
+    found = tied_with_best(entries)
+    if found is None:
+        return None
+    best, tied, how = found
+    row = next(r for r in rows if r.model == best)
+    ci = row.stats.ci if row.stats else None
+    where = f"{row.dataset}, {row.image_size} px, budget {row.budget or '?'}"
+    head = f"Most accurate ({where}): {best} with {mean_std(row.top1)} % test top-1" + (
+        f" (95 % CI {100 * ci.low:.1f}–{100 * ci.high:.1f}, {len(row.ok)} seed(s))" if ci else ""
+    )
+    if len(entries) == 1:
+        return head + "; no other model was trained under this budget."
+    if tied:
+        return (
+            f"{head}; statistically tied with it ({how}, p ≥ {stats.ALPHA:.2f}): "
+            f"{', '.join(tied)}. These models cannot be ranked on this test set."
+        )
+    return f"{head}; ahead of every other model ({how}, p < {stats.ALPHA:.2f})."
+
+
+def _resolution(rows: Sequence[ModelRow]) -> str | None:
+    """The test set's resolution: the standard error of an accuracy at its size."""
+    sized = [r for r in rows if r.stats and r.stats.n_test]
+    if not sized:
+        return None
+    r = max(sized, key=lambda r: r.stats.ci.estimate if r.stats else 0)
+    assert r.stats is not None and r.stats.n_test
+    acc, n = r.stats.ci.estimate, r.stats.n_test
+    se = stats.standard_error(acc, n)
+    return (
+        f"Test-set resolution: {n} images; one seed's accuracy near {100 * acc:.0f} % has a "
+        f"standard error of {100 * se:.1f} points (95 % interval about ±{196 * se:.1f})."
+    )
 
 
 def section(data: ReportData) -> Part:
@@ -51,13 +118,14 @@ def section(data: ReportData) -> Part:
     if not rows:
         return None, []
     sec = Section("accuracy", "Accuracy and cost")
+    baseline = data.baseline_model or data.baseline(r.runs[0] for r in rows) or "none"
     contended = any(r.epochs_contended or contended_mark(r.latency) for r in rows)
-    sec.text(TEXT + (CONTENDED if contended else ""))
+    sec.text(TEXT.format(baseline=baseline) + (CONTENDED if contended else ""))
     sec.table(COLUMNS, [_cells(r, data) for r in rows])
-    best = max((r for r in rows if r.top1), key=lambda r: statistics.fmean(r.top1), default=None)
-    if best is None:
-        return sec, []
-    return sec, [
-        f"Most accurate: {best.model} with {mean_std(best.top1)} % test top-1 "
-        f"({len(best.top1)} seed(s), {best.dataset}, {best.image_size} px)."
-    ]
+    summary = []
+    for key in dict.fromkeys(r.comparison for r in rows):
+        line = _verdict([r for r in rows if r.comparison == key])
+        if line:
+            summary.append(line)
+    resolution = _resolution(rows)
+    return sec, summary + ([resolution] if resolution else [])

@@ -26,6 +26,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def _error_bar(r: ModelRow, y: float) -> list[list[float]] | None:
+    """The row's 95 % accuracy interval as matplotlib's (below, above) error around y (%)."""
+    ci = r.stats.ci if r.stats else None
+    if ci is None:
+        return None
+    return [[max(0.0, y - 100 * ci.low)], [max(0.0, 100 * ci.high - y)]]
+
+
 def section(data: ReportData) -> Part:
     rows = [r for r in data.rows if r.top1]
     if len(rows) < 2:
@@ -35,11 +43,12 @@ def section(data: ReportData) -> Part:
         return None, []
     fig, axes = new_figure(len(axes_spec), width=4.6)
     for ax, (label, get) in zip(axes, axes_spec, strict=True):
-        pts = [(get(r), 100 * statistics.fmean(r.top1), r.model) for r in rows]
+        pts = [(get(r), 100 * statistics.fmean(r.top1), r) for r in rows]
         pts = [p for p in pts if p[0] is not None]
-        for x, y, m in pts:
-            ax.scatter([x], [y], color=data.colour(m), s=40, zorder=3)
-            ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for x, y, r in pts:
+            ax.errorbar([x], [y], yerr=_error_bar(r, y), fmt="o", color=data.colour(r.model),
+                        ms=6, capsize=3, lw=1, zorder=3)  # fmt: skip
+            ax.annotate(r.model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         front = pareto_front([(x, y) for x, y, _ in pts])
         ax.step(*zip(*front, strict=True), where="post", color="#999999", lw=1, ls="--", zorder=2)
         xs = [x for x, _, _ in pts]
@@ -49,8 +58,9 @@ def section(data: ReportData) -> Part:
         ax.set_ylabel("test top-1 %")
     sec = Section("pareto", "Accuracy against cost")
     sec.text(
-        "Each point is a model (mean top-1 over its seeds). The dashed line is the Pareto "
-        "front: the models that no other beats in both accuracy and that cost."
+        "Each point is a model (mean top-1 over its seeds; the bars are its 95 % interval). "
+        "The dashed line is the Pareto front: the models that no other beats in both "
+        "accuracy and that cost. Points whose bars overlap are not resolved by this test set."
     )
     sec.figure(
         plot(

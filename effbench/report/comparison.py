@@ -1,0 +1,114 @@
+"""How accurate each trained model is and which differences the test set can resolve: each
+accuracy row's 95 % interval, its paired difference from the baseline on the same images, and
+the models statistically tied with the best of a comparison (`effbench.stats`)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effbench import stats
+from effbench.errors import RunError
+from effbench.results import load_predictions
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """The statistics of one accuracy row (a model over its seeds)."""
+
+    ci: stats.Interval  # of the mean top-1 over seeds
+    n_test: int | None
+    answers: np.ndarray | None  # (seeds, n) right/wrong per test image, when predictions exist
+    paired: stats.Paired | None = None  # against the comparison's baseline
+    baseline: str | None = None
+
+
+def budget_of(final: Record) -> str | None:
+    """What the run could spend: its `budget`, else (older records) its epochs."""
+    if final.get("budget"):
+        return str(final["budget"])
+    return f"{final['epochs']}ep" if final.get("epochs") else None
+
+
+def answers(finals: Sequence[Record]) -> np.ndarray | None:
+    """(seeds, n) right/wrong answers of runs whose directories keep their predictions
+    (`results.PREDICTIONS` beside the records file), all on the same test labels and agreeing
+    with the records' accuracy; None when any run lacks them."""
+    rows, labels = [], None
+    for r in finals:
+        source = Path(str(r.get("_source", "")))
+        try:
+            pred = load_predictions(source.parent)
+        except RunError:
+            return None
+        if pred is None:
+            return None
+        predicted, label = pred
+        if labels is not None and not np.array_equal(label, labels):
+            return None
+        if abs(float((predicted == label).mean()) - float(r["test_top1"])) > 1e-6:
+            return None  # the file is not of these weights
+        labels = label
+        rows.append(predicted == label)
+    return np.stack(rows) if rows else None
+
+
+def row_stats(ok: Sequence[Record]) -> RowStats | None:
+    """The interval of a row's accuracy: from its per-image answers when it has them, else
+    from the records' accuracies and test-set size (binomial, one pooled count)."""
+    if not ok:
+        return None
+    n = ok[0].get("n_test")
+    mine = answers(ok)
+    if mine is not None:
+        return RowStats(stats.accuracy_interval(mine), mine.shape[1], mine)
+    if not n:
+        return None
+    acc = statistics.fmean(r["test_top1"] for r in ok)
+    ci = stats.count_interval(round(acc * n * len(ok)), n * len(ok))
+    return RowStats(ci, int(n), None)
+
+
+def with_baseline(row: RowStats, base: RowStats | None, baseline: str | None) -> RowStats:
+    """`row` with its paired difference from `base` (same test images only)."""
+    if base is None or row.answers is None or base.answers is None:
+        return row
+    if row.answers.shape[1] != base.answers.shape[1]:
+        return row
+    paired = stats.paired_difference(row.answers, base.answers)
+    return RowStats(row.ci, row.n_test, row.answers, paired, baseline)
+
+
+def tied_with_best(
+    entries: Iterable[tuple[str, RowStats]],
+) -> tuple[str, list[str], str] | None:
+    """(best model, the models statistically tied with it, how ties were decided) among
+    (model, stats) entries of one comparison: paired test on the same images (p >= 0.05)
+    when both have per-image answers, else a two-proportion z-test."""
+    entries = list(entries)
+    if not entries:
+        return None
+    best, top = max(entries, key=lambda e: e[1].ci.estimate)
+    tied, how = [], set()
+    for model, st in entries:
+        if model == best:
+            continue
+        a, b = st.answers, top.answers
+        if a is not None and b is not None and a.shape[1] == b.shape[1]:
+            same = stats.paired_difference(a, b).p_value >= stats.ALPHA
+            how.add("paired test")
+        else:
+            same = stats.unpaired_tie(
+                st.ci.estimate, st.n_test or 1, top.ci.estimate, top.n_test or 1
+            )
+            how.add("unpaired z-test")
+        if same:
+            tied.append(model)
+    return best, tied, " and ".join(sorted(how)) or "—"

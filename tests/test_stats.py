@@ -1,0 +1,66 @@
+"""effbench.stats against known cases: interval coverage of a synthetic classifier, McNemar on a
+constructed table, paired differences, ties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from effbench import stats
+
+
+def test_wilson_interval_covers_a_synthetic_classifiers_true_accuracy() -> None:
+    rng = np.random.default_rng(0)
+    true, n = 0.55, 932
+    draws = rng.random((2000, n)) < true
+    covered = [stats.count_interval(int(d.sum()), n).contains(true) for d in draws]
+    assert 0.93 <= np.mean(covered) <= 0.97  # a 95 % interval, within simulation noise
+    one = stats.accuracy_interval(draws[0])
+    assert one.method == "Wilson" and one.low < one.estimate < one.high
+    assert one.high - one.low == pytest.approx(2 * 1.96 * stats.standard_error(0.55, n), rel=0.05)
+
+
+def test_bootstrap_interval_of_several_seeds_covers_the_truth() -> None:
+    rng = np.random.default_rng(1)
+    n, easy_share, flip = 932, 0.6, 0.05
+    truth = easy_share * (1 - flip) + (1 - easy_share) * flip  # each seed's expected accuracy
+    covered = []
+    for _ in range(40):
+        easy = rng.random(n) < easy_share  # the images this classifier family gets right
+        seeds = np.stack([easy ^ (rng.random(n) < flip) for _ in range(3)])
+        ci = stats.accuracy_interval(seeds)
+        assert ci.method == "bootstrap over images"
+        covered.append(ci.contains(truth))
+    assert np.mean(covered) >= 0.85  # a 95 % interval; 40 draws
+
+
+def test_mcnemar_on_a_constructed_table() -> None:
+    # 10 images only the model gets right, 2 only the baseline, 100 both, 50 neither:
+    # exact p = 2 * P(X <= 2 | 12, 1/2) = 2 * (1 + 12 + 66) / 4096.
+    model = np.array([1] * 10 + [0] * 2 + [1] * 100 + [0] * 50, dtype=bool)
+    base = np.array([0] * 10 + [1] * 2 + [1] * 100 + [0] * 50, dtype=bool)
+    assert stats.mcnemar(model, base) == pytest.approx(158 / 4096)
+    assert stats.mcnemar(model, model) == 1.0
+
+
+def test_paired_difference_separates_a_clear_winner_from_a_tie() -> None:
+    rng = np.random.default_rng(2)
+    base = rng.random(932) < 0.5
+    better = base | (rng.random(932) < 0.3)  # right wherever the baseline is, and more
+    clear = stats.paired_difference(better, base)
+    assert clear.test == "McNemar (exact)"
+    assert clear.diff.low > 0 and clear.p_value < 1e-6 and clear.p_beats > 0.99
+    noise = base ^ (rng.random(932) < 0.04)  # a few flips either way
+    tie = stats.paired_difference(noise, base)
+    assert tie.diff.low < 0 < tie.diff.high or tie.diff.estimate == 0
+    assert tie.p_value > 0.05 and 0.05 < tie.p_beats < 0.95
+    seeds = stats.paired_difference(np.stack([better, better]), np.stack([base, noise]))
+    assert seeds.test == "paired bootstrap" and seeds.p_value < 0.01
+    with pytest.raises(ValueError):
+        stats.paired_difference(base[:10], base)
+
+
+def test_unpaired_tie_uses_the_test_set_resolution() -> None:
+    assert stats.unpaired_tie(0.55, 932, 0.53, 932)  # 2 points: within 1.96 * 2.3 points
+    assert not stats.unpaired_tie(0.60, 932, 0.50, 932)
+    assert stats.standard_error(0.5, 1000) == pytest.approx(0.0158, abs=1e-4)
