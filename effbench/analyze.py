@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from effbench.attention.base import relative_error, softmax_attention
+from effbench.attention.base import Attention, relative_error, softmax_attention
 from effbench.model import ViT, build_model
 from effbench.results import AnalyzeRecord, Env, LayerFidelity, record_base
 
@@ -97,6 +97,37 @@ def _rounded(t: Tensor, digits: int = 5) -> list[Any]:
     return torch.round(t.float().cpu(), decimals=digits).tolist()
 
 
+def layer_fidelity(
+    layer: Attention, x: Tensor, eff: Tensor, exact: Tensor, *, index: int
+) -> LayerFidelity:
+    """One layer against exact softmax attention on its own float32 Q, K, V from input `x`,
+    given its map `eff` and the exact map: the output error (and, where a branch bypasses
+    the map, the attention part's own error and the branch's size apart), TV distance where
+    the map is a distribution, row sums, and the mechanism's own figures."""
+    q, k, v = layer.qkv_heads(x)
+    exact_out = softmax_attention(q, k, v, layer.scale)
+    skip = layer.skip(v)
+    split: dict[str, float] = {}
+    if skip is not None:
+        split = {
+            "attention_error": relative_error(eff @ v, exact_out),
+            "skip_rel_norm": float(skip.norm() / exact_out.norm()),
+        }
+    tv: dict[str, float] = {}
+    if type(layer).map_row_stochastic:
+        dist = total_variation(eff, exact)
+        tv = {"tv_mean": float(dist.mean()), "tv_max": float(dist.max())}
+    return LayerFidelity(
+        layer=index,
+        rel_output_error=relative_error(layer.attend(q, k, v), exact_out),
+        row_sum_max_dev=float((eff.sum(dim=-1) - 1).abs().max()),
+        min_weight=min(0.0, float(eff.min())),
+        **split,
+        **tv,
+        **layer.diagnostics(q, k, v),
+    )
+
+
 @torch.no_grad()
 def analyze_model(
     model: ViT,
@@ -120,22 +151,8 @@ def analyze_model(
     layers: list[LayerFidelity] = []
     maps_eff, maps_exact = [], []
     for i, (layer, x) in enumerate(zip(model.attention_layers(), inputs, strict=True)):
-        x = x.float()
-        q, k, v = (t.float() for t in layer.qkv_heads(x))
-        exact_out = softmax_attention(q, k, v, layer.scale)
-        eff, exact = layer.attention_map(x), layer.exact_map(x)
-        rows = eff.sum(dim=-1)
-        tv = total_variation(eff, exact)
-        layers.append(
-            LayerFidelity(
-                layer=i,
-                rel_output_error=relative_error(layer.attend(q, k, v), exact_out),
-                tv_mean=float(tv.mean()),
-                tv_max=float(tv.max()),
-                row_sum_max_dev=float((rows - 1).abs().max()),
-                **layer.diagnostics(q, k, v),
-            )
-        )
+        eff, exact = layer.attention_map(x.float()), layer.exact_map(x.float())
+        layers.append(layer_fidelity(layer, x.float(), eff, exact, index=i))
         maps_eff.append(eff[:shown])
         maps_exact.append(exact[:shown])
     grid = model.grid
@@ -145,6 +162,7 @@ def analyze_model(
     preds = logits.argmax(dim=-1)
     return {
         "n_images": len(images),
+        "map_row_stochastic": type(attention[0]).map_row_stochastic,
         "grid": list(grid),
         "layers": layers,
         **diagnostics,

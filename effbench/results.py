@@ -232,10 +232,18 @@ class LayerFidelity(BaseModel):
 
     layer: int
     rel_output_error: float  # ||attend - softmax attention||_F / ||softmax attention||_F
-    tv_mean: float  # total-variation distance of attention rows, mean over rows and heads
-    tv_max: float
-    row_sum_max_dev: float  # max |sum of a row of the effective map - 1|
-    pinv_residual: float | None = None  # Nystrom: ||A pinv(A) - I||_F / ||I||_F
+    # Where the layer adds a branch that bypasses its map (Nystrom's conv on V): the error of
+    # the attention part alone (map . V against exact), and the branch's relative size.
+    attention_error: float | None = None
+    skip_rel_norm: float | None = None  # ||skip(V)||_F / ||softmax attention||_F
+    # Total-variation distance of attention rows (mean over rows and heads): only where the
+    # map is a distribution over the keys (`map_row_stochastic`); None for signed maps.
+    tv_mean: float | None = None
+    tv_max: float | None = None
+    row_sum_max_dev: float  # max |sum of a row of the map - 1|
+    min_weight: float | None = None  # the map's most negative entry (0 when none is)
+    pinv_residual: float | None = None  # Nystrom: ||A Z - I||_F / ||I||_F
+    ginv_residual: float | None = None  # Nystrom: ||A Z A - A||_F / ||A||_F
 
 
 class AnalyzeRecord(Record):
@@ -249,6 +257,7 @@ class AnalyzeRecord(Record):
     seq_len: int
     grid: list[int]
     n_images: int  # test images the fidelity figures are measured on
+    map_row_stochastic: bool | None = None  # whether the maps are distributions over keys
     layers: list[LayerFidelity]
     performer_curve: list[dict[str, float]] | None = None  # features -> mean rel. error
     images: list[Any]  # the shown test images, (H, W, 3) uint8 each

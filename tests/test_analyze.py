@@ -43,10 +43,35 @@ def test_analyze_merges_the_mechanisms_diagnostics(kind: str, batch) -> None:
         assert {k: getattr(fidelity, k) for k in extra} == extra
     assert set(whole) <= set(AnalyzeRecord.model_fields), whole
     assert {k: fields[k] for k in whole} == whole
+    stochastic = type(layers[0]).map_row_stochastic
+    assert fields["map_row_stochastic"] is stochastic
     for f in fields["layers"]:
-        assert f.rel_output_error >= 0 and 0 <= f.tv_mean <= f.tv_max <= 1 + 1e-6
+        assert f.rel_output_error >= 0 and f.min_weight <= 0
+        if stochastic:  # TV distance only where rows are distributions
+            assert 0 <= f.tv_mean <= f.tv_max <= 1 + 1e-6
+        else:
+            assert f.tv_mean is None and f.tv_max is None
         if CONFIGS[kind].exact:  # exact attention against itself
             assert f.rel_output_error < 1e-5 and f.tv_mean < 1e-5
+        branch = layers[0].skip(torch.zeros(1, 2, model.seq_len, 16)) is not None
+        assert (f.attention_error is not None) is branch  # figures apart only for a branch
+        assert (f.skip_rel_norm is not None) is branch
+
+
+def test_a_residual_branch_is_measured_apart_from_the_attention(batch) -> None:
+    images, labels = batch
+    torch.manual_seed(0)
+    cfg = CONFIGS["nystrom"].tiny().model_copy(update={"conv_kernel": 3})
+    model = build_model(BB, cfg).eval()
+    with torch.no_grad():  # make the conv branch large, as training can
+        for layer in model.attention_layers():
+            layer.conv.weight.fill_(1.0)
+    fields = analyze_model(model, images, labels)
+    for f in fields["layers"]:
+        assert f.skip_rel_norm > 1  # the branch is bigger than the attention output
+        assert f.rel_output_error > 1  # so the whole output is far from softmax attention
+        assert f.attention_error < 0.5 * f.rel_output_error  # the attention itself is not
+        assert f.pinv_residual is not None and f.ginv_residual is not None
     assert len(fields["cls_maps"]) == 2 and len(fields["cls_maps"][0]) == 4
     assert len(fields["images"]) == len(fields["labels"]) == len(fields["predictions"]) == 4
 

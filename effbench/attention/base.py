@@ -57,14 +57,15 @@ class Attention(nn.Module):
     """
 
     kind: ClassVar[str]
-    # Mechanisms whose effective map is only approximately row-stochastic (iterative
-    # pseudo-inverses) widen this; everyone else's rows sum to 1 to float precision.
+    # Every mechanism's map is what `attend` applies to V (weights(q, k) @ v + skip(v) ==
+    # attend(q, k, v)); only some of those maps are distributions over the keys.
+    # True where every row of the map is non-negative and sums to 1 (within the tolerance):
+    # then total-variation distance to exact attention means something.
+    map_row_stochastic: ClassVar[bool] = True
+    # How closely rows sum to 1 where they do (iterative pseudo-inverses widen it).
     map_row_sum_tol: ClassVar[float] = 1e-4
-    # False where the map may hold (small) negative weights by construction.
+    # False where the map may hold negative weights by construction.
     map_nonnegative: ClassVar[bool] = True
-    # False where `attention_map` is a documented stand-in for what `attend` applies to V
-    # (then `weights(q, k) @ v + skip(v)` need not equal `attend(q, k, v)`).
-    map_applied: ClassVar[bool] = True
 
     def __init__(self, cfg: Any, *, dim: int, num_heads: int, seq_len: int) -> None:
         super().__init__()
@@ -124,7 +125,8 @@ class Attention(nn.Module):
 
     @torch.no_grad()
     def attention_map(self, x: Tensor) -> Tensor:
-        """Effective row-stochastic attention weights (B, H, N, N), in float32."""
+        """The weights `attend` applies to V, (B, H, N, N) in float32: row-stochastic only
+        where `map_row_stochastic` says so."""
         q, k, _ = self.qkv_heads(x)
         return self.weights(q.float(), k.float())
 

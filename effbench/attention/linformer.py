@@ -43,12 +43,6 @@ def project_sequence(e: Tensor, x: Tensor) -> Tensor:
     return project_rows(e, xs).view(B, -1, H, d).transpose(1, 2)  # (B, H, k, d)
 
 
-def stochastic_rows(f: Tensor) -> Tensor:
-    """|F| with rows normalised to sum to 1: how a projected key's mass maps back to tokens."""
-    a = f.abs()
-    return a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
-
-
 def resize_sequence_projection(
     e: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
 ) -> Tensor:
@@ -69,12 +63,13 @@ def resize_sequence_projection(
 class LinformerAttention(Attention):
     """softmax(Q (E K)^T / sqrt(d)) (F V), with learned E, F of shape (k, N).
 
-    `attention_map` maps each projected key's probability mass back over the tokens in
-    proportion to |F|: row-stochastic, and exactly softmax attention when E = F = I, but not
-    the signed F that `attend` applies to V.
+    Its map, softmax(Q (E K)^T / sqrt(d)) F, is what it applies to V: signed (F is), with
+    rows that do not sum to 1, so not a distribution over the tokens; it is exactly softmax
+    attention when E = F = I.
     """
 
-    map_applied = False
+    map_row_stochastic = False
+    map_nonnegative = False
 
     def __init__(self, cfg: LinformerConfig, *, dim: int, num_heads: int, seq_len: int) -> None:
         super().__init__(cfg, dim=dim, num_heads=num_heads, seq_len=seq_len)
@@ -113,7 +108,7 @@ class LinformerAttention(Attention):
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
         kp = project_sequence(self.e.float(), k)
         attn = torch.softmax((q @ kp.transpose(-2, -1)) * self.scale, dim=-1)
-        return attn @ stochastic_rows(self.f.float())
+        return attn @ self.f.float()
 
     def adapt_state(
         self, state: dict[str, Tensor], *, trained_grid: tuple[int, int], grid: tuple[int, int]

@@ -54,10 +54,14 @@ def analyze(
                 rec = analyze_run(run, state, device=dev, env=env, run_id=run_id)
             writer.write(rec)
             errors = [x.rel_output_error for x in rec.layers]
-            tv = [x.tv_mean for x in rec.layers]
+            tv = [x.tv_mean for x in rec.layers if x.tv_mean is not None]
+            rows = (
+                f"mean TV distance {sum(tv) / len(tv):.3g}"
+                if tv
+                else "signed maps (not distributions: no TV distance)"
+            )
             console.print(
                 f"  {len(rec.layers)} layers on {rec.n_images} test images: relative output "
-                f"error {min(errors):.3g}-{max(errors):.3g}, mean TV distance "
-                f"{sum(tv) / len(tv):.3g} against exact attention"
+                f"error {min(errors):.3g}-{max(errors):.3g}, {rows}, against exact attention"
             )
     console.print(f"Results: {path}")

@@ -101,11 +101,16 @@ class FidelityRow:
     model: str
     mean_error: float  # mean relative output error
     worst_error: float
-    mean_tv: float
+    mean_tv: float | None  # None where the maps are not distributions over the keys
     max_row_dev: float  # max |row sum - 1|
     pinv_residual: float | None  # mean, Nystrom only
     images: int
     record: Record
+    row_stochastic: bool = True  # whether its maps are distributions (non-negative, sum 1)
+    min_weight: float | None = None  # the most negative map entry over layers
+    attention_error: float | None = None  # mean error of the attention part alone (map . V)
+    skip_rel_norm: float | None = None  # mean size of a branch that bypasses the map
+    ginv_residual: float | None = None  # mean ||A Z A - A|| / ||A||, Nystrom only
 
 
 @dataclass(frozen=True)
@@ -311,17 +316,29 @@ def _latest_analyzed(results: Results, kinds: Mapping[str, str]) -> list[Record]
 
 def _fidelity_row(r: Record) -> FidelityRow:
     layers = r["layers"]
-    resid = [x["pinv_residual"] for x in layers if x.get("pinv_residual") is not None]
+    weights = [x["min_weight"] for x in layers if x.get("min_weight") is not None]
     return FidelityRow(
         model=r["model"],
         mean_error=statistics.fmean(x["rel_output_error"] for x in layers),
         worst_error=max(x["rel_output_error"] for x in layers),
-        mean_tv=statistics.fmean(x["tv_mean"] for x in layers),
+        mean_tv=_layer_mean(layers, "tv_mean"),
         max_row_dev=max(x["row_sum_max_dev"] for x in layers),
-        pinv_residual=statistics.fmean(resid) if resid else None,
+        pinv_residual=_layer_mean(layers, "pinv_residual"),
         images=r["n_images"],
         record=r,
+        # Records from before the field: their maps were all row-stochastic stand-ins.
+        row_stochastic=r.get("map_row_stochastic", True) is not False,
+        min_weight=min(weights) if weights else None,
+        attention_error=_layer_mean(layers, "attention_error"),
+        skip_rel_norm=_layer_mean(layers, "skip_rel_norm"),
+        ginv_residual=_layer_mean(layers, "ginv_residual"),
     )
+
+
+def _layer_mean(layers: list[Record], key: str) -> float | None:
+    """The mean of a per-layer figure over the layers that have it (None where none does)."""
+    values = [x[key] for x in layers if x.get(key) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def by_error(rows: Iterable[FidelityRow]) -> list[FidelityRow]:

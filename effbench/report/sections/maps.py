@@ -20,16 +20,24 @@ def section(data: ReportData) -> Part:
         "The CLS token's attention over the patch grid (mean over heads) for fixed test "
         "images: for each image, the mechanism's effective map (upper row) and exact "
         "softmax attention computed from the same trained weights (lower row), per layer "
-        "and as rollout across layers; each pair shares one colour scale, from 0."
+        "and as rollout across layers; each pair shares one colour scale, from 0. Where a "
+        "mechanism's map has negative weights (it is not a distribution over the keys: see "
+        "the fidelity section), the pair is drawn on a diverging scale centred on 0 (blue "
+        "negative, red positive)."
     )
     for r in data.analyzed:
         sec.figure(_maps_plot(r))
     return sec, []
 
 
-def _top(a: list[Any], b: list[Any], layer: int, i: int) -> float:
-    """One colour scale for the mechanism's map and the exact one beside it."""
-    return max(max(map(max, a[layer][i])), max(map(max, b[layer][i]))) or 1.0
+def _scale(a: list[Any], b: list[Any], layer: int, i: int) -> dict[str, Any]:
+    """One colour scale for the mechanism's map and the exact one beside it: from 0 to the
+    pair's largest weight, or diverging around 0 where the map has negative weights."""
+    values = [v for grid in (a[layer][i], b[layer][i]) for row in grid for v in row]
+    top = max(abs(v) for v in values) or 1.0
+    if min(values) < 0:
+        return {"cmap": "RdBu_r", "vmin": -top, "vmax": top}
+    return {"cmap": "magma", "vmin": 0, "vmax": top}
 
 
 def _maps_plot(r: Record) -> Plot:
@@ -76,12 +84,7 @@ def _map_row(
     layers = len(r["cls_maps"])
     for layer in range(layers):
         ax = fig.add_subplot(grid[2 * i + row, layer + 1])
-        ax.imshow(
-            maps[layer][i],
-            cmap="magma",
-            vmin=0,
-            vmax=_top(r["cls_maps"], r["cls_maps_exact"], layer, i),
-        )
+        ax.imshow(maps[layer][i], **_scale(r["cls_maps"], r["cls_maps_exact"], layer, i))
         ax.set_xticks([])
         ax.set_yticks([])
         if i == 0 and row == 0:
@@ -89,7 +92,7 @@ def _map_row(
         if layer == 0:
             ax.set_ylabel(tag, fontsize=7)
     ax = fig.add_subplot(grid[2 * i + row, layers + 1])
-    ax.imshow(roll[i], cmap="magma", vmin=0, vmax=_top([r["rollout"]], [r["rollout_exact"]], 0, i))
+    ax.imshow(roll[i], **_scale([r["rollout"]], [r["rollout_exact"]], 0, i))
     ax.set_xticks([])
     ax.set_yticks([])
     if i == 0 and row == 0:
