@@ -68,12 +68,17 @@ def cls_grid(maps: Tensor, grid: tuple[int, int]) -> Tensor:
 
 def rollout(layer_maps: list[Tensor]) -> Tensor:
     """Attention rollout (Abnar & Zuidema 2020): the product over layers of the head-mean
-    maps with the residual added, 0.5 A + 0.5 I, rows renormalised: -> (B, N, N)."""
+    maps with the residual added, 0.5 A + 0.5 I, rows renormalised: -> (B, N, N).
+
+    Rows are divided by their sum of absolute weights: the row sum for a distribution, as in
+    the paper, and for a signed map (Linformer's) a divisor that cannot approach 0, where its
+    rows, which need not sum to anything in particular, could.
+    """
     out = None
     for maps in layer_maps:
         a = maps.mean(dim=1)  # (B, N, N)
         a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
-        a = a / a.sum(dim=-1, keepdim=True)
+        a = a / a.abs().sum(dim=-1, keepdim=True).clamp_min(1e-12)
         out = a if out is None else a @ out
     assert out is not None, "no attention layers"
     return out

@@ -84,3 +84,22 @@ def test_total_variation_and_rollout() -> None:
     out = rollout([maps, maps])
     assert out.shape == (2, 5, 5)
     torch.testing.assert_close(out.sum(dim=-1), torch.ones(2, 5))
+
+
+def test_rollout_of_a_signed_map_stays_finite() -> None:
+    # Rows of 0.5 A + 0.5 I that sum to 0: dividing by the row sum would give inf / NaN.
+    signed = torch.tensor([[0.0, -1.0], [-1.0, 0.0]])[None, None]  # (B, H, N, N)
+    out = rollout([signed, signed])
+    assert out.isfinite().all()
+    half = torch.tensor([[0.5, -0.5], [-0.5, 0.5]])
+    torch.testing.assert_close(out[0], half @ half)  # rows already of absolute sum 1
+
+
+def test_records_from_before_signed_maps_still_load() -> None:
+    # A layer as `analyze` wrote it before: TV distance always, no split, no min weight.
+    old = {"layer": 0, "rel_output_error": 0.75, "tv_mean": 0.068, "tv_max": 0.2,
+           "row_sum_max_dev": 1e-6, "pinv_residual": None}  # fmt: skip
+    layer = LayerFidelity.model_validate(old)
+    assert layer.attention_error is None and layer.skip_rel_norm is None
+    assert layer.min_weight is None and layer.ginv_residual is None
+    assert AnalyzeRecord.model_fields["map_row_stochastic"].default is None
