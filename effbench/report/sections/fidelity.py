@@ -1,46 +1,65 @@
-"""The fidelity section: how far each trained model's attention is from exact softmax
-attention, per layer (output error for every mechanism; total-variation distance only where the
-maps are distributions), a residual branch measured apart, Nystrom's pseudo-inverse explained,
-and Performer's error against its feature count; summary: the approximate mechanisms ranked by
-their mean relative output error."""
+"""The fidelity section: each trained model's attention against exact softmax attention per
+layer (headline: output error of the attention, a residual branch apart; TV distance only for
+distributions), Nystrom's pseudo-inverse explained, Performer's error against its features."""
 
 from __future__ import annotations
 
 import math
+import statistics
+from typing import Any
 
-from effbench.report.data import FidelityRow, ReportData, by_error
+from effbench.report.data import FidelityRow, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.figures import Plot, new_figure, plot
 from effbench.report.format import num
 
 COLUMNS = [
-    "model", "mean rel. output error", "worst layer", "attention part alone",
-    "residual branch size", "mean TV distance", "map", "max |row sum − 1|",
+    "model", "mean rel. output error", "worst layer", "map", "mean TV distance",
+    "max |row sum − 1|", "residual branch size", "layer output with branch",
     "‖AZ − I‖ / ‖I‖", "‖AZA − A‖ / ‖A‖", "images",
 ]  # fmt: skip
 TEXT = (
     "For every layer of each trained model, on its own Q, K and V from test images: the "
-    "relative output error against exact softmax attention, ‖attend − softmax‖ / ‖softmax‖, "
-    "the headline for every mechanism. The total-variation distance between attention rows "
-    "(0: identical, 1: disjoint) is shown only where the maps are distributions over the keys "
-    "(non-negative rows that sum to 1); for signed maps it has no meaning. Exact mechanisms "
-    "should read ~0. Where a layer adds a branch that bypasses its map (Nystrom's depthwise "
-    "convolution of V), the error of the attention part alone and the branch's size "
-    "(‖branch‖ / ‖softmax output‖) are given apart: the branch is part of the model, not an "
-    "approximation error of its attention."
+    "relative output error of its attention against exact softmax attention, "
+    "‖attention − softmax‖ / ‖softmax‖, the headline for every mechanism (exact mechanisms "
+    "read ~0). The total-variation distance between attention rows (0: identical, 1: "
+    "disjoint) is shown only where the maps are distributions over the keys (non-negative "
+    "rows that sum to 1); for a signed map, or rows that do not sum to 1, it has no meaning. "
+    "Where a layer adds a branch that bypasses its map (Nystrom's depthwise convolution of "
+    "V), the headline is the error of the attention part alone (map·V against softmax), and "
+    "the branch's size (‖branch‖ / ‖softmax output‖) and the whole layer's output error are "
+    "given apart: the branch is part of the model, not an approximation error of its "
+    "attention."
 )
 NOT_STOCHASTIC = (
     "Maps that are not distributions over the keys (what these layers apply to V has "
-    "negative weights or rows that do not sum to 1, so their attention maps below are "
-    "signed and read differently): {models}."
+    "negative weights or rows that do not sum to 1, so no TV distance is given and their "
+    "attention maps below read differently): {models}. Their headline is the output error."
+)
+PRE_SIGNED = (
+    "The analyze records of {models} predate signed maps: where a mechanism's map is not a "
+    "distribution, their TV distance describes a row-normalised stand-in, not what the layer "
+    "applies. Rerun `effbench analyze` for figures of the maps themselves."
 )
 PINV = (
-    "‖AZ − I‖ / ‖I‖ measures how far Nystrom's iterative pseudo-inverse Z of the landmark "
+    "Nystrom: ‖AZ − I‖ / ‖I‖ measures how far the iterative pseudo-inverse Z of the landmark "
     "kernel A is from inverting it; with the paper's initialisation and 6 iterations values "
-    "near 0.9 are usual and harmless (more iterations, or an exact pseudo-inverse, make the "
-    "output worse on peaked attention). What the approximation F·Z·B needs is Z acting as a "
-    "generalised inverse, A·Z·A ≈ A: the ‖AZA − A‖ / ‖A‖ column."
+    "near 0.9 are expected and harmless (more iterations, or an exact pseudo-inverse, make "
+    "the output worse on peaked attention). What the approximation F·Z·B needs is Z acting "
+    "as a generalised inverse, A·Z·A ≈ A: the ‖AZA − A‖ / ‖A‖ column, small when it does."
 )
+
+
+def headline(layer: dict[str, Any]) -> float:
+    """A layer's approximation error: its attention part's where a branch bypasses the map,
+    else its whole output's."""
+    part = layer.get("attention_error")
+    return layer["rel_output_error"] if part is None else part
+
+
+def mean_headline(f: FidelityRow) -> float:
+    """The mean of `headline` over the model's layers."""
+    return statistics.fmean(headline(x) for x in f.record["layers"])
 
 
 def section(data: ReportData) -> Part:
@@ -52,6 +71,9 @@ def section(data: ReportData) -> Part:
     signed = [f.model for f in rows if not f.row_stochastic]
     if signed:
         sec.text(NOT_STOCHASTIC.format(models=", ".join(signed)))
+    old = [f.model for f in rows if "map_row_stochastic" not in f.record]
+    if old:
+        sec.text(PRE_SIGNED.format(models=", ".join(old)))
     if any(f.pinv_residual is not None for f in rows):
         sec.text(PINV)
     sec.table(COLUMNS, [_cells(f) for f in rows])
@@ -59,14 +81,26 @@ def section(data: ReportData) -> Part:
     curves = [f for f in rows if f.record.get("performer_curve")]
     if curves:
         sec.figure(_performer_plot(data, curves))
-    approx = [f for f in by_error(rows) if not data.exact(f.model)]
+    return sec, _summary(data, rows, signed)
+
+
+def _summary(data: ReportData, rows: list[FidelityRow], signed: list[str]) -> list[str]:
+    approx = sorted(
+        (f for f in rows if not data.exact(f.model)),
+        key=lambda f: math.inf if math.isnan(mean_headline(f)) else mean_headline(f),
+    )
     if not approx:
-        return sec, []
-    return sec, [
-        "Distance from exact attention (mean relative output error over layers): "
-        + ", ".join(f"{f.model} {num(f.mean_error)}" for f in approx)
-        + "."
+        return []
+    lines = [
+        "Distance from exact attention (mean relative output error of the attention over "
+        "layers): " + ", ".join(f"{f.model} {num(mean_headline(f))}" for f in approx) + "."
     ]
+    if signed:
+        lines.append(
+            "Not distributions over the keys (signed maps or rows not summing to 1, compared "
+            "by output error only): " + ", ".join(signed) + "."
+        )
+    return lines
 
 
 def _cells(f: FidelityRow) -> list[str]:
@@ -74,15 +108,16 @@ def _cells(f: FidelityRow) -> list[str]:
         kind = "distribution"
     else:
         kind = "signed" if (f.min_weight or 0) < 0 else "rows ≠ 1"
+    branch = f.skip_rel_norm is not None
     return [
         f.model,
-        num(f.mean_error),
-        num(f.worst_error),
-        num(f.attention_error),
-        num(f.skip_rel_norm),
-        num(f.mean_tv) if f.row_stochastic else "— (not a distribution)",
+        num(mean_headline(f)),
+        num(max(headline(x) for x in f.record["layers"])),
         kind,
+        num(f.mean_tv) if f.row_stochastic else "— (not a distribution)",
         num(f.max_row_dev),
+        num(f.skip_rel_norm),
+        num(f.mean_error) if branch else "-",
         num(f.pinv_residual),
         num(f.ginv_residual),
         str(f.images),
@@ -94,12 +129,13 @@ def _layers_plot(data: ReportData, rows: list[FidelityRow]) -> Plot:
     for f in rows:
         layers = f.record["layers"]
         xs = [x["layer"] + 1 for x in layers]
-        for ax, key in zip(axes, ("rel_output_error", "tv_mean"), strict=True):
-            if key == "tv_mean" and not f.row_stochastic:
-                continue  # no TV distance for signed maps
+        series = [[headline(x) for x in layers]]
+        if f.row_stochastic:  # no TV distance for maps that are not distributions
+            series.append([x.get("tv_mean") for x in layers])
+        for ax, ys in zip(axes, series, strict=False):
             ax.plot(
                 xs,
-                [x.get(key) for x in layers],
+                ys,
                 marker="o",
                 color=data.colour(f.model),
                 label=f.model,
@@ -111,8 +147,9 @@ def _layers_plot(data: ReportData, rows: list[FidelityRow]) -> Plot:
     return plot(
         "fidelity-layers",
         "Fidelity per layer",
-        "Relative output error (every mechanism) and total-variation distance (mechanisms "
-        "whose maps are distributions) against exact attention, per layer.",
+        "Relative output error of the attention (every mechanism; a residual branch left "
+        "out) and total-variation distance (mechanisms whose maps are distributions) "
+        "against exact attention, per layer.",
         fig,
     )
 

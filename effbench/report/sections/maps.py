@@ -1,5 +1,6 @@
 """The maps section: each trained model's CLS attention over the patch grid for fixed test
-images, per layer and as rollout, beside exact softmax attention from the same weights."""
+images, per layer and as rollout, beside exact softmax attention from the same weights; maps
+that are not distributions (signed, rows not summing to 1) on their own, diverging scale."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from effbench.report.data import Record, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.figures import Plot, blank_figure, plot, slug
 
+Scale = dict[str, Any]  # imshow's cmap, vmin and vmax
+
 
 def section(data: ReportData) -> Part:
     if not data.analyzed:
@@ -18,26 +21,39 @@ def section(data: ReportData) -> Part:
     sec = Section("maps", "Attention maps")
     sec.text(
         "The CLS token's attention over the patch grid (mean over heads) for fixed test "
-        "images: for each image, the mechanism's effective map (upper row) and exact "
-        "softmax attention computed from the same trained weights (lower row), per layer "
-        "and as rollout across layers; each pair shares one colour scale, from 0. Where a "
-        "mechanism's map has negative weights (it is not a distribution over the keys: see "
-        "the fidelity section), the pair is drawn on a diverging scale centred on 0 (blue "
-        "negative, red positive)."
+        "images: for each image, the mechanism's effective map, what its layer applies to V "
+        "(upper row), and exact softmax attention computed from the same trained weights "
+        "(lower row), per layer and as rollout across layers. Where the mechanism's maps are "
+        "distributions over the keys, each pair shares one colour scale from 0. Where they "
+        "are not (see the fidelity section), the two rows are not comparable weight for "
+        "weight: the mechanism's map gets its own scale, diverging around 0 (blue negative, "
+        "red positive) when it has negative weights. Rollout divides each row by its sum of "
+        "absolute weights: its sum, for a distribution."
     )
     for r in data.analyzed:
         sec.figure(_maps_plot(r))
     return sec, []
 
 
-def _scale(a: list[Any], b: list[Any], layer: int, i: int) -> dict[str, Any]:
-    """One colour scale for the mechanism's map and the exact one beside it: from 0 to the
-    pair's largest weight, or diverging around 0 where the map has negative weights."""
-    values = [v for grid in (a[layer][i], b[layer][i]) for row in grid for v in row]
+def _scale(values: list[float], *, signed: bool) -> Scale:
+    """A colour scale for these weights: from 0 to the largest, or diverging around 0 when
+    `signed`."""
     top = max(abs(v) for v in values) or 1.0
-    if min(values) < 0:
+    if signed:
         return {"cmap": "RdBu_r", "vmin": -top, "vmax": top}
     return {"cmap": "magma", "vmin": 0, "vmax": top}
+
+
+def panel_scales(r: Record, mine: list[Any], exact: list[Any]) -> tuple[Scale, Scale]:
+    """Colour scales of a mechanism's (gh, gw) map and the exact one beside it: one shared
+    sequential scale where the record's maps are distributions; else each its own, the
+    mechanism's diverging where it has negative weights."""
+    a = [v for row in mine for v in row]
+    b = [v for row in exact for v in row]
+    if r.get("map_row_stochastic", True) is not False and min(a) >= 0:
+        shared = _scale(a + b, signed=False)
+        return shared, shared
+    return _scale(a, signed=min(a) < 0), _scale(b, signed=False)
 
 
 def _maps_plot(r: Record) -> Plot:
@@ -84,7 +100,8 @@ def _map_row(
     layers = len(r["cls_maps"])
     for layer in range(layers):
         ax = fig.add_subplot(grid[2 * i + row, layer + 1])
-        ax.imshow(maps[layer][i], **_scale(r["cls_maps"], r["cls_maps_exact"], layer, i))
+        scales = panel_scales(r, r["cls_maps"][layer][i], r["cls_maps_exact"][layer][i])
+        ax.imshow(maps[layer][i], **scales[row])
         ax.set_xticks([])
         ax.set_yticks([])
         if i == 0 and row == 0:
@@ -92,7 +109,7 @@ def _map_row(
         if layer == 0:
             ax.set_ylabel(tag, fontsize=7)
     ax = fig.add_subplot(grid[2 * i + row, layers + 1])
-    ax.imshow(roll[i], **_scale([r["rollout"]], [r["rollout_exact"]], 0, i))
+    ax.imshow(roll[i], **panel_scales(r, r["rollout"][i], r["rollout_exact"][i])[row])
     ax.set_xticks([])
     ax.set_yticks([])
     if i == 0 and row == 0:
