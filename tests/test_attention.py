@@ -219,6 +219,15 @@ def test_nystrom_generalised_inverse_residual_on_a_constructed_kernel() -> None:
     assert ginv_residual(a, torch.zeros_like(a)) == pytest.approx(1.0)  # Z = 0: A Z A = 0
     z = iterative_pinv(a, 6)
     assert ginv_residual(a, z) < pinv_residual(a, z) + 1e-6  # AZA = A asks less than AZ = I
+    # A singular kernel (two landmarks whose rows coincide): no Z makes A Z = I, but the
+    # pseudo-inverse is still a generalised inverse. A = [[.5, .5], [.5, .5]] is a projection,
+    # A^+ = A, and ||A A - I|| / ||I|| = ||A - I|| / sqrt(2) = 1 / sqrt(2).
+    a = torch.full((1, 2, 2), 0.5, dtype=torch.float64)
+    z = iterative_pinv(a, 30)
+    assert_close(z, a)
+    assert pinv_residual(a, z) == pytest.approx(2**-0.5)
+    assert ginv_residual(a, z) == pytest.approx(0.0, abs=1e-12)
+    assert ginv_residual(a, torch.eye(2, dtype=torch.float64)[None]) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("kind", available())
