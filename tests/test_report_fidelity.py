@@ -73,6 +73,7 @@ def test_maps_that_are_not_distributions_are_named_and_headlined_by_output_error
     assert rows["nystrom"]["mean TV distance"] == "— (not a distribution)"
     assert rows["performer"]["mean TV distance"] == "0.160"
     assert rows["linformer"]["map"] == "signed" and rows["performer"]["map"] == "distribution"
+    assert rows["nystrom"]["map"] == "signed"
     assert any("Not distributions" in s and "linformer, nystrom" in s for s in summary)
     assert not any("Not distributions" in s and "performer" in s for s in summary)
 
@@ -110,3 +111,14 @@ def test_signed_maps_get_their_own_diverging_scale() -> None:
     sec, _ = maps.section(build_data(Results(records=_records())))
     assert "diverging around 0" in _texts(sec)
     assert len([b for b in sec.blocks if b.kind == "figure"]) == 4  # every model drawn
+
+
+def test_the_map_column_says_how_a_map_falls_short_of_a_distribution() -> None:
+    def label(row_dev: float, min_weight: float) -> str:
+        layer = {"rel_output_error": 0.03, "row_sum_max_dev": row_dev, "min_weight": min_weight}
+        rec = _record("m", "nystrom", [layer], map_row_stochastic=False)
+        return _table(fidelity.section(build_data(Results(records=[rec])))[0])["m"]["map"]
+
+    assert label(1e-4, 0.0) == "not guaranteed"  # close to a distribution on this model
+    assert label(0.2, 0.0) == "rows ≠ 1"
+    assert label(1e-4, -0.01) == "signed"
