@@ -245,6 +245,12 @@ class LayerFidelity(BaseModel):
     pinv_residual: float | None = None  # Nystrom: ||A Z - I||_F / ||I||_F
     ginv_residual: float | None = None  # Nystrom: ||A Z A - A||_F / ||A||_F
 
+    @property
+    def approximation_error(self) -> float:
+        """The attention's own error, the headline: the attention part's where a branch
+        bypasses the map, else the whole output's."""
+        return self.rel_output_error if self.attention_error is None else self.attention_error
+
 
 class AnalyzeRecord(Record):
     """Attention maps and fidelity of one trained run (`effbench analyze`)."""

@@ -71,6 +71,7 @@ def test_a_residual_branch_is_measured_apart_from_the_attention(batch) -> None:
         assert f.skip_rel_norm > 1  # the branch is bigger than the attention output
         assert f.rel_output_error > 1  # so the whole output is far from softmax attention
         assert f.attention_error < 0.5 * f.rel_output_error  # the attention itself is not
+        assert f.approximation_error == f.attention_error
         assert f.pinv_residual is not None and f.ginv_residual is not None
     assert len(fields["cls_maps"]) == 2 and len(fields["cls_maps"][0]) == 4
     assert len(fields["images"]) == len(fields["labels"]) == len(fields["predictions"]) == 4
@@ -103,3 +104,10 @@ def test_records_from_before_signed_maps_still_load() -> None:
     assert layer.attention_error is None and layer.skip_rel_norm is None
     assert layer.min_weight is None and layer.ginv_residual is None
     assert AnalyzeRecord.model_fields["map_row_stochastic"].default is None
+
+
+def test_the_approximation_error_leaves_a_branch_out() -> None:
+    plain = LayerFidelity(layer=0, rel_output_error=0.3, row_sum_max_dev=0.0)
+    branch = plain.model_copy(update={"rel_output_error": 3.49, "attention_error": 0.159})
+    assert plain.approximation_error == 0.3 and branch.approximation_error == 0.159
+    assert "approximation_error" not in branch.model_dump()  # derived, not stored
