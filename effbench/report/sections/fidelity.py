@@ -14,7 +14,7 @@ from effbench.report.figures import Plot, new_figure, plot
 from effbench.report.format import num
 
 COLUMNS = [
-    "model", "mean rel. output error", "worst layer", "map", "mean TV distance",
+    "model", "mean attention error", "worst layer", "map", "mean TV distance",
     "max |row sum − 1|", "residual branch size", "layer output with branch",
     "‖AZ − I‖ / ‖I‖", "‖AZA − A‖ / ‖A‖", "images",
 ]  # fmt: skip
@@ -23,20 +23,20 @@ ROWS_OFF = 1e-3
 TEXT = (
     "For every layer of each trained model, on its own Q, K and V from test images: the "
     "relative output error of its attention against exact softmax attention, "
-    "‖attention − softmax‖ / ‖softmax‖, the headline for every mechanism (exact mechanisms "
-    "read ~0). The total-variation distance between attention rows (0: identical, 1: "
-    "disjoint) is shown only where the maps are distributions over the keys (non-negative "
-    "rows that sum to 1); for a signed map, or rows that do not sum to 1, it has no meaning. "
-    "Where a layer adds a branch that bypasses its map (Nystrom's depthwise convolution of "
-    "V), the headline is the error of the attention part alone (map·V against softmax), and "
-    "the branch's size (‖branch‖ / ‖softmax output‖) and the whole layer's output error are "
-    "given apart: the branch is part of the model, not an approximation error of its "
-    "attention."
+    "‖attention − softmax‖ / ‖softmax‖ (the attention error), the headline for every "
+    "mechanism (exact mechanisms read ~0). The total-variation distance between attention "
+    "rows (0: identical, 1: disjoint) is shown only where the maps are distributions over "
+    "the keys (non-negative rows that sum to 1); for a signed map, or rows that do not sum "
+    "to 1, it has no meaning. Where a layer adds a branch that bypasses its map (Nystrom's "
+    "depthwise convolution of V), the attention error is that of the attention part alone "
+    "(map·V against softmax), and the branch's size (‖branch‖ / ‖softmax output‖) and the "
+    "whole layer's output error are given apart: the branch is part of the model, not an "
+    "approximation error of its attention."
 )
 NOT_STOCHASTIC = (
     "Maps that are not distributions over the keys (what these layers apply to V can have "
     "negative weights or rows that do not sum to 1, so no TV distance is given and their "
-    "attention maps below read differently): {models}. Their headline is the output error."
+    "attention maps below read differently): {models}. Their headline is the attention error."
 )
 PRE_SIGNED = (
     "The analyze records of {models} predate signed maps: where a mechanism's map is not a "
