@@ -46,9 +46,10 @@ PRE_SIGNED = (
 PINV = (
     "Nystrom: ‖AZ − I‖ / ‖I‖ measures how far the iterative pseudo-inverse Z of the landmark "
     "kernel A is from inverting it; with the paper's initialisation and 6 iterations values "
-    "near 0.9 are expected and harmless (more iterations, or an exact pseudo-inverse, make "
-    "the output worse on peaked attention). What the approximation F·Z·B needs is Z acting "
-    "as a generalised inverse, A·Z·A ≈ A: the ‖AZA − A‖ / ‖A‖ column, small when it does."
+    "near 0.9 are expected and harmless: A is nearly singular on peaked attention, and a "
+    "fully converged or exact pseudo-inverse makes the output worse, not better. What the "
+    "approximation F·Z·B needs is Z acting as a generalised inverse, A·Z·A ≈ A: the "
+    "‖AZA − A‖ / ‖A‖ column, small when it does."
 )
 
 
