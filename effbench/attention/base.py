@@ -62,8 +62,9 @@ class Attention(nn.Module):
     # True where every row of the map is non-negative and sums to 1 (within the tolerance):
     # then total-variation distance to exact attention means something.
     map_row_stochastic: ClassVar[bool] = True
-    # How closely rows sum to 1 where they do (iterative pseudo-inverses widen it).
-    map_row_sum_tol: ClassVar[float] = 1e-4
+    # How closely the map's rows sum to 1 (iterative pseudo-inverses widen it); None where
+    # they need not sum to 1 at all.
+    map_row_sum_tol: ClassVar[float | None] = 1e-4
     # False where the map may hold negative weights by construction.
     map_nonnegative: ClassVar[bool] = True
 

@@ -69,6 +69,7 @@ class LinformerAttention(Attention):
     """
 
     map_row_stochastic = False
+    map_row_sum_tol = None
     map_nonnegative = False
 
     def __init__(self, cfg: LinformerConfig, *, dim: int, num_heads: int, seq_len: int) -> None:

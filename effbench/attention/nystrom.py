@@ -87,8 +87,9 @@ class NystromAttention(Attention):
     output (the paper's skip); `attention_map` shows the attention part alone.
     """
 
-    # F pinv(A) B may hold negative entries by construction, and with an iterative
-    # pseudo-inverse its rows sum to 1 only approximately: not a distribution.
+    # F pinv(A) B may hold negative entries by construction: not a distribution. Its rows sum
+    # to 1 as far as Z inverts A on the ones vector (F, A and B are row-stochastic), which
+    # an iterative pseudo-inverse does only approximately.
     map_row_stochastic = False
     map_row_sum_tol = 1e-2
     map_nonnegative = False
