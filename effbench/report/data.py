@@ -3,7 +3,6 @@ ids, each model's kind and order, the accuracy rows, the scale series and the fi
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -339,8 +338,3 @@ def _layer_mean(layers: list[Record], key: str) -> float | None:
     """The mean of a per-layer figure over the layers that have it (None where none does)."""
     values = [x[key] for x in layers if x.get(key) is not None]
     return statistics.fmean(values) if values else None
-
-
-def by_error(rows: Iterable[FidelityRow]) -> list[FidelityRow]:
-    """Rows from the closest to exact attention (lowest mean error; NaN last)."""
-    return sorted(rows, key=lambda f: math.inf if math.isnan(f.mean_error) else f.mean_error)
