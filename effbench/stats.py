@@ -101,13 +101,23 @@ def paired_difference(model: np.ndarray, baseline: np.ndarray) -> Paired:
     p_beats = float((dist > 0).mean() + 0.5 * (dist == 0).mean())
     ci = res.confidence_interval
     diff = Interval(float(a.mean() - b.mean()), float(ci.low), float(ci.high), "paired bootstrap")
-    one_seed = np.ndim(model) == 1 or np.shape(model)[0] == 1
-    one_seed = one_seed and (np.ndim(baseline) == 1 or np.shape(baseline)[0] == 1)
-    if one_seed:
+    if _one_seed(model) and _one_seed(baseline):
         p = mcnemar(np.reshape(model, -1), np.reshape(baseline, -1))
         return Paired(diff, p, p_beats, "McNemar (exact)")
     p = float(min(1.0, 2 * min((dist <= 0).mean(), (dist >= 0).mean())))
     return Paired(diff, p, p_beats, "paired bootstrap")
+
+
+def paired_p_value(model: np.ndarray, baseline: np.ndarray) -> float:
+    """`paired_difference(model, baseline).p_value`, without the bootstrap where McNemar's
+    test decides (one seed each)."""
+    if _one_seed(model) and _one_seed(baseline) and np.size(model) == np.size(baseline):
+        return mcnemar(np.reshape(model, -1), np.reshape(baseline, -1))
+    return paired_difference(model, baseline).p_value
+
+
+def _one_seed(answers: np.ndarray) -> bool:
+    return np.ndim(answers) == 1 or np.shape(answers)[0] == 1
 
 
 def unpaired_tie(acc_a: float, n_a: int, acc_b: float, n_b: int) -> bool:

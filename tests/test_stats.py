@@ -58,6 +58,11 @@ def test_paired_difference_separates_a_clear_winner_from_a_tie() -> None:
     assert seeds.test == "paired bootstrap" and seeds.p_value < 0.01
     with pytest.raises(ValueError):
         stats.paired_difference(base[:10], base)
+    # The p-value alone (what the tie rule needs) is the same test, with or without bootstrap.
+    assert stats.paired_p_value(noise, base) == tie.p_value
+    assert stats.paired_p_value(np.stack([better, better]), np.stack([base, noise])) == (
+        seeds.p_value
+    )
 
 
 def test_unpaired_tie_uses_the_test_set_resolution() -> None:

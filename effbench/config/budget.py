@@ -11,6 +11,9 @@ from typing import Literal
 
 Unit = Literal["ep", "min", "flop"]
 
+TRAIN_FLOP_PER_FORWARD = 3.0
+"""A training step's FLOPs per image as a multiple of the forward's (forward + backward)."""
+
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)\s*([A-Za-z]+)\s*$")
 _UNITS: dict[str, tuple[Unit, float]] = {
     "ep": ("ep", 1.0),

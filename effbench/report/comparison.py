@@ -102,7 +102,7 @@ def tied_with_best(
             continue
         a, b = st.answers, top.answers
         if a is not None and b is not None and a.shape[1] == b.shape[1]:
-            same = stats.paired_difference(a, b).p_value >= stats.ALPHA
+            same = stats.paired_p_value(a, b) >= stats.ALPHA
             how.add("paired test")
         else:
             same = stats.unpaired_tie(

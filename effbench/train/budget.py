@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from effbench.config.budget import Budget
+from effbench.config.budget import TRAIN_FLOP_PER_FORWARD, Budget
 from effbench.config.spec import TrainSection
 from effbench.errors import TrainError
-from effbench.train.optim import lr_factor
+from effbench.train.optim import cosine_factor, lr_factor
 
 
 @dataclass
@@ -18,7 +18,6 @@ class BudgetPlan:
 
     budget: Budget
     steps_per_epoch: int
-    batch_size: int  # global
     flop_per_step: float  # analytic forward FLOPs per image x 3 x batch
     warmup: int  # steps
     floor: float  # min_lr / lr
@@ -56,8 +55,7 @@ class BudgetPlan:
             return lr_factor(step, warmup=warmup, total=steps, floor=self.floor)
         if step < self.warmup:
             return (step + 1) / self.warmup
-        t = min(1.0, self.elapsed / seconds) if seconds else 1.0
-        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
+        return cosine_factor(self.elapsed / seconds if seconds else 1.0, floor=self.floor)
 
 
 def plan_budget(cfg: TrainSection, *, steps_per_epoch: int, flop_per_image: float) -> BudgetPlan:
@@ -67,11 +65,10 @@ def plan_budget(cfg: TrainSection, *, steps_per_epoch: int, flop_per_image: floa
         TrainError: a FLOP budget smaller than one training step.
     """
     budget = cfg.run_budget()
-    flop_per_step = 3.0 * flop_per_image * cfg.batch_size
+    flop_per_step = TRAIN_FLOP_PER_FORWARD * flop_per_image * cfg.batch_size
     plan = BudgetPlan(
         budget=budget,
         steps_per_epoch=steps_per_epoch,
-        batch_size=cfg.batch_size,
         flop_per_step=flop_per_step,
         warmup=round(cfg.warmup_epochs * steps_per_epoch),
         floor=cfg.min_lr / cfg.lr,

@@ -25,8 +25,12 @@ def lr_factor(step: int, *, warmup: int, total: int, floor: float) -> float:
     """Linear warm-up to 1 over `warmup` steps, then cosine down to `floor` at `total`."""
     if step < warmup:
         return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    return cosine_factor((step - warmup) / max(1, total - warmup), floor=floor)
+
+
+def cosine_factor(t: float, *, floor: float) -> float:
+    """The cosine from 1 at t = 0 down to `floor` at t >= 1."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

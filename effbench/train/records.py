@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from effbench.config.budget import TRAIN_FLOP_PER_FORWARD
 from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.measure import param_count, peak_memory
 from effbench.results import CpuCheck, Env, TrainEpochRecord, TrainRecord
@@ -131,7 +132,7 @@ def final_record(
         **base,
         **facts,
         images=images,
-        train_flop=3.0 * facts["flops_per_image"] * images,
+        train_flop=TRAIN_FLOP_PER_FORWARD * facts["flops_per_image"] * images,
         status=status,
         error=error,
         epochs_run=len(st.history),
