@@ -117,16 +117,19 @@ class ProfileRecord(Contention, Record):
     batch_size: int
     dim: int
     heads: int
+    repeats: int | None = None  # timed repeats per phase (records before repeats: one)
     sdpa_backend: str | None = None
     params: int | None = None
-    fwd_ms: float | None = None
+    fwd_ms: float | None = None  # one batch, median of the repeats' medians
     fwd_iqr_ms: float | None = None
     fwd_runs: int | None = None
     fwd_calls_per_run: int | None = None
+    fwd_repeat_spread: float | None = None  # (max - min) / median of the repeats' medians
     fwdbwd_ms: float | None = None
     fwdbwd_iqr_ms: float | None = None
     fwdbwd_runs: int | None = None
     fwdbwd_calls_per_run: int | None = None
+    fwdbwd_repeat_spread: float | None = None
     fwd_peak_mib: float | None = None
     fwdbwd_peak_mib: float | None = None
     mem_source: str | None = None

@@ -27,6 +27,7 @@ heads = 2
 {extra}
 
 [profile]
+retries = 0  # no re-measuring (and back-off) on a busy test machine
 seq_lens = [17, 26]
 batch_size = 2
 device = "cpu"
@@ -75,6 +76,7 @@ def test_profile_end_to_end(tmp_path: Path) -> None:
         assert r["fwd_peak_mib"] > 0 and r["mem_source"]
         assert r["flops_analytic"] == r["flops_fvcore"] == r["flops_flop_counter"] > 0
         assert r["fwd_gflops_per_s"] > 0
+        assert r["repeats"] == 3 and r["fwd_repeat_spread"] >= 0 and r["fwdbwd_repeat_spread"] >= 0
         assert r["top_ops"] and all(op["self_ms"] >= 0 for op in r["top_ops"])
         assert r["env"]["threads"] >= 1 and r["env"]["allocator"] and r["env"]["torch"]
         assert r["spec_hash"] == records[0]["spec_hash"]
@@ -89,6 +91,7 @@ def test_profile_end_to_end(tmp_path: Path) -> None:
     resolved = json.loads(next(out.glob("profile-*.spec.json")).read_text())
     assert resolved["profile"]["seq_lens"] == [17, 26]
     assert "standard" in output and f"{2 * len(KINDS)} ok" in output
+    assert "3 repeats round-robin over the grid" in output
 
 
 def test_profile_options_override_spec(tmp_path: Path) -> None:

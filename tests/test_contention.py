@@ -255,7 +255,9 @@ def test_profile_beside_a_busy_pytorch_process(tmp_path: Path) -> None:
         check = r["cpu_checks"]["fwd"]
         assert r["contended"] == check["disturbed"]
         if r["contended"]:
-            assert check["attempts"] == 2 and check["reason"]
+            # each of the repeats was measured again once when disturbed (retries = 1), and
+            # at least half of them were
+            assert r["repeats"] < check["attempts"] <= 2 * r["repeats"] and check["reason"]
             assert check["wait_share"] > contention.WAIT_SHARE_LIMIT or check["others_cpus"] > 0
         else:
             assert r["fwd_ms"] <= 3 * quiet[key]["fwd_ms"], (key, r["fwd_ms"], quiet[key])

@@ -33,6 +33,22 @@ class Measuring:
     env: Env
     run_id: str
 
+    def words(self, section: ProfileSection | ScaleSection) -> str:
+        """Where and how the grid is timed, for the line above its table."""
+        e = self.env
+        return (
+            f"{self.device}, {e.threads} threads, {e.allocator}, {e.openmp}, "
+            f"{timing_words(section)}"
+        )
+
+
+def timing_words(section: ProfileSection | ScaleSection) -> str:
+    """How a grid takes its timing repeats, for the line above its table."""
+    if section.repeats == 1:
+        return "1 repeat"
+    order = "round-robin over the grid" if section.interleave else "back to back"
+    return f"{section.repeats} repeats {order}"
+
 
 def start_measuring(section: ProfileSection | ScaleSection, *, where: str) -> Measuring:
     """The device, threads and memory cap of a `[profile]` or `[scale]` section, with a warning
@@ -67,16 +83,18 @@ def grid_table(title: str, columns: dict[str, int | None]) -> Table:
 
 
 def run_grid(
-    records: Iterator[Any],
+    sweep: Callable[..., Iterator[Any]],
     *,
-    labels: list[str],
+    points: int,
     table: Table,
     row: Callable[[Any], list[str]],
     results: Path,
     what: str,
 ) -> list[Any]:
-    """Draw `table` and a progress bar while `records` yields one record per label (a failed
-    point is a record, not an exception); each is appended to `results` as it comes.
+    """Draw `table` and a progress bar while `sweep(on_step=...)` yields one record per point
+    (a failed point is a record, not an exception); each is appended to `results` as it
+    comes. The sweep tells the bar what it measures (`OnStep`): each point, then each timing
+    of the rounds when its repeats are interleaved.
 
     Returns:
         The records, in order.
@@ -90,16 +108,18 @@ def run_grid(
         TimeElapsedColumn(),
         console=console,
     )
-    task = progress.add_task(what, total=len(labels))
+    task = progress.add_task(what, total=points)
+
+    def on_step(description: str, done: int, of: int) -> None:
+        progress.update(task, description=description, completed=done, total=of)
+
     done: list[Any] = []
     with JsonlWriter(results) as writer, Live(Group(table, progress), console=console):
-        for label in labels:
-            progress.update(task, description=label)
-            rec = next(records)
+        for rec in sweep(on_step=on_step):
             writer.write(rec)
             done.append(rec)
             table.add_row(*row(rec))
-            progress.advance(task)
+        progress.update(task, description=what, completed=points, total=points)
     if not console.is_terminal:
         console.print()
     return done

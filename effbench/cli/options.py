@@ -1,5 +1,5 @@
 """Options that several commands share, as `Annotated` types: the spec, the models, dtype,
-device, threads, batch size, the results directory and `--set`."""
+device, threads, batch size, timing repeats, the results directory and `--set`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,18 @@ ThreadsOpt = Annotated[
     typer.Option(help="CPU threads for torch (default: torch's, one per core)."),
 ]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Batch size.")]
+RepeatsOpt = Annotated[
+    int | None, typer.Option(help="Timed repeats per point; their spread is recorded.")
+]
+InterleaveOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--interleave/--no-interleave",
+        help="Take the repeats round-robin over the grid (default), so that a slow spell of "
+        "the machine hits every point alike; records then come after the last round. "
+        "--no-interleave: each point's repeats back to back, its record at once.",
+    ),
+]
 ResultsOpt = Annotated[
     Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
 ]

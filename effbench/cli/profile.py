@@ -3,6 +3,7 @@ one record per point."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import typer
@@ -26,6 +27,8 @@ from effbench.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    InterleaveOpt,
+    RepeatsOpt,
     ResultsOpt,
     SetOpt,
     SpecOpt,
@@ -44,7 +47,7 @@ TraceOpt = Annotated[
         help="Write a Chrome/Perfetto trace and a TensorBoard profiler directory per point.",
     ),
 ]
-MinRunTimeOpt = Annotated[float | None, typer.Option(help="Seconds of timing per measurement.")]
+MinRunTimeOpt = Annotated[float | None, typer.Option(help="Seconds of timing per repeat.")]
 BreakdownOpt = Annotated[
     bool | None,
     typer.Option(
@@ -106,6 +109,8 @@ def profile(
     device: DeviceOpt = None,
     trace: TraceOpt = None,
     min_run_time: MinRunTimeOpt = None,
+    repeats: RepeatsOpt = None,
+    interleave: InterleaveOpt = None,
     breakdown: BreakdownOpt = None,
     threads: ThreadsOpt = None,
     output: ResultsOpt = DEFAULT_RESULTS,
@@ -119,6 +124,8 @@ def profile(
         "profile.device": device,
         "profile.trace": trace,
         "profile.min_run_time": min_run_time,
+        "profile.repeats": repeats,
+        "profile.interleave": interleave,
         "profile.breakdown": breakdown,
         "profile.threads": threads,
     }
@@ -134,16 +141,15 @@ def profile(
     trace_root = output / "traces" / f"profile-{at.run_id}" if pr.trace else None
     points = profile_grid(bench)
     console.print(
-        f"{len(points)} points: {len(bench.models)} models x {len(pr.seq_lens)} "
-        f"lengths, batch {pr.batch_size}, {pr.dtype}, {at.device}, "
-        f"{at.env.threads} threads, {at.env.allocator}, {at.env.openmp}"
+        f"{len(points)} points: {len(bench.models)} models x {len(pr.seq_lens)} lengths, "
+        f"batch {pr.batch_size}, {pr.dtype}, {at.words(pr)}"
     )
-    records = profile_sweep(
-        bench, device=at.device, env=at.env, run_id=at.run_id, trace_root=trace_root
+    sweep = partial(
+        profile_sweep, bench, device=at.device, env=at.env, run_id=at.run_id, trace_root=trace_root
     )
     done = run_grid(
-        records,
-        labels=[f"{p.model.name} N={p.seq_len}" for p in points],
+        sweep,
+        points=len(points),
         table=grid_table(f"effbench profile on {at.env.device_name}", PROFILE_COLUMNS),
         row=profile_row,
         results=results,

@@ -4,6 +4,7 @@ model's test accuracy at each resolution."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,6 +33,8 @@ from effbench.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
+    InterleaveOpt,
+    RepeatsOpt,
     ResultsOpt,
     SetOpt,
     SpecOpt,
@@ -57,9 +60,6 @@ PatchOpt = Annotated[
 ModeOpt = Annotated[
     str | None,
     typer.Option(help="infer (forward only), train (one optimizer step) or both."),
-]
-RepeatsOpt = Annotated[
-    int | None, typer.Option(help="Timed repeats per point; their spread is recorded.")
 ]
 BreakdownOpt = Annotated[
     bool | None,
@@ -161,8 +161,7 @@ def headline(bench: BenchSpec, n_points: int, at: Measuring) -> str:
     return (
         f"{n_points} points: {len(bench.models)} models x {len(sc.resolutions)} resolutions "
         f"({', '.join(map(str, sc.resolutions))} px, patch {bench.scale_patch()}), "
-        f"batch {sc.batch_size}, {sc.mode}, {sc.dtype}, {at.device}, {at.env.threads} threads, "
-        f"{at.env.allocator}, {at.env.openmp}, {sc.repeats} repeats"
+        f"batch {sc.batch_size}, {sc.mode}, {sc.dtype}, {at.words(sc)}"
     )
 
 
@@ -172,13 +171,12 @@ def measure(plan: ScalePlan, at: Measuring, results: Path) -> list[Any]:
     from effbench.sweep import checkpoint_sweep, scale_grid, scale_sweep
 
     bench, run = plan.spec, plan.run
+    where = {"device": at.device, "env": at.env, "run_id": at.run_id}
     if run is not None:
         check_checkpoint_data(plan, at.device)  # a missing dataset fails before any point
-        records = checkpoint_sweep(
-            bench, run, plan.state, device=at.device, env=at.env, run_id=at.run_id
-        )
+        records = partial(checkpoint_sweep, bench, run, plan.state, **where)
     else:
-        records = scale_sweep(bench, device=at.device, env=at.env, run_id=at.run_id)
+        records = partial(scale_sweep, bench, **where)
     spec_path = results.with_name(results.name.removesuffix(".jsonl") + ".spec.json")
     write_json_atomic(spec_path, bench.model_dump(mode="json"))
     points = scale_grid(bench)
@@ -189,7 +187,7 @@ def measure(plan: ScalePlan, at: Measuring, results: Path) -> list[Any]:
     console.print(headline(bench, len(points), at))
     return run_grid(
         records,
-        labels=[f"{p.model.name} {p.image_size}px" for p in points],
+        points=len(points),
         table=grid_table(title, columns),
         row=lambda rec: [scale_row(rec)[c] for c in columns],
         results=results,
@@ -220,6 +218,7 @@ def scale(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     repeats: RepeatsOpt = None,
+    interleave: InterleaveOpt = None,
     threads: ThreadsOpt = None,
     breakdown: BreakdownOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -241,6 +240,7 @@ def scale(
         "scale.dtype": dtype,
         "scale.device": device,
         "scale.repeats": repeats,
+        "scale.interleave": interleave,
         "scale.breakdown": breakdown,
         "scale.threads": threads,
     }

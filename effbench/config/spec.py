@@ -44,6 +44,19 @@ Retries = Annotated[
     ),
 ]
 
+Repeats = Annotated[
+    int,
+    Field(ge=1, le=100, description="timed repeats per point; the record keeps their spread"),
+]
+Interleave = Annotated[
+    bool,
+    Field(
+        description="take the repeats round-robin over the grid's points, so that a slow "
+        "spell of the machine hits every point alike (each point's model and input stay in "
+        "memory until the last round); false: each point's repeats back to back"
+    ),
+]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -89,7 +102,9 @@ class ProfileSection(_Section):
     dtype: Dtype = "float32"
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     warmup: int = Field(2, ge=0, description="untimed calls before timing")
-    min_run_time: float = Field(0.3, gt=0, description="seconds of timing per measurement")
+    min_run_time: float = Field(0.1, gt=0, description="seconds of timing per repeat")
+    repeats: Repeats = 3
+    interleave: Interleave = True
     backward: bool = Field(True, description="also time forward+backward")
     count_flops: bool = Field(True, description="count FLOPs with fvcore and FlopCounterMode")
     top_ops: int = Field(8, ge=0, description="operators/kernels kept per point, by self time")
@@ -199,9 +214,8 @@ class ScaleSection(_Section):
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     warmup: int = Field(1, ge=0, description="untimed calls before timing")
     min_run_time: float = Field(0.2, gt=0, description="seconds of timing per repeat")
-    repeats: int = Field(
-        3, ge=1, description="timed repeats per point; the record keeps their spread"
-    )
+    repeats: Repeats = 3
+    interleave: Interleave = True
     count_flops: bool = Field(True, description="count FLOPs with fvcore and FlopCounterMode")
     breakdown: bool = Field(
         True, description="profile one forward: time in attention / MLP / norm / other"

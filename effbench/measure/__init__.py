@@ -27,8 +27,11 @@ from effbench.measure.memory import (
 )
 from effbench.measure.precision import DTYPES, PRECISIONS, autocast, autocast_dtype
 from effbench.measure.timing import (
+    OnStep,
+    Rounds,
     Timing,
     combine_checks,
+    combine_repeats,
     cpu_check,
     synchronize,
     time_call,
@@ -42,12 +45,15 @@ __all__ = [
     "PRECISIONS",
     "FlopCountError",
     "FlopCounts",
+    "OnStep",
+    "Rounds",
     "Timing",
     "attention_module_names",
     "autocast",
     "autocast_dtype",
     "cap_cpu_memory",
     "combine_checks",
+    "combine_repeats",
     "count_flops",
     "cpu_check",
     "cpu_peak_bytes",

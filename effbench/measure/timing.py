@@ -1,5 +1,6 @@
 """Latency: `time_call` (median and IQR of blocked_autorange with a CPU-contention check and
-retries), `time_repeats`, and the CPU checks that say whether the process had its CPUs."""
+retries), repeats of it back to back (`time_repeats`) or round-robin over many calls
+(`Rounds`), and the CPU checks that say whether the process had its CPUs."""
 
 from __future__ import annotations
 
@@ -129,6 +130,23 @@ def combine_checks(checks: list[CpuCheck]) -> CpuCheck:
     )
 
 
+def combine_repeats(timings: list[Timing]) -> tuple[Timing, float]:
+    """Several repeats of one call as one timing: the median of their medians (IQR: their
+    median IQR; runs: all of them; check: `combine_checks` of theirs), and the spread
+    (max - min) / median of those medians."""
+    medians = [t.median_ms for t in timings]
+    median = statistics.median(medians)
+    checks = [t.check for t in timings if t.check is not None]
+    combined = Timing(
+        median_ms=median,
+        iqr_ms=statistics.median(t.iqr_ms for t in timings),
+        runs=sum(t.runs for t in timings),
+        calls_per_run=timings[0].calls_per_run,
+        check=combine_checks(checks) if checks else None,
+    )
+    return combined, (max(medians) - min(medians)) / median
+
+
 def time_repeats(
     fn: Callable[[], Any],
     *,
@@ -138,9 +156,7 @@ def time_repeats(
     min_run_time: float = 0.2,
     retries: int = 0,
 ) -> tuple[Timing, float]:
-    """`time_call` repeated: the median of the repeats' medians (IQR: their median IQR; runs:
-    all of them; check: `combine_checks` of theirs) and the spread (max - min) / median of
-    those medians."""
+    """`time_call` repeated back to back, combined by `combine_repeats`."""
     timings = [
         time_call(
             fn,
@@ -151,13 +167,120 @@ def time_repeats(
         )
         for i in range(repeats)
     ]
-    medians = [t.median_ms for t in timings]
-    median = statistics.median(medians)
-    combined = Timing(
-        median_ms=median,
-        iqr_ms=statistics.median(t.iqr_ms for t in timings),
-        runs=sum(t.runs for t in timings),
-        calls_per_run=timings[0].calls_per_run,
-        check=combine_checks([t.check for t in timings if t.check is not None]),
-    )
-    return combined, (max(medians) - min(medians)) / median
+    return combine_repeats(timings)
+
+
+# What a finished call's repeats are handed to: the combined timing, its spread and how many
+# repeats were taken.
+Done = Callable[[Timing, float, int], None]
+# Told before each timing of a round: what is timed, how many of the round's timings came
+# before it, and how many the round has.
+OnStep = Callable[[str, int, int], None]
+
+
+@dataclass
+class _Repeats:
+    """One call's repeats so far."""
+
+    label: str
+    fn: Callable[[], Any]
+    device: torch.device
+    min_run_time: float
+    retries: int
+    done: Done
+    timings: list[Timing] = dataclasses.field(default_factory=list)
+    failed: bool = False
+
+    def take(self) -> None:
+        self.timings.append(
+            time_call(
+                self.fn,
+                device=self.device,
+                warmup=0,
+                min_run_time=self.min_run_time,
+                retries=self.retries,
+            )
+        )
+
+    def finish(self) -> None:
+        self.done(*combine_repeats(self.timings), len(self.timings))
+
+
+class Rounds:
+    """Timed repeats of many calls, taken round-robin as `benchmarks/bench_attention.py` takes
+    them: every call once per round, so that a slow spell of a shared machine, or a change in
+    the process's state (its allocator's, its caches'), hits all of them alike instead of the
+    few that were being timed when it came.
+
+    `add` only warms a call up; `run` then takes `repeats` rounds over every call added and
+    hands each call's combined timing to its `done`. No repeat is taken while the grid is
+    still being built and measured in other ways: on a 2-core machine with mimalloc the same
+    call timed then ran 10-25 % apart from its later repeats, in either direction, while the
+    later repeats agreed. Until `run`, every call, with the model and input it holds, stays
+    alive. With `interleave=False`, `add` takes all repeats back to back and calls `done`
+    before it returns, as `time_repeats` does.
+    """
+
+    def __init__(self, repeats: int, *, interleave: bool = True) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, not {repeats}")
+        self.repeats = repeats
+        self.interleave = interleave and repeats > 1
+        self._pending: list[_Repeats] = []
+
+    def add(
+        self,
+        fn: Callable[[], Any],
+        *,
+        label: str,
+        device: torch.device,
+        done: Done,
+        warmup: int = 1,
+        min_run_time: float = 0.2,
+        retries: int = 0,
+    ) -> float:
+        """Warm fn up (at least one call) and return the last warm-up call's milliseconds;
+        its repeats come with `run`, or at once when not interleaving."""
+        for _ in range(max(warmup, 1) - 1):
+            fn()
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        call_ms = (time.perf_counter() - t0) * 1e3
+        call = _Repeats(label, fn, device, min_run_time, retries, done)
+        if self.interleave:
+            self._pending.append(call)
+        else:
+            for _ in range(self.repeats):
+                call.take()
+            call.finish()
+        return call_ms
+
+    def run(self, on_step: OnStep | None = None) -> None:
+        """The rounds over every call added, then each call's `done`.
+
+        A call that raises in a round keeps the repeats it has and leaves the rounds (rare:
+        it ran while warming up). On KeyboardInterrupt every call with a repeat is still
+        finished with those it has before the interrupt goes on.
+        """
+        try:
+            for r in range(1, self.repeats + 1):
+                live = [c for c in self._pending if not c.failed]
+                for i, call in enumerate(live):
+                    if on_step is not None:
+                        on_step(f"round {r}/{self.repeats}: {call.label}", i, len(live))
+                    try:
+                        call.take()
+                    except Exception:
+                        call.failed = True
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        """Hand every call added so far that has a repeat its repeats, and forget them all
+        (a call without one never calls its `done`)."""
+        calls, self._pending = self._pending, []
+        for call in calls:
+            if call.timings:
+                call.finish()

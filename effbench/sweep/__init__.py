@@ -14,9 +14,11 @@ from effbench.sweep.common import (
     check_flop_counts,
     classify,
     free_memory,
+    in_rounds,
     note_breakdown,
     note_check,
     note_flops,
+    note_repeats,
     sdpa_layer,
 )
 from effbench.sweep.profile import (
@@ -25,7 +27,7 @@ from effbench.sweep.profile import (
     measure_attention,
     profile_grid,
     profile_sweep,
-    run_point,
+    start_point,
 )
 from effbench.sweep.scale import (
     BREAKDOWN_CALLS,
@@ -38,10 +40,10 @@ from effbench.sweep.scale import (
     fit_to_tokens,
     measure_model,
     precision_name,
-    run_scale_point,
     scale_backbone,
     scale_grid,
     scale_sweep,
+    start_scale_point,
     summary_records,
 )
 
@@ -66,20 +68,22 @@ __all__ = [
     "classify",
     "fit_to_tokens",
     "free_memory",
+    "in_rounds",
     "measure_attention",
     "measure_model",
     "note_breakdown",
     "note_check",
     "note_flops",
+    "note_repeats",
     "precision_name",
     "profile_grid",
     "profile_sweep",
-    "run_point",
-    "run_scale_point",
     "scale_backbone",
     "scale_grid",
     "scale_sweep",
     "scorer_on_test_split",
     "sdpa_layer",
+    "start_point",
+    "start_scale_point",
     "summary_records",
 ]

@@ -11,10 +11,11 @@ import torch
 
 from effbench.config.spec import BenchSpec, SpecError, parse_spec
 from effbench.errors import RunError
+from effbench.measure import OnStep
 from effbench.model import ViT
 from effbench.results import Env, ScaleRecord
 from effbench.runs import TrainedRun
-from effbench.sweep.scale import Evaluate, Trained, run_scale_point, scale_grid
+from effbench.sweep.scale import Evaluate, Trained, scale_sweep
 
 
 def checkpoint_spec(run: TrainedRun, current: BenchSpec, data_dir: str | None) -> BenchSpec:
@@ -76,6 +77,7 @@ def checkpoint_sweep(
     device: torch.device,
     env: Env,
     run_id: str,
+    on_step: OnStep | None = None,
 ) -> Iterator[ScaleRecord]:
     """The trained model (`state`, from `load_state`) at every resolution of `spec` (from
     `checkpoint_spec`): accuracy on the test split beside the cost figures."""
@@ -85,7 +87,12 @@ def checkpoint_sweep(
         evaluate=scorer_on_test_split(spec, device),
     )
     extra = {"checkpoint": str(run.directory), "trained_image_size": spec.backbone.image_size}
-    for point in scale_grid(spec):
-        yield run_scale_point(
-            spec, point, device=device, env=env, run_id=run_id, trained=trained, checkpoint=extra
-        )
+    yield from scale_sweep(
+        spec,
+        device=device,
+        env=env,
+        run_id=run_id,
+        trained=trained,
+        checkpoint=extra,
+        on_step=on_step,
+    )

@@ -4,16 +4,18 @@ that fail a point (non-finite output, disagreeing FLOP counts), and the record f
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from effbench.attention.sdpa import SdpaAttention
-from effbench.measure import FlopCounts, Timing, count_flops
+from effbench.measure import FlopCounts, OnStep, Rounds, Timing, count_flops
 from effbench.measure.profiler import Breakdown
 from effbench.results import Status
+
+R = TypeVar("R")
 
 # Counted and analytic FLOPs may differ by at most this fraction before a point is an error.
 FLOP_TOLERANCE = 0.01
@@ -76,7 +78,50 @@ def sdpa_layer(module: nn.Module) -> SdpaAttention | None:
     return next((m for m in module.modules() if isinstance(m, SdpaAttention)), None)
 
 
+def in_rounds(
+    rounds: Rounds,
+    starts: Sequence[tuple[str, Callable[[], Callable[[], R]]]],
+    on_step: OnStep | None = None,
+) -> Iterator[R]:
+    """The grid's records, its timings taken in `rounds`.
+
+    Each start measures one point (everything but its timing repeats, which it leaves to
+    `rounds`) and gives back the function that makes its record once those are in. Without
+    interleaving a record comes as soon as its point is measured; with it, every record comes
+    after the last round. `on_step(what, done, of)` is told before each point and each timing
+    of a round. On KeyboardInterrupt the points measured so far still come, with the
+    repeats they have, before the interrupt goes on.
+    """
+    pending: list[Callable[[], R]] = []
+    try:
+        for i, (label, start) in enumerate(starts):
+            if on_step is not None:
+                on_step(label, i, len(starts))
+            make = start()
+            if rounds.interleave:
+                pending.append(make)
+            else:
+                yield make()
+        rounds.run(on_step)
+    except KeyboardInterrupt:
+        rounds.finish()
+        yield from (make() for make in pending)
+        raise
+    yield from (make() for make in pending)
+
+
 # ---------------------------------------------------------------------------- record fields
+
+
+def note_repeats(
+    out: dict[str, Any], phase: str, timing: Timing, spread: float, taken: int
+) -> None:
+    """A phase's combined repeats into `<phase>_*` fields, its spread and check, and
+    `repeats`: the fewest any timed phase of the point has."""
+    out.update(timing.as_dict(phase))
+    out[f"{phase}_repeat_spread"] = spread
+    out["repeats"] = min(out.get("repeats", taken), taken)
+    note_check(out, phase, timing)
 
 
 def note_check(out: dict[str, Any], phase: str, timing: Timing) -> None:

@@ -3,8 +3,10 @@ kernels, time by part inside a block). A point that fails is a record with that 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import torch
 
 from effbench.attention import Attention, build_attention
 from effbench.config.spec import BenchSpec, ModelEntry
-from effbench.measure import DTYPES, MIB, Timing, param_count, peak_bytes, time_call
+from effbench.measure import DTYPES, MIB, OnStep, Rounds, Timing, param_count, peak_bytes
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
 from effbench.measure.profiler import breakdown, profile_call
 from effbench.model import Block
@@ -23,9 +25,10 @@ from effbench.sweep.common import (
 from effbench.sweep.common import (
     attempt,
     check_finite,
+    in_rounds,
     note_breakdown,
-    note_check,
     note_flops,
+    note_repeats,
     sdpa_layer,
 )
 
@@ -50,9 +53,11 @@ def measure_attention(
     *,
     device: torch.device,
     out: dict[str, Any],
+    rounds: Rounds,
     trace_dir: Path | None = None,
 ) -> None:
-    """Measure one attention layer at one sequence length, filling `out` as it goes."""
+    """Measure one attention layer at one sequence length, filling `out` as it goes; the
+    timing repeats are `rounds`'s to take."""
     bb, prof = spec.backbone, spec.profile
     dtype = DTYPES[prof.dtype]
     n, B = point.seq_len, prof.batch_size
@@ -72,8 +77,12 @@ def measure_attention(
     if sdpa is not None:
         ops = dispatched_ops(lambda: layer(x))
         out.update(sdpa_backend_fields(sdpa.cfg.backend, device=device, kernels=[], ops=ops))
-    timing = _timed(fwd, "fwd", spec=spec, device=device, out=out)
-    out["fwd_gflops_per_s"] = out["flops_analytic"] * B / (timing.median_ms / 1e3) / 1e9
+    flop = out["flops_analytic"] * B
+
+    def gflops(timing: Timing) -> None:
+        out["fwd_gflops_per_s"] = flop / (timing.median_ms / 1e3) / 1e9
+
+    _timed(fwd, "fwd", point, spec=spec, device=device, out=out, rounds=rounds, then=gflops)
     peak, out["mem_source"] = peak_bytes(fwd, device)
     out["fwd_peak_mib"] = peak / MIB
     if prof.top_ops or trace_dir:
@@ -89,7 +98,7 @@ def measure_attention(
         block_breakdown(layer, x, spec=spec, device=device, out=out)
     if prof.backward:
         _backward(
-            layer, x, spec=spec, device=device, out=out, trace_dir=trace_dir, label=point.label
+            layer, x, point, spec=spec, device=device, out=out, rounds=rounds, trace_dir=trace_dir
         )
     if prof.count_flops:
         note_flops(out, layer, x)
@@ -98,16 +107,18 @@ def measure_attention(
 def _backward(
     layer: Attention,
     x: torch.Tensor,
+    point: Point,
     *,
     spec: BenchSpec,
     device: torch.device,
     out: dict[str, Any],
+    rounds: Rounds,
     trace_dir: Path | None,
-    label: str,
 ) -> None:
     """Forward and backward of `layer` (gradients of the input and the parameters) into
-    `fwdbwd_*` fields, and its trace with `trace_dir`."""
-    layer.train()
+    `fwdbwd_*` fields, and its trace with `trace_dir`. A copy of the layer trains, so that the
+    forward's repeats in the rounds still time the layer in eval mode."""
+    layer = copy.deepcopy(layer).train()
     xg = x.detach().requires_grad_()
     params = [p for p in layer.parameters() if p.requires_grad]
     grad_out = torch.ones_like(x)
@@ -116,30 +127,43 @@ def _backward(
         return torch.autograd.grad(layer(xg), [xg, *params], grad_outputs=grad_out)
 
     check_finite(fwdbwd()[0], "input gradient")
-    _timed(fwdbwd, "fwdbwd", spec=spec, device=device, out=out)
+    _timed(fwdbwd, "fwdbwd", point, spec=spec, device=device, out=out, rounds=rounds)
     out["fwdbwd_peak_mib"] = peak_bytes(fwdbwd, device)[0] / MIB
     if trace_dir:
         profile_call(
-            fwdbwd, device=device, top=0, trace_dir=_sub(trace_dir, "fwdbwd"), worker=label
+            fwdbwd, device=device, top=0, trace_dir=_sub(trace_dir, "fwdbwd"), worker=point.label
         )
-    layer.eval()
 
 
 def _timed(
-    fn: Callable[[], Any], phase: str, *, spec: BenchSpec, device: torch.device, out: dict[str, Any]
-) -> Timing:
-    """Time fn as `[profile]` says into `<phase>_*` fields, with its CPU check."""
+    fn: Callable[[], Any],
+    phase: str,
+    point: Point,
+    *,
+    spec: BenchSpec,
+    device: torch.device,
+    out: dict[str, Any],
+    rounds: Rounds,
+    then: Callable[[Timing], None] | None = None,
+) -> None:
+    """Time fn as `[profile]` says into `<phase>_*` fields (with its spread and CPU check)
+    once `rounds` has its repeats; `then` gets the combined timing."""
     prof = spec.profile
-    timing = time_call(
+
+    def done(timing: Timing, spread: float, taken: int) -> None:
+        note_repeats(out, phase, timing, spread, taken)
+        if then is not None:
+            then(timing)
+
+    rounds.add(
         fn,
+        label=f"{point.label} {phase}",
         device=device,
+        done=done,
         warmup=prof.warmup,
         min_run_time=prof.min_run_time,
         retries=prof.retries,
     )
-    out.update(timing.as_dict(phase))
-    note_check(out, phase, timing)
-    return timing
 
 
 def block_breakdown(
@@ -176,17 +200,20 @@ def _sub(root: Path | None, name: str) -> Path | None:
     return None if root is None else root / name
 
 
-def run_point(
+def start_point(
     spec: BenchSpec,
     point: Point,
     *,
     device: torch.device,
     env: Env,
     run_id: str,
+    rounds: Rounds,
     trace_root: Path | None = None,
     measure: Callable[..., None] | None = None,
-) -> ProfileRecord:
-    """One grid point as a record; failures become a status, never an exception.
+) -> Callable[[], ProfileRecord]:
+    """Measure one grid point, its timing repeats left to `rounds`; the function that
+    makes its record once they are in. A failure becomes the record's status, never an
+    exception.
 
     `measure` defaults to `measure_attention` (looked up when called); it fills a dict of
     record fields as it goes.
@@ -196,20 +223,26 @@ def run_point(
     out: dict[str, Any] = {}
     trace_dir = None if trace_root is None else trace_root / point.label
     status, error = attempt(
-        lambda: measure(spec, point, device=device, out=out, trace_dir=trace_dir), device
+        lambda: measure(spec, point, device=device, out=out, rounds=rounds, trace_dir=trace_dir),
+        device,
     )
     if trace_dir is not None and trace_dir.exists():
         out["trace_dir"] = str(trace_dir)
-    return ProfileRecord(
-        status=status,
-        error=error,
-        **record_base(spec, point.model, env=env, run_id=run_id),
-        seq_len=point.seq_len,
-        batch_size=spec.profile.batch_size,
-        dim=bb.dim,
-        heads=bb.heads,
-        **out,
-    )
+
+    def record() -> ProfileRecord:
+        fields = {"repeats": spec.profile.repeats} | out
+        return ProfileRecord(
+            status=status,
+            error=error,
+            **record_base(spec, point.model, env=env, run_id=run_id),
+            seq_len=point.seq_len,
+            batch_size=spec.profile.batch_size,
+            dim=bb.dim,
+            heads=bb.heads,
+            **fields,
+        )
+
+    return record
 
 
 def profile_sweep(
@@ -219,7 +252,14 @@ def profile_sweep(
     env: Env,
     run_id: str,
     trace_root: Path | None = None,
+    on_step: OnStep | None = None,
 ) -> Iterator[ProfileRecord]:
-    """Every model x sequence length of the spec's profile grid, one record each."""
-    for point in profile_grid(spec):
-        yield run_point(spec, point, device=device, env=env, run_id=run_id, trace_root=trace_root)
+    """Every model x sequence length of the spec's profile grid, one record each, with the
+    timing repeats round-robin over the grid unless `[profile] interleave` is off
+    (`in_rounds`)."""
+    rounds = Rounds(spec.profile.repeats, interleave=spec.profile.interleave)
+
+    where = {"device": device, "env": env, "run_id": run_id, "trace_root": trace_root}
+    start = partial(start_point, spec, rounds=rounds, **where)
+    starts = [(p.label, partial(start, p)) for p in profile_grid(spec)]
+    yield from in_rounds(rounds, starts, on_step)

@@ -4,8 +4,10 @@ with trained weights loaded when a checkpoint is evaluated. A failed point is a 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from effbench.config.attention import AttentionConfig
 from effbench.config.spec import Backbone, BenchSpec, ModelEntry
 from effbench.crossover import summarize
-from effbench.measure import MIB, Timing, param_count, peak_bytes, time_repeats
+from effbench.measure import MIB, OnStep, Rounds, Timing, param_count, peak_bytes
 from effbench.measure import autocast as precision_autocast
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
 from effbench.measure.profiler import breakdown
@@ -23,9 +25,10 @@ from effbench.results import Env, ScaleRecord, ScaleSummaryRecord, record_base
 from effbench.sweep.common import (
     attempt,
     check_finite,
+    in_rounds,
     note_breakdown,
-    note_check,
     note_flops,
+    note_repeats,
     sdpa_layer,
 )
 
@@ -38,6 +41,10 @@ SLOW_CALL_MS = 500.0
 class ScalePoint:
     model: ModelEntry
     image_size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name} {self.image_size}px"
 
 
 def scale_backbone(spec: BenchSpec) -> Backbone:
@@ -94,9 +101,11 @@ def measure_model(
     *,
     device: torch.device,
     out: dict[str, Any],
+    rounds: Rounds,
     trained: Trained | None = None,
 ) -> None:
-    """Measure one whole model at one resolution, filling `out` as it goes."""
+    """Measure one whole model at one resolution, filling `out` as it goes; the timing
+    repeats are `rounds`'s to take."""
     sc, bb = spec.scale, scale_backbone(spec)
     res, B = point.image_size, sc.batch_size
     torch.manual_seed(0)
@@ -118,42 +127,47 @@ def measure_model(
         model.eval()
         out.update(trained.evaluate(model, amp))
     if sc.mode in ("infer", "both"):
-        _inference(spec, point, model, x, amp=amp, device=device, out=out)
+        _inference(spec, point, model, x, amp=amp, device=device, out=out, rounds=rounds)
     if sc.count_flops:
         note_flops(out, model, x, attention_analytic=out["attn_flops_analytic"])
     if sc.mode in ("train", "both"):
-        _training(spec, model, x, amp=amp, device=device, out=out)
+        _training(spec, point, model, x, amp=amp, device=device, out=out, rounds=rounds)
 
 
 def _time_and_peak(
     fn: Callable[[], Any],
     phase: str,
+    point: ScalePoint,
     *,
     spec: BenchSpec,
     batch: int,
     device: torch.device,
     out: dict[str, Any],
-) -> Timing:
-    """Time fn `repeats` times and measure its peak memory, into `<phase>_*` fields."""
+    rounds: Rounds,
+) -> float:
+    """Time fn `repeats` times (when `rounds` takes them) into `<phase>_*` fields, and
+    measure its peak memory. Returns the milliseconds of one warm call."""
     sc = spec.scale
-    timing, spread = time_repeats(
+
+    def done(timing: Timing, spread: float, taken: int) -> None:
+        note_repeats(out, phase, timing, spread, taken)
+        # inference's is plain `images_per_s`, the name the measured records already carry
+        out["images_per_s" if phase == "infer" else f"{phase}_images_per_s"] = batch / (
+            timing.median_ms / 1e3
+        )
+
+    call_ms = rounds.add(
         fn,
+        label=f"{point.label} {phase}",
         device=device,
-        repeats=sc.repeats,
+        done=done,
         warmup=sc.warmup,
         min_run_time=sc.min_run_time,
         retries=sc.retries,
     )
-    note_check(out, phase, timing)
     peak, out["mem_source"] = peak_bytes(fn, device)
-    out.update(timing.as_dict(phase))
-    out[f"{phase}_repeat_spread"] = spread
-    # inference's is plain `images_per_s`, the name the measured records already carry
-    out["images_per_s" if phase == "infer" else f"{phase}_images_per_s"] = batch / (
-        timing.median_ms / 1e3
-    )
     out[f"{phase}_peak_mib"] = peak / MIB
-    return timing
+    return call_ms
 
 
 def _inference(
@@ -165,6 +179,7 @@ def _inference(
     amp: Callable[[], contextlib.AbstractContextManager[Any]],
     device: torch.device,
     out: dict[str, Any],
+    rounds: Rounds,
 ) -> None:
     sc = spec.scale
     model.eval()
@@ -174,11 +189,13 @@ def _inference(
             return model(x)
 
     check_finite(fwd(), "forward output")
-    timing = _time_and_peak(fwd, "infer", spec=spec, batch=x.shape[0], device=device, out=out)
+    call_ms = _time_and_peak(
+        fwd, "infer", point, spec=spec, batch=x.shape[0], device=device, out=out, rounds=rounds
+    )
     kernels: list[str] = []
     ops: list[str] | None = None
     if sc.breakdown or sc.top_ops:
-        calls = 1 if timing.median_ms > SLOW_CALL_MS else BREAKDOWN_CALLS
+        calls = 1 if call_ms > SLOW_CALL_MS else BREAKDOWN_CALLS
         b = breakdown(fwd, model=model, device=device, calls=calls, top=sc.top_ops)
         kernels, ops = b.kernel_names, b.op_names
         out["top_ops"] = [o.model_dump() for o in b.top_ops]
@@ -194,15 +211,19 @@ def _inference(
 
 def _training(
     spec: BenchSpec,
+    point: ScalePoint,
     model: ViT,
     x: torch.Tensor,
     *,
     amp: Callable[[], contextlib.AbstractContextManager[Any]],
     device: torch.device,
     out: dict[str, Any],
+    rounds: Rounds,
 ) -> None:
-    """One optimizer step: forward, cross-entropy, backward, AdamW."""
-    model.train()
+    """One optimizer step: forward, cross-entropy, backward, AdamW. A copy of the model
+    trains, so that inference's repeats in the rounds still time the model in eval mode with the
+    weights it was measured with."""
+    model = copy.deepcopy(model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     g = torch.Generator(device="cpu").manual_seed(0)
     y = torch.randint(0, model.head.out_features, (x.shape[0],), generator=g).to(device)
@@ -217,21 +238,25 @@ def _training(
         return loss.detach()
 
     check_finite(step(), "training loss")
-    _time_and_peak(step, "train", spec=spec, batch=x.shape[0], device=device, out=out)
-    opt.zero_grad(set_to_none=True)
+    _time_and_peak(
+        step, "train", point, spec=spec, batch=x.shape[0], device=device, out=out, rounds=rounds
+    )
 
 
-def run_scale_point(
+def start_scale_point(
     spec: BenchSpec,
     point: ScalePoint,
     *,
     device: torch.device,
     env: Env,
     run_id: str,
+    rounds: Rounds,
     trained: Trained | None = None,
     checkpoint: dict[str, Any] | None = None,
-) -> ScaleRecord:
-    """One model at one resolution as a record; failures become a status, never an exception.
+) -> Callable[[], ScaleRecord]:
+    """Measure one model at one resolution, its timing repeats left to `rounds`; the
+    function that makes its record once they are in. A failure becomes the record's status,
+    never an exception.
 
     Without `trained`, options above the token count are capped (and noted); a trained
     model keeps its own, and a point where they do not fit fails.
@@ -244,34 +269,58 @@ def run_scale_point(
         point = ScalePoint(point.model.model_copy(update={"attention": cfg}), point.image_size)
     out: dict[str, Any] = {}
     status, error = attempt(
-        lambda: measure_model(spec, point, device=device, out=out, trained=trained), device
+        lambda: measure_model(spec, point, device=device, out=out, rounds=rounds, trained=trained),
+        device,
     )
-    return ScaleRecord(
-        status=status,
-        error=error,
-        **record_base(spec, point.model, env=env, run_id=run_id),
-        image_size=point.image_size,
-        patch_size=bb.patch_size,
-        seq_len=tokens,
-        batch_size=sc.batch_size,
-        mode=sc.mode,
-        precision=precision_name(sc.dtype),
-        dim=bb.dim,
-        depth=bb.depth,
-        heads=bb.heads,
-        repeats=sc.repeats,
-        note=note,
-        **(checkpoint or {}),
-        **out,
-    )
+
+    def record() -> ScaleRecord:
+        fields = {"repeats": sc.repeats, **(checkpoint or {})} | out
+        return ScaleRecord(
+            status=status,
+            error=error,
+            **record_base(spec, point.model, env=env, run_id=run_id),
+            image_size=point.image_size,
+            patch_size=bb.patch_size,
+            seq_len=tokens,
+            batch_size=sc.batch_size,
+            mode=sc.mode,
+            precision=precision_name(sc.dtype),
+            dim=bb.dim,
+            depth=bb.depth,
+            heads=bb.heads,
+            note=note,
+            **fields,
+        )
+
+    return record
 
 
 def scale_sweep(
-    spec: BenchSpec, *, device: torch.device, env: Env, run_id: str
+    spec: BenchSpec,
+    *,
+    device: torch.device,
+    env: Env,
+    run_id: str,
+    trained: Trained | None = None,
+    checkpoint: dict[str, Any] | None = None,
+    on_step: OnStep | None = None,
 ) -> Iterator[ScaleRecord]:
-    """Every model x resolution of the spec's scale grid, one record each."""
-    for point in scale_grid(spec):
-        yield run_scale_point(spec, point, device=device, env=env, run_id=run_id)
+    """Every model x resolution of the spec's scale grid, one record each, with the timing
+    repeats round-robin over the grid unless `[scale] interleave` is off (`in_rounds`)."""
+    rounds = Rounds(spec.scale.repeats, interleave=spec.scale.interleave)
+
+    start = partial(
+        start_scale_point,
+        spec,
+        device=device,
+        env=env,
+        run_id=run_id,
+        rounds=rounds,
+        trained=trained,
+        checkpoint=checkpoint,
+    )
+    starts = [(p.label, partial(start, p)) for p in scale_grid(spec)]
+    yield from in_rounds(rounds, starts, on_step)
 
 
 def summary_records(
