@@ -67,8 +67,9 @@ class CpuCheck(BaseModel):
 
     Shares are over the measurement's wall time: `cpu_share` is the process's CPU time per
     thread that could run, `wait_share` the time its threads waited for a CPU, `others_cpus`
-    the CPUs other work kept busy. `attempts` counts the measurements made (more than one:
-    re-measured after a disturbed one); `disturbed` says the kept one was still disturbed.
+    the CPUs other work kept busy. `attempts` counts the measurements made for `repeats`
+    timings (more: re-measured after a disturbed one); `disturbed` says the kept one was still
+    disturbed (of several repeats: at least half of them).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -80,6 +81,7 @@ class CpuCheck(BaseModel):
     wait_share: float | None = None
     others_cpus: float | None = None
     attempts: int = 1
+    repeats: int = 1
     disturbed: bool = False
     reason: str | None = None
 
@@ -97,7 +99,7 @@ class Contention(BaseModel):
 
     def retried(self) -> int:
         """Re-measurements made after disturbed measurements."""
-        return sum(c.attempts - 1 for c in (self.cpu_checks or {}).values())
+        return sum(c.attempts - c.repeats for c in (self.cpu_checks or {}).values())
 
 
 class OpTime(BaseModel):

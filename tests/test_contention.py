@@ -27,7 +27,7 @@ from effbench.contention import (
     share,
 )
 from effbench.measure import combine_checks, time_call, timing
-from effbench.results import CpuCheck, ProfileRecord, Status, read_jsonl
+from effbench.results import Contention, CpuCheck, ProfileRecord, Status, read_jsonl
 
 TICKS = contention._TICKS_PER_S
 linux = pytest.mark.skipif(platform.system() != "Linux", reason="/proc counters are Linux's")
@@ -109,6 +109,10 @@ def test_median_of_repeats_is_contended_when_half_of_them_are() -> None:
 
     one_of_three = combine_checks([check(True), check(False), check(False)])
     assert not one_of_three.disturbed and one_of_three.attempts == 3
+    assert one_of_three.repeats == 3  # three timings, none measured again
+    assert Contention(cpu_checks={"fwd": one_of_three, "fwdbwd": check(False)}).retried() == 0
+    again = one_of_three.model_copy(update={"attempts": 5})
+    assert Contention(cpu_checks={"fwd": again}).retried() == 2
     assert one_of_three.wait_share == pytest.approx(0.5 / 3)
     assert combine_checks([check(True), check(True), check(False)]).disturbed
     assert combine_checks([check(True), check(False)]).disturbed

@@ -6,6 +6,7 @@ mode after the training step has run."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -215,3 +216,22 @@ def test_profile_can_take_its_repeats_back_to_back(tmp_path: Path) -> None:
     (results,) = (tmp_path / "r").glob("profile-*.jsonl")
     records, _ = read_jsonl(results)
     assert [r["repeats"] for r in records] == [2, 2]
+
+
+def test_a_call_slower_than_the_run_time_is_timed_once_per_repeat() -> None:
+    """Timer would spend a second call only on picking its block size."""
+    calls = {"n": 0}
+
+    def slow() -> None:
+        calls["n"] += 1
+        time.sleep(0.03)
+
+    got: dict[str, tuple[Timing, float, int]] = {}
+    rounds = Rounds(3)
+    call_ms = rounds.add(slow, label="slow", device=CPU, done=collect(got, "slow"), warmup=1,
+                         min_run_time=0.02)  # fmt: skip
+    assert call_ms >= 30 and calls["n"] == 1
+    rounds.run()
+    timing, _, taken = got["slow"]
+    assert calls["n"] == 1 + 3 and taken == 3
+    assert timing.runs == 3 and timing.calls_per_run == 1 and timing.median_ms >= 30

@@ -67,11 +67,14 @@ def time_call(
     warmup: int = 2,
     min_run_time: float = 0.3,
     retries: int = 0,
+    call_s: float | None = None,
 ) -> Timing:
     """Median and IQR of fn's time over repeated blocks, after `warmup` untimed calls.
 
     torch.utils.benchmark.Timer picks the calls per block and synchronises CUDA; it runs with
-    torch's current thread count (Timer alone would default to one thread). Around the
+    torch's current thread count (Timer alone would default to one thread). When `call_s`
+    (one warm call's seconds) is known and at least `min_run_time`, one call is the
+    measurement: Timer would spend a second call only on picking the block size. Around the
     measurement the process's CPU time, its threads' run-queue wait and the machine's busy
     time are read (`effbench.contention`); a disturbed measurement is made again, up to
     `retries` times after a doubling back-off. When every attempt was disturbed the fastest
@@ -87,14 +90,17 @@ def time_call(
         if attempt:
             time.sleep(contention.BACKOFF_S * 2 ** (attempt - 1))
         before = contention.read_counters(cpus)
-        m = timer.blocked_autorange(min_run_time=min_run_time)
+        if call_s is not None and call_s >= min_run_time:
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            median, iqr, runs, calls = time.perf_counter() - t0, 0.0, 1, 1
+        else:
+            m = timer.blocked_autorange(min_run_time=min_run_time)
+            median, iqr, runs, calls = m.median, m.iqr, len(m.times), m.number_per_run
         check = cpu_check(before, device=device, cpus=cpus)
         timing = Timing(
-            median_ms=m.median * 1e3,
-            iqr_ms=m.iqr * 1e3,
-            runs=len(m.times),
-            calls_per_run=m.number_per_run,
-            check=check,
+            median_ms=median * 1e3, iqr_ms=iqr * 1e3, runs=runs, calls_per_run=calls, check=check
         )
         if kept is None or not check.disturbed or timing.median_ms < kept.median_ms:
             kept = timing
@@ -125,6 +131,7 @@ def combine_checks(checks: list[CpuCheck]) -> CpuCheck:
         wait_share=mean([c.wait_share for c in checks]),
         others_cpus=mean([c.others_cpus for c in checks]),
         attempts=sum(c.attempts for c in checks),
+        repeats=sum(c.repeats for c in checks),
         disturbed=2 * len(bad) >= len(checks),
         reason=f"{len(bad)} of {len(checks)} repeats: {bad[0].reason}" if bad else None,
     )
@@ -188,6 +195,7 @@ class _Repeats:
     min_run_time: float
     retries: int
     done: Done
+    call_s: float
     timings: list[Timing] = dataclasses.field(default_factory=list)
     failed: bool = False
 
@@ -199,6 +207,7 @@ class _Repeats:
                 warmup=0,
                 min_run_time=self.min_run_time,
                 retries=self.retries,
+                call_s=self.call_s,
             )
         )
 
@@ -247,15 +256,15 @@ class Rounds:
         t0 = time.perf_counter()
         fn()
         synchronize(device)
-        call_ms = (time.perf_counter() - t0) * 1e3
-        call = _Repeats(label, fn, device, min_run_time, retries, done)
+        call_s = time.perf_counter() - t0
+        call = _Repeats(label, fn, device, min_run_time, retries, done, call_s)
         if self.interleave:
             self._pending.append(call)
         else:
             for _ in range(self.repeats):
                 call.take()
             call.finish()
-        return call_ms
+        return call_s * 1e3
 
     def run(self, on_step: OnStep | None = None) -> None:
         """The rounds over every call added, then each call's `done`.
