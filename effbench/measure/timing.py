@@ -223,11 +223,11 @@ class Rounds:
 
     `add` only warms a call up; `run` then takes `repeats` rounds over every call added and
     hands each call's combined timing to its `done`. No repeat is taken while the grid is
-    still being built and measured in other ways: on a 2-core machine with mimalloc the same
-    call timed then ran 10-25 % apart from its later repeats, in either direction, while the
-    later repeats agreed. Until `run`, every call, with the model and input it holds, stays
-    alive. With `interleave=False`, `add` takes all repeats back to back and calls `done`
-    before it returns, as `time_repeats` does.
+    still being built and measured in other ways, so that every repeat of every call is
+    taken under the same conditions (timed then, a call's first repeat once disagreed with
+    the attention benchmark's figure). Until `run`, every call, with the model and input it
+    holds, stays alive. With `interleave=False`, `add` takes all repeats back to back and
+    calls `done` before it returns, as `time_repeats` does.
     """
 
     def __init__(self, repeats: int, *, interleave: bool = True) -> None:
