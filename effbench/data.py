@@ -97,12 +97,36 @@ def find_cifar_dir(data_dir: Path) -> Path | None:
     return None
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Reads a CIFAR-10 batch and nothing else: dicts, lists, bytes, strings, numbers and
+    numpy arrays. Any other global a pickle names (a function to call, say) is refused before
+    it is looked up, so a crafted batch file cannot run code."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refused {module}.{name}: a CIFAR-10 batch holds only dicts, lists, bytes, "
+                "numbers and numpy arrays"
+            )
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
     if not path.is_file():
         raise DataError(f"{path} is missing: a CIFAR-10 directory holds {CIFAR_DIR}'s 6 batches")
     try:
         with path.open("rb") as fh:
-            entry = pickle.load(fh, encoding="bytes")
+            entry = CifarUnpickler(fh, encoding="bytes").load()
         data = entry[b"data"]
         images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32)
         y = torch.as_tensor(list(entry[b"labels"]), dtype=torch.int64)

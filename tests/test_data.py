@@ -4,14 +4,21 @@ ImageNet-100 class check."""
 
 from __future__ import annotations
 
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
 import torch
-from specs import MINI, needs_mini
+from specs import MINI, needs_mini, run_cli
 
 from effbench.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     IMAGENET100_CLASSES,
     ArrayData,
+    CifarUnpickler,
     TensorLoader,
     check_imagenet100,
     load_cifar10,
@@ -19,6 +26,7 @@ from effbench.data import (
     random_crop,
     split_validation,
 )
+from effbench.errors import DataError
 
 
 @needs_mini
@@ -98,3 +106,38 @@ def test_imagenet100_class_check() -> None:
     msg = check_imagenet100(swapped)
     assert msg and "n99999999" in msg and IMAGENET100_CLASSES[-1] in msg
     assert "3 class folders" in check_imagenet100(["n1", "n2", "n3"])
+
+
+class _Payload:
+    """Unpickling this calls os.mkdir: what a crafted batch file could do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple:
+        return (os.mkdir, (str(self.target),))
+
+
+@needs_mini
+def test_a_crafted_batch_file_runs_no_code(tmp_path: Path) -> None:
+    root = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(MINI / "cifar-10-batches-py", root)
+    marker = tmp_path / "ran"
+    with (root / "data_batch_1").open("wb") as fh:
+        pickle.dump({b"data": _Payload(marker), b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(DataError, match=r"data_batch_1 is not a CIFAR-10 batch .*refused posix"):
+        load_cifar10(tmp_path, download=False)
+    assert not marker.exists()
+    code, out = run_cli(
+        "train", "-a", "sdpa", "--data-dir", str(tmp_path), "--epochs", "1", "-o",
+        str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert code == 2 and "refused" in out and not marker.exists(), out
+
+
+@needs_mini
+def test_the_real_batches_still_read_with_the_restricted_unpickler() -> None:
+    for name in ("data_batch_1", "test_batch"):
+        with (MINI / "cifar-10-batches-py" / name).open("rb") as fh:
+            entry = CifarUnpickler(fh, encoding="bytes").load()
+        assert entry[b"data"].shape[1] == 3072 and len(entry[b"labels"]) == len(entry[b"data"])
