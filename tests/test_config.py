@@ -146,6 +146,18 @@ BAD_SPECS = [
         "must be odd",
     ),
     ("sequence length too short", GOOD.replace("[17, 65]", "[1, 65]"), "profile.seq_lens", ">= 2"),
+    (
+        "model named ..",
+        GOOD.replace('name = "nys"', 'name = ".."'),
+        "models[1].name",
+        "outside the output",
+    ),
+    (
+        "model name with a separator",
+        GOOD.replace('name = "nys"', 'name = "../x"'),
+        "models[1].name",
+        "should match pattern",
+    ),
 ]
 
 

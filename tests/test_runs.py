@@ -112,3 +112,13 @@ def test_weights_round_trip_and_find_run(tmp_path: Path) -> None:
     (run / SPEC).write_text("{")
     with pytest.raises(RunError, match="corrupt"):
         find_run(run)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../x", "a\\b", ""])
+def test_a_run_directory_stays_inside_the_output(tmp_path: Path, name: str) -> None:
+    """Names the spec refuses are refused here too, for callers that skip the spec."""
+    bench = parse_spec({"models": [{"name": "a", "attention": {"kind": "sdpa"}}]},
+                       overrides={"train.output_dir": str(tmp_path)})  # fmt: skip
+    with pytest.raises(RunError, match="outside its own directory"):
+        run_dir(bench.train, name, 0)
+    assert run_dir(bench.train, "a.b+c", 0) == tmp_path / "a.b+c" / "seed0"

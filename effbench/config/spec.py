@@ -88,8 +88,19 @@ class Backbone(_Section):
 class ModelEntry(_Section):
     """One model to compare: a name and its attention table."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.+-]+$",
+        description="letters, digits, _ . + - (not only dots): the run's directory name",
+    )
     attention: AttentionConfig
+
+    @field_validator("name")
+    @classmethod
+    def _not_only_dots(cls, v: str) -> str:
+        if set(v) == {"."}:
+            raise ValueError(f"{v!r} names a directory outside the output: use letters or digits")
+        return v
 
 
 class ProfileSection(_Section):
