@@ -9,11 +9,16 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu.
 
     Raises:
-        ValueError: when CUDA is asked for but absent.
+        ValueError: when the name is not a CPU or CUDA device, or CUDA is asked for but absent.
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return dev

@@ -146,6 +146,15 @@ BAD_SPECS = [
         "must be odd",
     ),
     ("sequence length too short", GOOD.replace("[17, 65]", "[1, 65]"), "profile.seq_lens", ">= 2"),
+    ("infinite warm-up", GOOD + "warmup = inf\n", "profile.warmup", "finite"),
+    ("infinite timing", GOOD + "min_run_time = inf\n", "profile.min_run_time", "finite"),
+    ("nan timing", GOOD + "min_run_time = nan\n", "profile.min_run_time", "finite"),
+    (
+        "zero-width MLP",
+        GOOD.replace("dim = 64", "dim = 64\nmlp_ratio = 0.001"),
+        "backbone.mlp_ratio",
+        "no hidden unit",
+    ),
     (
         "model named ..",
         GOOD.replace('name = "nys"', 'name = ".."'),

@@ -116,6 +116,14 @@ def test_choose_device_names_the_setting() -> None:
     assert line.startswith("scale.device: device 'cuda' requested") and "--device cpu" in line
 
 
+@pytest.mark.parametrize("name", ["tpu", "mps", "cuda:x", ""])
+def test_choose_device_refuses_what_is_not_a_cpu_or_cuda_device(name: str) -> None:
+    with pytest.raises(EffbenchError) as err:
+        choose_device(name, where="--device")
+    (line,) = err.value.lines()
+    assert line.startswith("--device: device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
 # ---------------------------------------------------------------------------- scale
 
 

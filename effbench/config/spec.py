@@ -59,7 +59,8 @@ Interleave = Annotated[
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are refused in every number (an infinite warm-up or timing never ends)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Backbone(_Section):
@@ -309,6 +310,14 @@ class BenchSpec(_Section):
             )
         if bb.dim % bb.heads:
             out.append(("backbone.dim", f"{bb.dim} is not divisible by heads {bb.heads}"))
+        if int(bb.dim * bb.mlp_ratio) < 1:
+            out.append(
+                (
+                    "backbone.mlp_ratio",
+                    f"{bb.mlp_ratio} x dim {bb.dim} leaves the MLP no hidden unit; use at "
+                    f"least {1 / bb.dim:.3g}",
+                )
+            )
         seen: dict[str, int] = {}
         for i, m in enumerate(self.models):
             if m.name in seen:
