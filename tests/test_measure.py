@@ -4,6 +4,9 @@ events, and the precision names' autocast."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from effbench.measure import (
 )
 from effbench.measure.dispatch import backend_from_kernels
 from effbench.measure.memory import CLEAR_REFS
-from effbench.measure.profiler import PARTS, breakdown, labelled
+from effbench.measure.profiler import PARTS, breakdown, labelled, native_noise_filtered
 from effbench.model import build_model
 
 # ---------------------------------------------------------------------------- dispatch
@@ -130,3 +133,32 @@ def test_cpu_peak_resets_so_a_smaller_job_after_a_bigger_one_reports_its_own_pea
     assert source == again == "peak_rss_since_reset"
     assert big_peak is not None and small_peak is not None
     assert small_peak < big_peak - 40  # the 64 MiB job's peak did not carry over
+
+
+def test_native_profiler_noise_is_dropped_and_other_stderr_kept(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with native_noise_filtered():
+        os.write(2, b"USDT:... SyncActivityProfilerHandler.cpp:39] profiler_start\n")
+        os.write(2, b"ERROR:... gpuGetDeviceCount failed with code 35\n")
+        os.write(2, b"a real warning\n")
+    assert capfd.readouterr().err == "a real warning\n"
+
+
+def test_a_cpu_profile_prints_no_cuda_or_profiler_noise(tmp_path: Path) -> None:
+    spec = tmp_path / "bench.toml"
+    spec.write_text(
+        '[backbone]\ndim = 32\nheads = 2\n[[models]]\nname = "sdpa"\n'
+        'attention = { kind = "sdpa" }\n[profile]\nseq_lens = [17]\nbatch_size = 2\n'
+        'device = "cpu"\nmin_run_time = 0.01\nrepeats = 1\nbreakdown = true\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "effbench", "profile", "-s", str(spec), "-o", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    for noise in ("USDT", "profiler_start", "gpuGetDeviceCount", "No CUDA runtime"):
+        assert noise not in done.stderr and noise not in done.stdout

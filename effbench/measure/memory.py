@@ -23,7 +23,12 @@ def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    from effbench.measure.profiler import native_noise_filtered
+
+    with (
+        native_noise_filtered(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         fn()
     return peak_from_events(
         (e.start_ns(), e.nbytes())

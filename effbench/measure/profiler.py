@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 import shutil
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,32 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from effbench.results import OpTime
+
+# What the profiler's C++ side prints to the process's stderr on every start and stop, and
+# once without a GPU: noise to whoever reads the command's output.
+NATIVE_NOISE = ("SyncActivityProfilerHandler", "gpuGetDeviceCount failed")
+
+
+@contextlib.contextmanager
+def native_noise_filtered() -> Iterator[None]:
+    """Capture file descriptor 2 while the profiler runs and write back every line that is
+    not `NATIVE_NOISE` (C++ prints there directly, past sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(x for x in lines if not any(n in x for n in NATIVE_NOISE))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 def activities(device: torch.device) -> list[ProfilerActivity]:
@@ -54,7 +83,7 @@ def profile_call(
     """Run fn once under torch.profiler; return its top ops and, with `trace_dir`, write
     `trace_dir/trace.json` (Chrome/Perfetto) and `trace_dir/tb/` (TensorBoard profiler plugin).
     """
-    with profile(activities=activities(device)) as prof:
+    with native_noise_filtered(), profile(activities=activities(device)) as prof:
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -143,7 +172,7 @@ def breakdown(
     cuda = device.type == "cuda"
     with labelled(model):
         fn()  # the first call under new wrappers pays one-off costs; keep it out
-        with profile(activities=activities(device)) as prof:
+        with native_noise_filtered(), profile(activities=activities(device)) as prof:
             for _ in range(calls):
                 with record_function(STEP_LABEL):
                     fn()

@@ -5,6 +5,7 @@ retries), repeats of it back to back (`time_repeats`) or round-robin over many c
 from __future__ import annotations
 
 import dataclasses
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -12,10 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils import benchmark
 
-from effbench import contention
-from effbench.results import CpuCheck
+# torch.utils.benchmark imports cpp_extension, which warns on a machine without a CUDA
+# toolkit; effbench builds no extensions
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
+
+from effbench import contention  # noqa: E402
+from effbench.results import CpuCheck  # noqa: E402
 
 
 @dataclass(frozen=True)
