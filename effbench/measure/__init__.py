@@ -35,7 +35,6 @@ from effbench.measure.timing import (
     cpu_check,
     synchronize,
     time_call,
-    time_repeats,
 )
 
 __all__ = [
@@ -68,5 +67,4 @@ __all__ = [
     "reset_peak_memory",
     "synchronize",
     "time_call",
-    "time_repeats",
 ]

@@ -1,6 +1,6 @@
 """Latency: `time_call` (median and IQR of blocked_autorange with a CPU-contention check and
-retries), repeats of it back to back (`time_repeats`) or round-robin over many calls
-(`Rounds`), and the CPU checks that say whether the process had its CPUs."""
+retries), its repeats round-robin over many calls or back to back (`Rounds`), and the CPU
+checks that say whether the process had its CPUs."""
 
 from __future__ import annotations
 
@@ -159,29 +159,6 @@ def combine_repeats(timings: list[Timing]) -> tuple[Timing, float]:
     return combined, (max(medians) - min(medians)) / median
 
 
-def time_repeats(
-    fn: Callable[[], Any],
-    *,
-    device: torch.device,
-    repeats: int,
-    warmup: int = 1,
-    min_run_time: float = 0.2,
-    retries: int = 0,
-) -> tuple[Timing, float]:
-    """`time_call` repeated back to back, combined by `combine_repeats`."""
-    timings = [
-        time_call(
-            fn,
-            device=device,
-            warmup=warmup if i == 0 else 0,
-            min_run_time=min_run_time,
-            retries=retries,
-        )
-        for i in range(repeats)
-    ]
-    return combine_repeats(timings)
-
-
 # What a finished call's repeats are handed to: the combined timing, its spread and how many
 # repeats were taken.
 Done = Callable[[Timing, float, int], None]
@@ -232,7 +209,7 @@ class Rounds:
     taken under the same conditions (timed then, a call's first repeat once disagreed with
     the attention benchmark's figure). Until `run`, every call, with the model and input it
     holds, stays alive. With `interleave=False`, `add` takes all repeats back to back and
-    calls `done` before it returns, as `time_repeats` does.
+    calls `done` before it returns.
     """
 
     def __init__(self, repeats: int, *, interleave: bool = True) -> None:

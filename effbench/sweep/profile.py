@@ -258,7 +258,6 @@ def profile_sweep(
     timing repeats round-robin over the grid unless `[profile] interleave` is off
     (`in_rounds`)."""
     rounds = Rounds(spec.profile.repeats, interleave=spec.profile.interleave)
-
     where = {"device": device, "env": env, "run_id": run_id, "trace_root": trace_root}
     start = partial(start_point, spec, rounds=rounds, **where)
     starts = [(p.label, partial(start, p)) for p in profile_grid(spec)]

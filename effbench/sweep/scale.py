@@ -308,7 +308,6 @@ def scale_sweep(
     """Every model x resolution of the spec's scale grid, one record each, with the timing
     repeats round-robin over the grid unless `[scale] interleave` is off (`in_rounds`)."""
     rounds = Rounds(spec.scale.repeats, interleave=spec.scale.interleave)
-
     start = partial(
         start_scale_point,
         spec,
