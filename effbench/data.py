@@ -397,10 +397,15 @@ class _SeededItems(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, int]:
         i, seed = item
         path, label = self.folder.samples[self.indices[i]]
-        image = self.folder.loader(path)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.folder.transform(image), label
+        try:
+            image = self.folder.loader(path)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.folder.transform(image), label
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: empty, truncated, not an image
+            raise DataError(
+                f"{path}: unreadable image ({err}); remove or replace it, and run again"
+            ) from None
 
 
 class _SeededOrder(torch.utils.data.Sampler):
@@ -461,8 +466,20 @@ class FolderLoader(_EpochOrder):
                     x.to(self.device, non_blocking=True),
                     y.to(self.device, non_blocking=True),
                 )
+        except DataError as err:
+            raise DataError(worker_message(str(err))) from None
         finally:
             self.start = 0
+
+
+def worker_message(text: str) -> str:
+    """The message of an error raised in a DataLoader worker, without the worker's traceback
+    that the DataLoader puts before it."""
+    if "Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    name, sep, message = last.partition(": ")
+    return message if sep and name.rsplit(".", 1)[-1].endswith("Error") else last
 
 
 # ---------------------------------------------------------------------------- ImageNet-100
@@ -574,6 +591,16 @@ def class_count(cfg: TrainSection, *, num_classes: int) -> int:
     return len(_folder_classes(root))
 
 
+def check_full_batch(images: int, batch_size: int, where: Path) -> None:
+    """Raises DataError when `images` training images (after the validation split) make no
+    full batch."""
+    if images < batch_size:
+        raise DataError(
+            f"{where}: {images} training images (after the validation split) make no full batch "
+            f"of {batch_size}; lower train.batch_size, or add images"
+        )
+
+
 def build_loaders(
     cfg: TrainSection,
     *,
@@ -598,6 +625,7 @@ def build_loaders(
     if cfg.dataset == "imagenet100":
         train_f, train_eval_f, test_f, warning = imagenet_folders(data_dir, image_size)
         tr_idx, val_idx = split_validation(len(train_f), cfg.val_fraction, cfg.split_seed)
+        check_full_batch(len(tr_idx), per_rank * world, data_dir / "train")
         common = {"device": device, "workers": cfg.workers, "rank": rank, "world": world}
         train = FolderLoader(
             train_f, tr_idx.tolist(), batch_size=per_rank, train=True, seed=seed, **common
@@ -622,11 +650,7 @@ def build_loaders(
         cfg, data_dir, image_size=image_size, channels=channels, num_classes=num_classes
     )
     tr_idx, val_idx = split_validation(len(train_d), cfg.val_fraction, cfg.split_seed)
-    if len(tr_idx) < per_rank * world:
-        raise DataError(
-            f"{len(tr_idx)} training images make no full batch of {cfg.batch_size}; "
-            "lower train.batch_size"
-        )
+    check_full_batch(len(tr_idx), per_rank * world, data_dir)
     common = {"device": device, "mean": mean, "std": std, "image_size": image_size}
     common |= {"rank": rank, "world": world}
     train = TensorLoader(

@@ -3,6 +3,8 @@ to change; the CLI prints them to stderr and exits 2. No torch."""
 
 from __future__ import annotations
 
+import errno
+
 
 class EffbenchError(Exception):
     """Base of every user-facing error; `lines()` gives its `location: message` lines."""
@@ -16,18 +18,39 @@ class UsageError(EffbenchError, ValueError):
 
 
 class SpecError(EffbenchError, ValueError):
-    """A spec that cannot be used; `issues` holds one (location, message) pair per problem."""
+    """A spec that cannot be used; `issues` holds one (location, message) pair per problem.
 
-    def __init__(self, issues: list[tuple[str, str]], source: str = "bench.toml") -> None:
+    `origins` maps a dotted key to where its value came from when that was not the spec file
+    (`--set train.lr`, `--lr (train.lr)`): problems at or under that key are blamed on it.
+    """
+
+    def __init__(
+        self,
+        issues: list[tuple[str, str]],
+        source: str = "bench.toml",
+        origins: dict[str, str] | None = None,
+    ) -> None:
         self.issues = issues
         self.source = source
+        self.origins = origins or {}
         super().__init__("\n".join(self.lines()))
 
+    def _origin(self, loc: str) -> str | None:
+        keys = [k for k in self.origins if loc == k or loc.startswith((f"{k}.", f"{k}["))]
+        return max(keys, key=len) if keys else None
+
     def lines(self) -> list[str]:
-        return [
-            f"{self.source}:{loc}: {msg}" if loc else f"{self.source}: {msg}"
-            for loc, msg in self.issues
-        ]
+        out = []
+        for loc, msg in self.issues:
+            key = self._origin(loc)
+            if key is not None:
+                where = self.origins[key] + ("" if loc == key else f" at {loc}")
+                out.append(f"{where}: {msg}")
+            elif loc:
+                out.append(f"{self.source}:{loc}: {msg}")
+            else:
+                out.append(f"{self.source}: {msg}")
+        return out
 
 
 class DataError(EffbenchError, ValueError):
@@ -44,3 +67,27 @@ class TrainError(EffbenchError, RuntimeError):
 
 class CheckpointError(TrainError):
     """A checkpoint that is missing, unreadable, or from another configuration."""
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, or write elsewhere with --output",
+    errno.EDQUOT: "the disk quota is spent: free some space, or write elsewhere with --output",
+    errno.EACCES: "no permission to write there: write elsewhere with --output, or change "
+    "its permissions",
+    errno.EPERM: "no permission to write there: write elsewhere with --output, or change "
+    "its permissions",
+    errno.EROFS: "the file system is read-only: write elsewhere with --output",
+    errno.ENOTDIR: "a file stands where a directory should be: move it away, or choose "
+    "another --output",
+    errno.EISDIR: "a directory stands where a file should be: move it away, or choose "
+    "another --output",
+    errno.EEXIST: "a file of that name is already there: move it away, or choose another --output",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for a failed read or write: the path, the cause, and what to change."""
+    where = err.filename if err.filename is not None else "a file effbench writes"
+    cause = err.strerror or str(err) or type(err).__name__
+    hint = _OS_HINTS.get(err.errno or 0)
+    return f"{where}: {cause}" + (f"; {hint}" if hint else "")

@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from effbench.config.attention import BASELINE_KIND
 from effbench.config.spec import (
@@ -17,14 +17,23 @@ from effbench.config.spec import (
     BenchSpec,
     ModelEntry,
     SpecError,
-    load_spec,
     parse_set,
     parse_spec,
+    read_toml,
     resolution_ladder,
     select_models,
 )
 from effbench.errors import DataError, TrainError, UsageError
-from effbench.runs import TrainedRun, completed, find_run, load_state, run_dir, taken_runs
+from effbench.runs import (
+    TrainedRun,
+    completed,
+    find_run,
+    holds_run,
+    load_state,
+    run_dir,
+    settings_diff,
+    taken_runs,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -32,20 +41,64 @@ if TYPE_CHECKING:
     from effbench.train import Dist
 
 
+# The command-line option of each override key whose option is not `--<last part>`.
+OPTION_NAMES = {
+    "train.output_dir": "--output",
+    "train.budget": "--budget/--epochs",
+    "profile.seq_lens": "--seq-len",
+    "scale.patch_size": "--patch",
+    "scale.resolutions": "--res",
+}
+
+
+def option_name(key: str) -> str:
+    """The option that sets `key`: `--lr` for train.lr."""
+    return OPTION_NAMES.get(key, "--" + key.rsplit(".", 1)[-1].replace("_", "-"))
+
+
 def resolve_spec(
     path: Path,
     overrides: Mapping[str, Any],
     attention: list[str] | None = None,
     sets: list[str] | None = None,
+    *,
+    tokens: Literal["image", "profile"] | None = None,
 ) -> BenchSpec:
     """The spec file at `path` with the command's options (`overrides`, dotted keys; None
     leaves a key alone), then `--set` items, restricted to the models `attention` names.
+    `tokens`: which token counts the selected models' options must fit (the image's for
+    training, the shortest profiled length for profile). A problem is blamed on where its
+    value came from: the spec file, the option, or the `--set` item.
 
     Raises:
-        SpecError: naming each problem's location.
+        SpecError: naming each problem's location; UsageError: an option and a `--set` item
+            that set one key to different values.
     """
-    merged = {**overrides, **parse_set(sets or [])}
-    return select_models(load_spec(path, merged), attention)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    set_values = parse_set(sets or [])
+    for key in given.keys() & set_values.keys():
+        if given[key] != set_values[key]:
+            raise UsageError(
+                f"{option_name(key)} {given[key]} and --set {key}={set_values[key]} disagree; "
+                "give one of them"
+            )
+    origins = {k: f"{option_name(k)} ({k})" for k in given} | {k: f"--set {k}" for k in set_values}
+    full = parse_spec(
+        read_toml(path), overrides={**given, **set_values}, source=str(path), origins=origins
+    )
+    bench = select_models(full, attention)
+    if tokens is not None:
+        where = {m.name: f"models[{i}]" for i, m in enumerate(full.models)}
+        for m in bench.models:  # a kind the spec has no model of: its default options
+            if m.name not in where:
+                where[m.name] = f"models[{m.name}]"
+                origins[where[m.name]] = f"--attention {m.name} (its default options)"
+        issues = bench.token_problems(
+            image=tokens == "image", profile=tokens == "profile", where=where
+        )
+        if issues:
+            raise SpecError(issues, str(path), origins)
+    return bench
 
 
 def choose_device(setting: str, *, where: str) -> torch.device:
@@ -194,7 +247,13 @@ class TrainPlan:
         return taken_runs(self.spec.train, self.runs)
 
     def check_free(self) -> None:
-        """Raises TrainError naming the taken run directories and what to pass instead."""
+        """Whether the runs can start: fresh runs need free directories; resumed and skipped
+        runs must have been trained with the settings asked for now.
+
+        Raises:
+            TrainError: naming the taken run directories, or the settings that differ, and
+                what to pass instead.
+        """
         taken = self.taken()
         if taken:
             raise TrainError(
@@ -203,6 +262,28 @@ class TrainPlan:
                     + [
                         "pass --resume auto to continue (finished runs are skipped), or "
                         "--output DIR for new runs"
+                    ]
+                )
+            )
+        lines = []
+        for entry, seed in self.runs:
+            directory = self.directory(entry, seed)
+            if self.resume not in (None, "auto"):
+                path = Path(self.resume).expanduser()
+                directory = path if path.is_dir() else path.parent
+            if self.resume is None or not holds_run(directory):
+                continue
+            diff = settings_diff(directory, self.spec, entry, seed)
+            if diff:
+                lines += [f"{directory} was trained with other settings:"]
+                lines += [f"  {d}" for d in diff]
+        if lines:
+            raise TrainError(
+                "\n".join(
+                    [
+                        *lines,
+                        "pass the same settings to continue or reuse it, or --output DIR "
+                        "for a new run",
                     ]
                 )
             )
@@ -225,7 +306,7 @@ def plan_train(
     Raises:
         SpecError: a spec problem; EffbenchError: a checkpoint path for more than one run.
     """
-    bench = resolve_spec(path, overrides, attention, sets)
+    bench = resolve_spec(path, overrides, attention, sets, tokens="image")
     runs = [(m, s) for m in bench.models for s in bench.train.seeds]
     if resume not in (None, "auto") and len(runs) > 1:
         raise UsageError(
@@ -263,7 +344,7 @@ def load_runs(
 
     found = []
     for path in paths:
-        run = find_run(path)
+        run = find_run(path, option="")
         if data_dir is not None:
             data = run.spec.model_dump(mode="json")
             data["train"]["data_dir"] = str(data_dir)

@@ -5,10 +5,12 @@ record at a time so that an interrupted run loses nothing it measured.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -399,21 +401,34 @@ def new_run_id() -> str:
 
 
 class JsonlWriter:
-    """Appends one JSON object per line, flushed and fsynced after each record."""
+    """Appends one JSON object per line, flushed and fsynced after each record. A record that
+    cannot be written whole (a full disk) is taken back, so the file never ends in half a
+    line. `new`: the file must not exist yet (a results file of its own)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, new: bool = False) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("a", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_EXCL if new else 0)
+        self._fd = os.open(path, flags, 0o666)
 
     def write(self, record: BaseModel | dict[str, Any]) -> None:
         data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
-        self._fh.write(json.dumps(data, sort_keys=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        line = (json.dumps(data, sort_keys=False) + "\n").encode("utf-8")
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)
+            raise
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> JsonlWriter:
         return self
@@ -422,19 +437,41 @@ class JsonlWriter:
         self.close()
 
 
+def _file_mode() -> int:
+    """The mode a new file gets here (0o666 less the umask), as `open` would give it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def replace_atomically(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; on success it is fsynced and renamed
-    over `path`, so the file is always whole or absent."""
+    over `path`, so the file is always whole or absent. The temporary name is this process's
+    own, and the file gets the usual mode whatever wrote it. A write that failed for want of
+    space (some writers say so only in their own words) raises OSError ENOSPC."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
     try:
-        yield tmp
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
+        try:
+            yield tmp
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+        except Exception as err:
+            if not isinstance(err, OSError) and _disk_full(path.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(directory: Path) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < 1 << 20
+    except OSError:
+        return False
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

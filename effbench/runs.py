@@ -50,6 +50,58 @@ SPEC = "spec.json"
 TENSORBOARD = "tb"
 
 
+# `[train]` keys that do not change what a run computes: a resume may differ in these.
+NEUTRAL_KEYS = frozenset(
+    {
+        "data_dir",
+        "download",
+        "seeds",
+        "device",
+        "threads",
+        "workers",
+        "checkpoint_every",
+        "output_dir",
+        "tensorboard",
+        "eval_batch_size",
+    }
+)
+
+# ---------------------------------------------------------------------------- fingerprint
+
+
+def fingerprint(bench: BenchSpec, entry: ModelEntry, seed: int) -> dict[str, Any]:
+    """The settings that determine what a run computes; a resume must match them."""
+    train = bench.train.model_dump(mode="json")
+    return {
+        "backbone": bench.backbone.model_dump(mode="json"),
+        "attention": entry.attention.model_dump(mode="json"),
+        "train": {k: v for k, v in train.items() if k not in NEUTRAL_KEYS},
+        "seed": seed,
+    }
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def fingerprint_diff(
+    old: dict[str, Any], new: dict[str, Any], *, was: str = "checkpoint"
+) -> list[str]:
+    """`key: <was> old, now new` for each setting that differs."""
+    a, b = _flat(old), _flat(new)
+    return [
+        f"{k}: {was} {a.get(k)!r}, now {b.get(k)!r}"
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k)
+    ]
+
+
 def run_dir(cfg: TrainSection, model: str, seed: int) -> Path:
     """`<output_dir>/<model>/seed<seed>`, which must lie inside the output directory.
 
@@ -80,8 +132,49 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
 
 def holds_run(directory: Path) -> bool:
-    """Whether a run directory already holds a checkpoint or records."""
-    return (directory / CHECKPOINT).exists() or (directory / RECORDS).exists()
+    """Whether a run directory already holds a checkpoint or a record (a run that failed
+    before its first epoch leaves none, and does not block the next)."""
+    if (directory / CHECKPOINT).exists():
+        return True
+    records = directory / RECORDS
+    return records.is_file() and records.stat().st_size > 0
+
+
+def discard_empty_run(directory: Path) -> None:
+    """Remove the files of a run that ended before its first record or checkpoint (its spec
+    and empty records file), so the directory holds nothing that reads as a run."""
+    if holds_run(directory):
+        return
+    for name in (RECORDS, SPEC):
+        (directory / name).unlink(missing_ok=True)
+
+
+def settings_diff(directory: Path, bench: BenchSpec, entry: ModelEntry, seed: int) -> list[str]:
+    """The settings that determine what a run computes (`fingerprint`) in which the run in
+    `directory`, as its spec.json says, differs from `bench`'s run of `entry` and `seed`; []
+    when there is no spec.json to compare with.
+
+    Raises:
+        TrainError: the spec.json is there but unreadable.
+    """
+    path = directory / SPEC
+    if not path.is_file():
+        return []
+    try:
+        old = parse_spec(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+        old_entry = old.model(entry.name) if len(old.models) != 1 else old.models[0]
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TrainError(
+            f"{path} is unreadable ({first}), so the settings of the run in {directory} are "
+            "unknown; move the run away, or train with --output DIR"
+        ) from None
+    if bench.train.dataset != "synthetic":  # the class count comes from the data
+        bb = bench.backbone.model_copy(update={"num_classes": old.backbone.num_classes})
+        bench = bench.model_copy(update={"backbone": bb})
+    return fingerprint_diff(
+        fingerprint(old, old_entry, seed), fingerprint(bench, entry, seed), was="run"
+    )
 
 
 def taken_runs(cfg: TrainSection, runs: Iterable[tuple[ModelEntry, int]]) -> list[Path]:
@@ -149,18 +242,19 @@ class TrainedRun:
     weights: Path
 
 
-def find_run(path: Path) -> TrainedRun:
-    """The run in `path` (a run directory, or a file inside one).
+def find_run(path: Path, *, option: str = "--checkpoint ") -> TrainedRun:
+    """The run in `path` (a run directory, or a file inside one); `option` is how messages
+    name it (the option that gave it, or "" for an argument).
 
     Raises:
         RunError: naming what is missing or unreadable.
     """
     directory = path if path.is_dir() else path.parent
     if not path.exists():
-        raise RunError(f"--checkpoint {path}: no such run directory (runs/<model>/seed<N>)")
+        raise RunError(f"{option}{path}: no such run directory (runs/<model>/seed<N>)")
     spec_path = directory / SPEC
     if not spec_path.is_file():
-        raise RunError(f"--checkpoint {directory}: no spec.json; is it an effbench run?")
+        raise RunError(f"{option}{directory}: no spec.json; is it an effbench run?")
     try:
         spec = parse_spec(json.loads(spec_path.read_text(encoding="utf-8")), source=str(spec_path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -179,7 +273,7 @@ def find_run(path: Path) -> TrainedRun:
     weights = next((directory / w for w in (FINAL, BEST) if (directory / w).is_file()), None)
     if weights is None:
         raise RunError(
-            f"--checkpoint {directory}: neither {FINAL} nor {BEST} is there; "
+            f"{option}{directory}: neither {FINAL} nor {BEST} is there; "
             "train at least one epoch first"
         )
     return TrainedRun(directory=directory, spec=spec, entry=entry, weights=weights)

@@ -107,12 +107,6 @@ BAD_SPECS = [
         "not divisible by heads 3",
     ),
     (
-        "landmarks above tokens",
-        GOOD.replace("landmarks = 8", "landmarks = 80"),
-        "models[1].attention.landmarks",
-        "exceeds the 65 tokens",
-    ),
-    (
         "landmarks above shortest profiled length",
         GOOD.replace("landmarks = 8", "landmarks = 20"),
         "models[1].attention.landmarks",

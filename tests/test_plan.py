@@ -12,7 +12,7 @@ import torch
 
 from effbench.config.attention import BASELINE_KIND
 from effbench.config.spec import SpecError, parse_spec
-from effbench.errors import DataError, EffbenchError, RunError, TrainError
+from effbench.errors import DataError, EffbenchError, RunError, TrainError, UsageError
 from effbench.plan import (
     ScalePlan,
     check_checkpoint_data,
@@ -83,8 +83,10 @@ def fake_run(
 def test_resolve_spec_applies_options_then_set_then_selects_models(tmp_path: Path) -> None:
     path = write_spec(tmp_path)
     overrides = {"train.epochs": 3, "train.lr": 1e-3, "profile.batch_size": None}
-    bench = resolve_spec(path, overrides, ["perf"], ["train.lr=5e-4"])
-    assert bench.train.epochs == 3 and bench.train.lr == 5e-4  # --set comes last
+    bench = resolve_spec(path, overrides, ["perf"], ["train.min_lr=5e-4", "train.lr=1e-3"])
+    assert bench.train.epochs == 3 and bench.train.lr == 1e-3 and bench.train.min_lr == 5e-4
+    with pytest.raises(UsageError, match=r"--lr 0\.001 and --set train\.lr=0\.0005 disagree"):
+        resolve_spec(path, overrides, ["perf"], ["train.lr=5e-4"])  # which one was meant?
     assert [m.name for m in bench.models] == ["perf"]
     assert (
         resolve_spec(path, {}).profile.batch_size
@@ -104,7 +106,10 @@ def test_resolve_spec_errors_are_located(tmp_path: Path) -> None:
     ]
     with pytest.raises(SpecError) as err:
         resolve_spec(path, {"train.epochs": -1})
-    assert err.value.lines()[0].startswith(f"{path}:train.epochs: ")
+    assert err.value.lines()[0].startswith("--epochs (train.epochs): ")
+    with pytest.raises(SpecError) as err:
+        resolve_spec(path, {}, None, ["train.epochs=-1"])
+    assert err.value.lines()[0].startswith("--set train.epochs: ")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -51,6 +51,8 @@ def test_run_dirs_and_which_hold_a_run(tmp_path: Path) -> None:
     a0.mkdir(parents=True)
     assert not holds_run(a0)  # an empty directory holds nothing
     (a0 / RECORDS).write_text("")
+    assert not holds_run(a0)  # nor a run that failed before its first record
+    (a0 / RECORDS).write_text('{"kind": "train_epoch"}\n')
     b1 = run_dir(bench.train, "b", 1)
     b1.mkdir(parents=True)
     (b1 / CHECKPOINT).write_bytes(b"x")

@@ -12,7 +12,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from effbench import __version__
 from effbench.cli.console import console, err_console, fail
-from effbench.errors import EffbenchError
+from effbench.errors import EffbenchError, os_error_line
 
 HELP = "effbench: which attention should a Vision Transformer use? Measured, side by side."
 
@@ -43,13 +43,16 @@ class ListOptionCommand(TyperCommand):
 
 
 class EffbenchGroup(TyperGroup):
-    """Runs a command; an EffbenchError it raises is printed as located lines, exit 2."""
+    """Runs a command; an EffbenchError it raises is printed as located lines, and an OSError
+    (a write or read that failed) as one line naming the path and cause; exit 2."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except EffbenchError as err:
             raise fail(err.lines()) from None
+        except OSError as err:  # a full disk, no permission, a file where a directory goes
+            raise fail([os_error_line(err)]) from None
 
 
 app = typer.Typer(

@@ -129,7 +129,7 @@ def profile(
         "profile.breakdown": breakdown,
         "profile.threads": threads,
     }
-    bench = resolve_spec(spec, overrides, attention, set_)
+    bench = resolve_spec(spec, overrides, attention, set_, tokens="profile")
     pr = bench.profile
 
     from effbench.results import write_json_atomic

@@ -68,6 +68,7 @@ def report(
     Accuracy beside cost, Pareto fronts, scaling and crossovers, time by part, training
     curves, fidelity and attention maps, each labelled with the environment it came from.
     """
+    from effbench.claims import claimed
     from effbench.report import build_report, collect, write_report
 
     formats = FORMATS.get(format_.lower())
@@ -82,7 +83,9 @@ def report(
         known = ", ".join(sorted(str(m) for m in trained)) or "none"
         raise UsageError(f"--baseline {baseline!r}: no trained model of that name ({known})")
     built = build_report(results, baseline=baseline)
-    written = write_report(built, output or Path("results"), formats)
+    target = output or Path("results")
+    with claimed([target], what="report output"):
+        written = write_report(built, target, formats)
     console.print(
         f"{len(results.records)} records from {len(results.files)} file(s), "
         f"{len(built.sections)} sections, {len(built.figures())} figures"

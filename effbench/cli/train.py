@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from effbench.claims import claimed
 from effbench.cli.app import ListOptionCommand, app
 from effbench.cli.console import contention_note, err_console, pct, warn_if_busy
 from effbench.cli.options import (
@@ -125,7 +126,11 @@ def train(
         "train.tensorboard": tensorboard,
         "train.output_dir": None if output is None else str(output),
     }
-    plan = plan_train(spec, overrides, attention=attention, sets=set_, resume=resume)
+    run_plan(plan_train(spec, overrides, attention=attention, sets=set_, resume=resume))
+
+
+def run_plan(plan: TrainPlan) -> None:
+    """Claim the plan's run directories, check them, train every run, print the summary."""
     cfg = plan.spec.train
 
     import torch
@@ -138,10 +143,16 @@ def train(
     out = Console(quiet=not dist.main)
     if dist.main and dist.world == 1:
         warn_if_busy(dist.device, torch.get_num_threads())
-    plan.check_free()
-    run_id = new_run_id()
-    finals = train_until_stopped(plan, dist=dist, run_id=run_id, out=out)
-    write_summary(finals, plan=plan, dist=dist, run_id=run_id, out=out)
+    # each run directory is this process's until it ends: a second train aimed at one is refused
+    dirs = [plan.directory(e, s) for e, s in plan.runs] if dist.main else []
+    with claimed(dirs, what="run directory") as claims:
+        for c in claims:
+            if c.stale:
+                err_console.print(f"note: {c.directory}: {c.stale}", markup=False)
+        plan.check_free()
+        run_id = new_run_id()
+        finals = train_until_stopped(plan, dist=dist, run_id=run_id, out=out)
+        write_summary(finals, plan=plan, dist=dist, run_id=run_id, out=out)
 
 
 def train_until_stopped(

@@ -6,6 +6,7 @@ No torch import here: a spec validates (and its errors print) before any heavy i
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -326,24 +327,33 @@ class BenchSpec(_Section):
         tr = self.train
         if tr.min_lr > tr.lr:
             out.append(("train.min_lr", f"{tr.min_lr} exceeds train.lr {tr.lr}"))
-        if out:
-            return out
-        tokens = bb.seq_len()
-        shortest = min(self.profile.seq_lens)
+        return out
+
+    def token_problems(
+        self, *, image: bool, profile: bool, where: Mapping[str, str] | None = None
+    ) -> list[tuple[str, str]]:
+        """Attention options that need more tokens than a run will have: the backbone's image
+        (`image`, for train) or the shortest `profile.seq_lens` (`profile`). Only this spec's
+        models are checked, so a model that is not selected never blocks one that is;
+        `where` names each model's location (default `models[i]`)."""
+        out: list[tuple[str, str]] = []
+        bb = self.backbone
+        tokens, shortest = bb.seq_len(), min(self.profile.seq_lens)
         for i, m in enumerate(self.models):
+            loc = (where or {}).get(m.name, f"models[{i}]")
             for key, value in m.attention.token_limits().items():
-                if value > tokens:
+                if image and value > tokens:
                     out.append(
                         (
-                            f"models[{i}].attention.{key}",
+                            f"{loc}.attention.{key}",
                             f"{value} exceeds the {tokens} tokens of a {bb.image_size}px image "
                             f"at patch {bb.patch_size}",
                         )
                     )
-                if value > shortest:
+                if profile and value > shortest:
                     out.append(
                         (
-                            f"models[{i}].attention.{key}",
+                            f"{loc}.attention.{key}",
                             f"{value} exceeds profile.seq_lens' shortest length {shortest}",
                         )
                     )
@@ -402,26 +412,42 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# What a --set value may be without TOML quotes: a plain word or path (`synthetic`, `runs/a`).
+_BARE = re.compile(r"[A-Za-z0-9_./~+:@-]+")
+
+
 def parse_set(items: Iterable[str]) -> dict[str, Any]:
     """`--set section.key=value` options as overrides; values are TOML (`3`, `1e-3`, `true`,
-    `[0, 1]`, `"text"`), and anything TOML cannot read is taken as a string.
+    `[0, 1]`, `"text"`), and a plain word or path (`synthetic`, `runs/a`) is taken as a string.
 
     Raises:
-        SpecError: for an item without `=` or without a section.
+        SpecError: for an item without `=` or a section, or a value that is neither.
     """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        key = key.strip()
+        key, raw = key.strip(), raw.strip()
         if not sep or "." not in key or not all(key.split(".")):
             raise SpecError(
                 [("--set", f"{item!r} is not section.key=value (e.g. train.lr=3e-4)")],
                 "command line",
             )
         try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except (tomllib.TOMLDecodeError, ValueError) as err:
+            if not _BARE.fullmatch(raw):
+                reason = str(err).splitlines()[0] if str(err) else "invalid"
+                raise SpecError(
+                    [
+                        (
+                            "",
+                            f"{raw!r} is not a TOML value ({reason}); write numbers as 3 or "
+                            '1e-3, text as "text", lists as [0, 1]',
+                        )
+                    ],
+                    f"--set {key}",
+                ) from None
+            value = raw
         out[key] = value
     return out
 
@@ -431,8 +457,12 @@ def parse_spec(
     *,
     overrides: Mapping[str, Any] | None = None,
     source: str = DEFAULT_SPEC,
+    origins: dict[str, str] | None = None,
 ) -> BenchSpec:
-    """Validate a spec dict, applying dotted-key overrides (CLI options) first.
+    """Validate a spec dict, applying dotted-key overrides (CLI options, `--set`) first;
+    `origins` names where an override came from, so that its problems are blamed on it.
+    Options that depend on token counts are checked by `BenchSpec.token_problems`, for
+    the models and lengths that run.
 
     Raises:
         SpecError: with one (location, message) per problem.
@@ -440,14 +470,17 @@ def parse_spec(
     merged: dict[str, Any] = json.loads(json.dumps(data))  # deep copy of plain TOML data
     for key, value in (overrides or {}).items():
         if value is not None:
-            set_dotted(merged, key, value)
+            try:
+                set_dotted(merged, key, value)
+            except SpecError as err:
+                raise SpecError(err.issues, source, origins) from None
     try:
         spec = BenchSpec.model_validate(merged)
     except ValidationError as err:
-        raise SpecError(_pydantic_issues(err), source) from None
+        raise SpecError(_pydantic_issues(err), source, origins) from None
     issues = spec.problems()
     if issues:
-        raise SpecError(issues, source)
+        raise SpecError(issues, source, origins)
     return spec
 
 
@@ -458,7 +491,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         what = "is a directory" if p.is_dir() else "not found"
         raise SpecError([("", f"spec file {what}; pass --spec PATH to a bench.toml")], str(p))
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8-sig"))  # a BOM is not TOML
     except tomllib.TOMLDecodeError as err:
         raise SpecError([("", f"invalid TOML: {err}")], str(p)) from None
     except UnicodeDecodeError as err:
@@ -509,6 +542,4 @@ def select_models(spec: BenchSpec, wanted: Iterable[str] | None) -> BenchSpec:
             ],
             "command line",
         )
-    data = spec.model_dump(mode="json")
-    data["models"] = [m.model_dump(mode="json") for m in chosen]
-    return parse_spec(data, source="command line")
+    return spec.model_copy(update={"models": chosen})

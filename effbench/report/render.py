@@ -51,7 +51,8 @@ def write_report(report: Report, output: Path, formats: Iterable[str]) -> list[P
             figures = output / FIGURE_DIR
             figures.mkdir(exist_ok=True)
             for plot in report.figures():
-                (figures / f"{plot.stem}.png").write_bytes(plot.png)
+                with replace_atomically(figures / f"{plot.stem}.png") as tmp:
+                    tmp.write_bytes(plot.png)
         path = output / f"report.{fmt}"
         with replace_atomically(path) as tmp:
             tmp.write_text(render(report, fmt), encoding="utf-8")

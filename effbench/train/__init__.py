@@ -4,12 +4,10 @@ Yields records; never prints; the run directory's layout is `effbench.runs`."""
 
 from __future__ import annotations
 
+from effbench.runs import NEUTRAL_KEYS, fingerprint, fingerprint_diff
 from effbench.train.checkpoint import (
     CHECKPOINT_FORMAT,
-    NEUTRAL_KEYS,
     RunState,
-    fingerprint,
-    fingerprint_diff,
     load_checkpoint,
     rng_state,
     seed_everything,

@@ -3,7 +3,9 @@ fingerprint a resume must match, and saving/loading with `weights_only=True`."""
 
 from __future__ import annotations
 
+import pickle
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,60 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.errors import CheckpointError
 from effbench.results import replace_atomically
+from effbench.runs import fingerprint_diff
 
 CHECKPOINT_FORMAT = 1
-# `[train]` keys that do not change what a run computes: a resume may differ in these.
-NEUTRAL_KEYS = frozenset(
-    {
-        "data_dir",
-        "download",
-        "seeds",
-        "device",
-        "threads",
-        "workers",
-        "checkpoint_every",
-        "output_dir",
-        "tensorboard",
-        "eval_batch_size",
-    }
-)
-
-# ---------------------------------------------------------------------------- fingerprint
-
-
-def fingerprint(bench: BenchSpec, entry: ModelEntry, seed: int) -> dict[str, Any]:
-    """The settings that determine what a run computes; a resume must match them."""
-    train = bench.train.model_dump(mode="json")
-    return {
-        "backbone": bench.backbone.model_dump(mode="json"),
-        "attention": entry.attention.model_dump(mode="json"),
-        "train": {k: v for k, v in train.items() if k not in NEUTRAL_KEYS},
-        "seed": seed,
-    }
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flat(old), _flat(new)
-    return [
-        f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
-        for k in sorted(a.keys() | b.keys())
-        if a.get(k) != b.get(k)
-    ]
-
-
 # ---------------------------------------------------------------------------- random state
 
 
@@ -150,11 +103,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unpickler's notes on foreign pickles
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, foreign pickle: all unusable
+        if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
+            why = "it holds objects other than tensors and plain data, which are never loaded"
+        else:
+            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not an effbench checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"checkpoint {path} is corrupt or not an effbench checkpoint ({why}); "
             "delete it to start over, or pass --resume with another checkpoint"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:

@@ -26,6 +26,8 @@ from effbench.runs import (
     CHECKPOINT,
     FINAL,
     TENSORBOARD,
+    discard_empty_run,
+    fingerprint,
     load_weights,
     open_records,
     resume_checkpoint,
@@ -34,7 +36,6 @@ from effbench.runs import (
 )
 from effbench.train.checkpoint import (
     RunState,
-    fingerprint,
     load_matching,
     restore,
     save_checkpoint,
@@ -78,11 +79,8 @@ class TrainProgress:
 
 class Trainer:
     """One model, one seed. `run()` yields a `TrainEpochRecord` per epoch and a `TrainRecord`.
-
-    `resume`: None (a fresh run; refused when the run directory already holds one), "auto"
-    (continue from the run directory's checkpoint, or start fresh when there is none), or a
-    path to a checkpoint or run directory.
-    """
+    `resume`: None (fresh; refused where a run is), "auto" (the run directory's checkpoint,
+    else fresh), or the path of a checkpoint or run directory."""
 
     def __init__(
         self,
@@ -167,6 +165,14 @@ class Trainer:
 
     def run(self) -> Iterator[Record]:
         self._setup()
+        try:
+            yield from self._run()
+        except Exception:
+            if self.dist.main:
+                discard_empty_run(self.dir)  # failed before its first epoch: nothing to keep
+            raise
+
+    def _run(self) -> Iterator[Record]:
         with contextlib.ExitStack() as files:
             writer, tb = self._open_files(files)
             env = environment(str(self.device), self.precision)

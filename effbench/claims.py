@@ -1,0 +1,143 @@
+"""Who owns an output: a directory is claimed by one process at a time, for as long as it writes
+there, so that two commands aimed at the same run or report cannot mix their files.
+
+A claim is an OS lock (`flock`) on `<directory>/.effbench.lock`, whose text names the holder
+(pid, host, command, start time). The lock dies with its process, so a claim left by a killed
+process is taken over, with a note; a live holder gets the claimant refused at once. No torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from effbench.errors import EffbenchError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: claims are taken with create-exclusive only
+    fcntl = None  # type: ignore[assignment]
+
+LOCK = ".effbench.lock"
+
+
+class ClaimError(EffbenchError, RuntimeError):
+    """An output another process is writing to."""
+
+
+@dataclass
+class Claim:
+    """A held claim on `directory`; `stale` describes a dead holder it replaced, if any."""
+
+    directory: Path
+    fd: int
+    created: list[Path] = field(default_factory=list)  # directories made for the claim
+    stale: str | None = None
+
+    def release(self) -> None:
+        """Drop the claim: the lock file goes, and so do the directories made for the claim
+        when nothing was written into them."""
+        lock = self.directory / LOCK
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(self.fd), os.stat(lock)):
+                lock.unlink()
+        os.close(self.fd)
+        for d in reversed(self.created):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when empty
+
+
+def _holder_text() -> str:
+    return json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(["effbench", *sys.argv[1:]]),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
+
+
+def describe_holder(text: str) -> str:
+    """'pid 123 on host (effbench train ..., since ...)' from a lock file's text."""
+    try:
+        h = json.loads(text)
+        return f"pid {h['pid']} on {h['host']} ({h['command']}, since {h['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _missing_parents(directory: Path) -> list[Path]:
+    missing = []
+    d = directory
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    return list(reversed(missing))
+
+
+def claim(directory: Path, *, what: str = "output") -> Claim:
+    """Claim `directory` (made when absent) for this process.
+
+    Raises:
+        ClaimError: another live process holds it; the message names the directory and holder.
+        OSError: the directory cannot be made or written.
+    """
+    created = _missing_parents(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            held = _lock(fd)
+            previous = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            if not held:
+                raise ClaimError(
+                    f"{directory}: this {what} is in use by {describe_holder(previous)}; wait "
+                    "for it to finish, or choose another --output"
+                )
+            if not os.path.samestat(os.fstat(fd), os.stat(lock)):
+                os.close(fd)  # the holder removed the file as we locked it: lock the new one
+                continue
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        break
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, _holder_text().encode(), 0)
+    stale = f"took over the claim of {describe_holder(previous)}, which is no longer running"
+    return Claim(directory, fd, created=created, stale=stale if previous else None)
+
+
+def _lock(fd: int) -> bool:
+    """Lock `fd` without waiting; False when another process holds it."""
+    if fcntl is None:  # pragma: no cover
+        return os.fstat(fd).st_size == 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def claimed(directories: list[Path], *, what: str = "output") -> Iterator[list[Claim]]:
+    """Claim every directory (all or none) for the life of the block."""
+    held: list[Claim] = []
+    try:
+        for d in directories:
+            held.append(claim(d, what=what))
+        yield held
+    finally:
+        for c in reversed(held):
+            c.release()
