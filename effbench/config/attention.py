@@ -10,6 +10,9 @@ from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The most tokens, features or window cells an option may name (beyond: only overflow).
+MAX_TOKENS = 1 << 20
+
 
 class _AttentionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -75,7 +78,7 @@ class LinformerConfig(_AttentionConfig):
     """Low-rank projections of keys and values along the sequence (Wang et al. 2020)."""
 
     kind: Literal["linformer"] = "linformer"
-    k: int = Field(64, ge=1, description="projected sequence length")
+    k: int = Field(64, ge=1, le=MAX_TOKENS, description="projected sequence length")
     share_kv: bool = Field(False, description="one projection for keys and values")
 
     @classmethod
@@ -94,9 +97,9 @@ class PerformerConfig(_AttentionConfig):
     """FAVOR+ with positive orthogonal random features (Choromanski et al. 2021)."""
 
     kind: Literal["performer"] = "performer"
-    features: int = Field(64, ge=1, description="number of random features m")
+    features: int = Field(64, ge=1, le=MAX_TOKENS, description="number of random features m")
     redraw_interval: int = Field(
-        0, ge=0, description="redraw the features every this many training steps; 0 = never"
+        0, ge=0, le=1 << 40, description="redraw the features every this many steps; 0 = never"
     )
     kernel: Literal["softmax", "relu"] = Field(
         "softmax", description="'softmax': positive random features; 'relu': generalised kernel"
@@ -115,10 +118,15 @@ class NystromConfig(_AttentionConfig):
     """Nystrom landmarks with an iterative pseudo-inverse (Xiong et al. 2021)."""
 
     kind: Literal["nystrom"] = "nystrom"
-    landmarks: int = Field(32, ge=1, description="number of landmarks (segment means)")
+    landmarks: int = Field(
+        32, ge=1, le=MAX_TOKENS, description="number of landmarks (segment means)"
+    )
     pinv_iterations: int = Field(6, ge=1, le=100, description="Newton-Schulz iterations")
     conv_kernel: int = Field(
-        0, ge=0, description="depthwise conv residual on V along the sequence; 0 = off"
+        0,
+        ge=0,
+        le=MAX_TOKENS,
+        description="depthwise conv residual on V along the sequence; 0 = off",
     )
 
     @field_validator("conv_kernel")
@@ -145,8 +153,12 @@ class HybridConfig(_AttentionConfig):
     """Dilated local attention on the patch grid + a global linear-attention branch."""
 
     kind: Literal["hybrid"] = "hybrid"
-    window: int = Field(3, ge=1, description="odd side of the local window, in grid cells")
-    dilation: int = Field(2, ge=1, description="step between window cells on the grid")
+    window: int = Field(
+        3, ge=1, le=MAX_TOKENS, description="odd side of the local window, in grid cells"
+    )
+    dilation: int = Field(
+        2, ge=1, le=MAX_TOKENS, description="step between window cells on the grid"
+    )
     feature_map: Literal["elu", "relu"] = Field(
         "elu", description="positive feature map of the global linear branch"
     )

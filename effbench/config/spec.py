@@ -20,6 +20,9 @@ from effbench.config.budget import Budget, normalised, parse_budget
 from effbench.errors import SpecError
 
 DEFAULT_SPEC = "bench.toml"
+# Upper bounds of sizes and counts: beyond them a run could only hang or overflow.
+MAX_SIZE = 1 << 20
+MAX_SEED = (1 << 32) - 1
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -33,7 +36,7 @@ def _check_device(v: str) -> str:
 DeviceName = Annotated[str, AfterValidator(_check_device)]
 Threads = Annotated[
     int | None,
-    Field(gt=0, description="CPU threads for torch; unset: torch's default (the cores)"),
+    Field(gt=0, le=4096, description="CPU threads for torch; unset: torch's default (the cores)"),
 ]
 Retries = Annotated[
     int,
@@ -67,15 +70,15 @@ class _Section(BaseModel):
 class Backbone(_Section):
     """The ViT shared by every model; only the attention differs."""
 
-    image_size: int = Field(32, gt=0, description="input side in pixels")
-    patch_size: int = Field(4, gt=0, description="patch side in pixels")
-    dim: int = Field(128, gt=0, description="embedding width C")
-    depth: int = Field(6, gt=0, description="number of transformer blocks")
-    heads: int = Field(4, gt=0, description="attention heads")
-    mlp_ratio: float = Field(2.0, gt=0, description="MLP hidden width / dim")
+    image_size: int = Field(32, gt=0, le=MAX_SIZE, description="input side in pixels")
+    patch_size: int = Field(4, gt=0, le=MAX_SIZE, description="patch side in pixels")
+    dim: int = Field(128, gt=0, le=MAX_SIZE, description="embedding width C")
+    depth: int = Field(6, gt=0, le=1024, description="number of transformer blocks")
+    heads: int = Field(4, gt=0, le=1024, description="attention heads")
+    mlp_ratio: float = Field(2.0, gt=0, le=1024, description="MLP hidden width / dim")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout in MLP and on embeddings")
-    num_classes: int = Field(10, gt=1)
-    channels: int = Field(3, gt=0)
+    num_classes: int = Field(10, gt=1, le=MAX_SIZE)
+    channels: int = Field(3, gt=0, le=1024)
 
     def grid(self, image_size: int | None = None) -> tuple[int, int]:
         side = (image_size or self.image_size) // self.patch_size
@@ -111,16 +114,18 @@ class ProfileSection(_Section):
     seq_lens: list[int] = Field(
         default_factory=lambda: [65, 257, 1025], min_length=1, description="token counts"
     )
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, le=MAX_SIZE)
     dtype: Dtype = "float32"
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    warmup: int = Field(2, ge=0, description="untimed calls before timing")
-    min_run_time: float = Field(0.1, gt=0, description="seconds of timing per repeat")
+    warmup: int = Field(2, ge=0, le=1000, description="untimed calls before timing")
+    min_run_time: float = Field(0.1, gt=0, le=60, description="seconds of timing per repeat")
     repeats: Repeats = 3
     interleave: Interleave = True
     backward: bool = Field(True, description="also time forward+backward")
     count_flops: bool = Field(True, description="count FLOPs with fvcore and FlopCounterMode")
-    top_ops: int = Field(8, ge=0, description="operators/kernels kept per point, by self time")
+    top_ops: int = Field(
+        8, ge=0, le=1000, description="operators/kernels kept per point, by self time"
+    )
     trace: bool = Field(False, description="write Chrome/Perfetto and TensorBoard traces")
     breakdown: bool = Field(
         False,
@@ -132,9 +137,11 @@ class ProfileSection(_Section):
     @field_validator("seq_lens")
     @classmethod
     def _seq_lens(cls, v: list[int]) -> list[int]:
-        bad = [n for n in v if n < 2]
+        bad = [n for n in v if not 2 <= n <= MAX_SIZE]
         if bad:
-            raise ValueError(f"sequence lengths must be >= 2 (CLS + one patch), got {bad}")
+            raise ValueError(
+                f"sequence lengths must be 2 (CLS + one patch) to {MAX_SIZE}, got {bad}"
+            )
         return v
 
 
@@ -148,10 +155,12 @@ class TrainSection(_Section):
         "with train/ and val/",
     )
     download: bool = Field(True, description="download CIFAR-10 into data_dir when absent")
-    epochs: int = Field(30, gt=0)
+    epochs: int = Field(30, gt=0, le=MAX_SIZE)
     budget: Annotated[str, AfterValidator(normalised)] | None = Field(None, description=BUDGET_HELP)
-    batch_size: int = Field(128, gt=0, description="global batch, split across processes")
-    eval_batch_size: int = Field(512, gt=0)
+    batch_size: int = Field(
+        128, gt=0, le=MAX_SIZE, description="global batch, split across processes"
+    )
+    eval_batch_size: int = Field(512, gt=0, le=MAX_SIZE)
     lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate")
     min_lr: float = Field(1e-5, ge=0, description="learning rate at the end of the cosine")
     weight_decay: float = Field(0.05, ge=0)
@@ -164,10 +173,10 @@ class TrainSection(_Section):
     random_erasing: float = Field(
         0.0, ge=0, le=1, description="probability per image (CIFAR and synthetic)"
     )
-    mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a); 0 turns it off")
-    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a); 0 turns it off")
+    mixup: float = Field(0.0, ge=0, le=1000, description="mixup Beta(a, a); 0 turns it off")
+    cutmix: float = Field(0.0, ge=0, le=1000, description="cutmix Beta(a, a); 0 turns it off")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="of the training set, held out")
-    split_seed: int = Field(0, ge=0, description="seed of the validation split")
+    split_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the validation split")
     patience: int = Field(
         0,
         ge=0,
@@ -181,9 +190,11 @@ class TrainSection(_Section):
     compile: bool = Field(False, description="torch.compile the model")
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     threads: Threads = None
-    workers: int = Field(4, ge=0, description="DataLoader workers for folder datasets")
-    synthetic_samples: int = Field(1024, gt=0, description="training images of `synthetic`")
-    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    workers: int = Field(4, ge=0, le=1024, description="DataLoader workers for folder datasets")
+    synthetic_samples: int = Field(
+        1024, gt=0, le=MAX_SIZE, description="training images of `synthetic`"
+    )
+    checkpoint_every: int = Field(1, ge=1, le=MAX_SIZE, description="epochs between checkpoints")
     output_dir: str = Field("runs", description="one directory per model and seed inside")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars")
 
@@ -192,8 +203,8 @@ class TrainSection(_Section):
     def _seeds(cls, v: list[int]) -> list[int]:
         if len(set(v)) != len(v):
             raise ValueError(f"seeds repeat: {v}")
-        if any(s < 0 for s in v):
-            raise ValueError(f"seeds must be >= 0, got {v}")
+        if any(not 0 <= s <= MAX_SEED for s in v):
+            raise ValueError(f"seeds must be 0 to {MAX_SEED}, got {v}")
         return v
 
     @field_validator("betas")
@@ -217,16 +228,16 @@ class ScaleSection(_Section):
         description="input sides in pixels, each divisible by the patch size",
     )
     patch_size: int | None = Field(
-        None, gt=0, description="patch side in pixels; unset: the backbone's"
+        None, gt=0, le=MAX_SIZE, description="patch side in pixels; unset: the backbone's"
     )
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, le=MAX_SIZE)
     mode: Literal["infer", "train", "both"] = Field(
         "infer", description="time inference, one training step, or both"
     )
     dtype: Dtype = "float32"
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    warmup: int = Field(1, ge=0, description="untimed calls before timing")
-    min_run_time: float = Field(0.2, gt=0, description="seconds of timing per repeat")
+    warmup: int = Field(1, ge=0, le=1000, description="untimed calls before timing")
+    min_run_time: float = Field(0.2, gt=0, le=60, description="seconds of timing per repeat")
     repeats: Repeats = 3
     interleave: Interleave = True
     count_flops: bool = Field(True, description="count FLOPs with fvcore and FlopCounterMode")
@@ -235,14 +246,16 @@ class ScaleSection(_Section):
     )
     threads: Threads = None
     retries: Retries = 2
-    top_ops: int = Field(8, ge=0, description="operators/kernels kept per point, by self time")
+    top_ops: int = Field(
+        8, ge=0, le=1000, description="operators/kernels kept per point, by self time"
+    )
 
     @field_validator("resolutions")
     @classmethod
     def _resolutions(cls, v: list[int]) -> list[int]:
-        bad = [r for r in v if r <= 0]
+        bad = [r for r in v if not 0 < r <= MAX_SIZE]
         if bad:
-            raise ValueError(f"resolutions must be positive, got {bad}")
+            raise ValueError(f"resolutions must be 1 to {MAX_SIZE} px, got {bad}")
         return sorted(set(v))
 
 
@@ -492,10 +505,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise SpecError([("", f"spec file {what}; pass --spec PATH to a bench.toml")], str(p))
     try:
         return tomllib.loads(p.read_text(encoding="utf-8-sig"))  # a BOM is not TOML
-    except tomllib.TOMLDecodeError as err:
-        raise SpecError([("", f"invalid TOML: {err}")], str(p)) from None
     except UnicodeDecodeError as err:
         raise SpecError([("", f"not UTF-8 text: {err}")], str(p)) from None
+    except ValueError as err:  # TOMLDecodeError, or an integer of thousands of digits
+        raise SpecError([("", f"invalid TOML: {str(err).splitlines()[0]}")], str(p)) from None
+    except (OSError, RecursionError) as err:
+        raise SpecError([("", f"unreadable: {err or type(err).__name__}")], str(p)) from None
 
 
 def load_spec(
@@ -506,7 +521,7 @@ def load_spec(
 
 
 def select_models(spec: BenchSpec, wanted: Iterable[str] | None) -> BenchSpec:
-    """The spec restricted to the models named on the command line, validated again.
+    """The spec restricted to the models named on the command line.
 
     Names are model names, attention kinds, or 'all'. A kind that no model in the spec
     uses gets a model with that kind's default options.
