@@ -1,8 +1,10 @@
-"""What the commands print with: the consoles, record status styles, number formatting for the
-tables, error lines and the busy-machine warning, and the closing line of a sweep."""
+"""What the commands print with: the consoles (as wide as a table needs when not writing to a
+terminal), record status styles, number formatting for the tables, error lines and the
+busy-machine warning, and the closing line of a sweep."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,14 +12,62 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
+from rich import console as rich_console
+from rich.console import ConsoleDimensions
+from rich.table import Table
 
 from effbench.errors import EffbenchError
 
 EXIT_USAGE = 2
 
+# The width of a console that writes to a pipe or a file (a log, CI), where no terminal says
+# how wide a line may be: wide enough that no table is squeezed, cut or wrapped.
+PIPED_WIDTH = 1000
+
+
+class Console(rich_console.Console):
+    """A rich Console that, when not writing to a terminal and given no width (argument or
+    `COLUMNS`), is PIPED_WIDTH wide instead of rich's 80 columns (or the width of a terminal
+    that only stdin or stderr is), so that a table in a log keeps every column and every cell
+    on its line. On a terminal it is rich's Console.
+
+    The commands print with `console` and `err_console`; a command that needs a console of its
+    own (quiet outside the main process, say) should make it from this class.
+    """
+
+    def __init__(self, *args: Any, width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, width=width, **kwargs)
+        self._width = width  # rich read COLUMNS here once; `size` reads it each time
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        if self._width is None and not _columns_set() and not self.is_terminal:
+            return ConsoleDimensions(PIPED_WIDTH, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        rich_console.Console.size.fset(self, new_size)
+
+
+def _columns_set() -> bool:
+    """Whether the user set the line width with the COLUMNS environment variable."""
+    return os.environ.get("COLUMNS", "").isdigit()
+
+
 console = Console()
 err_console = Console(stderr=True)
+
+
+def whole_lines(table: Table) -> Table:
+    """`table`, made at least as wide as its title and caption when `console` is not writing to
+    a terminal, so that in a log they stay one line each, as its rows do."""
+    if not console.is_terminal:
+        texts = [t for t in (table.title, table.caption) if isinstance(t, str)]
+        table.min_width = max([table.min_width or 0, *(len(t) for t in texts)])
+    return table
+
 
 # The colour of each record status in the tables.
 STATUS_STYLE = {"ok": "green", "oom": "yellow", "nan": "magenta", "error": "red"}
@@ -94,6 +144,16 @@ def closing_line(records: list[Any], results: Path) -> str:
             "with fewer --threads."
         )
     return f"{line} Results: {results}"
+
+
+# The most of a note (an error, the SDPA backend, a contention check) a table row shows; the
+# record holds all of it.
+NOTE_CHARS = 200
+
+
+def note_cell(text: str) -> str:
+    """A table's note cell: `text`, or its first NOTE_CHARS characters ending in '…'."""
+    return text if len(text) <= NOTE_CHARS else text[: NOTE_CHARS - 1] + "…"
 
 
 # ---------------------------------------------------------------------------- numbers

@@ -1,21 +1,35 @@
 """The grid runner that profile and scale share: the measuring process set up (device, threads,
 memory cap, busy warning, run id, environment), then one table row and one JSON Lines record
-per point as the points finish, under a live progress bar."""
+per point as the points finish, under a live progress bar; SIGINT or SIGTERM ends it with
+what it kept."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import typer
 from rich import box
 from rich.console import Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
-from effbench.cli.console import console, warn_if_busy
+from effbench.cli.console import console, err_console, warn_if_busy, whole_lines
 from effbench.plan import choose_device
 
 if TYPE_CHECKING:
@@ -75,51 +89,169 @@ def start_measuring(section: ProfileSection | ScaleSection, *, where: str) -> Me
 
 
 def grid_table(title: str, columns: dict[str, int | None]) -> Table:
-    """A results table of fixed-width columns (None: takes what is left)."""
+    """A results table. On a terminal its columns have fixed widths (None: takes what is left,
+    cut with an ellipsis), so that the live table keeps its shape as rows come; elsewhere (a
+    log, a pipe) each column is as wide as its longest cell, which the console leaves whole."""
+    fixed = console.is_terminal
     table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     for col, width in columns.items():
-        table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, max_width=width)
-    return table
+        table.add_column(
+            col,
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=width,
+            max_width=width if fixed else None,
+        )
+    return whole_lines(table)
+
+
+class StopOnSignal:
+    """SIGINT and SIGTERM while a grid runs. The first stops the grid before its next step (a
+    point, or one timing of the rounds), so that what was measured is written whole; a second
+    stops it at once (still not in the middle of writing a record). A signal that the process
+    ignores (SIGINT in a background job) stays ignored."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.hold = False  # a record is being written, or the grid is over: never raise now
+        self.over = False  # the grid has stopped
+        self._count = 0
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
+        self._count += 1
+        if self._count > 1 and not self.hold:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt (which the sweeps end on, keeping what they measured) once
+        a signal has come."""
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+    @property
+    def name(self) -> str:
+        return "" if self.signum is None else signal.Signals(self.signum).name
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopOnSignal]:
+        old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    old[s] = signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+class _StoppingColumn(ProgressColumn):
+    """Says on the progress bar that a signal came and the grid stops after this step."""
+
+    def __init__(self, stop: StopOnSignal) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def render(self, task: Task) -> Text:
+        if self.stop.signum is None or self.stop.over:
+            return Text("")
+        return Text(f"{self.stop.name}: stopping after this step (again: at once)", "yellow")
+
+
+def interrupted_line(
+    stop: StopOnSignal, kept: list[Any], *, points: int, repeats: int, results: Path
+) -> str:
+    """What an interrupted grid kept (and how many of those with fewer timing repeats than
+    asked: stopped during the rounds), where, and what running it again does."""
+    if not kept:
+        where = f"no point finished ({results} is empty)"
+    else:
+        where = f"kept {len(kept)} of {points} points in {results}"
+        short = sum(1 for r in kept if r.status == "ok" and (r.repeats or 0) < repeats)
+        if short:
+            where += f" ({short} with fewer than the {repeats} timing repeats asked)"
+    return (
+        f"interrupted by {stop.name}: {where}; running the same command again measures all "
+        f"{points} points anew, into a new file"
+    )
 
 
 def run_grid(
     sweep: Callable[..., Iterator[Any]],
     *,
     points: int,
+    repeats: int,
     table: Table,
     row: Callable[[Any], list[str]],
+    timed: Callable[[Any], bool],
     results: Path,
     what: str,
 ) -> list[Any]:
     """Draw `table` and a progress bar while `sweep(on_step=...)` yields one record per point
     (a failed point is a record, not an exception); each is appended to `results` as it
     comes. The sweep tells the bar what it measures (`OnStep`): each point, then each timing
-    of the rounds when its repeats are interleaved.
+    of the rounds when its `repeats` are interleaved.
+
+    SIGINT or SIGTERM stops the sweep (`StopOnSignal`), which still hands over the points it
+    measured; those with a timing (`timed`), or failed, are written. Then a line on stderr
+    says what was kept where, and the command exits with 128 + the signal's number.
 
     Returns:
         The records, in order.
+
+    Raises:
+        typer.Exit: 130 (SIGINT) or 143 (SIGTERM) when a signal stopped the grid.
     """
     from effbench.results import JsonlWriter
 
+    stop = StopOnSignal()
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        _StoppingColumn(stop),
         console=console,
     )
     task = progress.add_task(what, total=points)
+    group = Group(table, progress)
 
     def on_step(description: str, done: int, of: int) -> None:
+        stop.check()
         progress.update(task, description=description, completed=done, total=of)
 
     done: list[Any] = []
-    with JsonlWriter(results) as writer, Live(Group(table, progress), console=console):
-        for rec in sweep(on_step=on_step):
-            writer.write(rec)
-            done.append(rec)
-            table.add_row(*row(rec))
-        progress.update(task, description=what, completed=points, total=points)
+    with stop.installed(), JsonlWriter(results) as writer, Live(group, console=console):
+        try:
+            for rec in sweep(on_step=on_step):
+                stop.hold = True
+                # a point cut short before any timing (its rounds had not begun) is left out
+                if stop.signum is None or rec.status != "ok" or timed(rec):
+                    writer.write(rec)
+                    done.append(rec)
+                    table.add_row(*row(rec))
+                stop.hold = False
+        except KeyboardInterrupt:
+            if stop.signum is None:  # not a signal of ours (its handler was not installed)
+                raise
+        stop.hold = stop.over = True
+        if stop.signum is None:
+            progress.update(task, description=what, completed=points, total=points)
+        else:
+            done_of = {"completed": len(done), "total": points}
+            progress.update(task, description=f"stopped by {stop.name}", **done_of)
     if not console.is_terminal:
         console.print()
+    if stop.signum is not None:
+        err_console.print(
+            interrupted_line(stop, done, points=points, repeats=repeats, results=results),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(128 + stop.signum)
     return done

@@ -17,6 +17,7 @@ from effbench.cli.console import (
     gflop,
     mib,
     ms,
+    note_cell,
     status,
 )
 from effbench.cli.grid import grid_table, run_grid, start_measuring
@@ -95,8 +96,13 @@ def profile_row(r: Any) -> list[str]:
         mib(r.fwd_peak_mib),
         gflop(r.flops_analytic),
         "-" if r.fwd_gflops_per_s is None else f"{r.fwd_gflops_per_s:,.1f}",
-        note[:80],
+        note_cell(note),
     ]
+
+
+def profile_timed(r: Any) -> bool:
+    """Whether any timing of the point came (a point stopped before its rounds has none)."""
+    return r.fwd_ms is not None or r.fwdbwd_ms is not None
 
 
 @app.command(cls=ListOptionCommand)
@@ -150,8 +156,10 @@ def profile(
     done = run_grid(
         sweep,
         points=len(points),
+        repeats=pr.repeats,
         table=grid_table(f"effbench profile on {at.env.device_name}", PROFILE_COLUMNS),
         row=profile_row,
+        timed=profile_timed,
         results=results,
         what="profiling",
     )

@@ -22,8 +22,10 @@ from effbench.cli.console import (
     gflop,
     mib,
     ms,
+    note_cell,
     pct,
     status,
+    whole_lines,
 )
 from effbench.cli.grid import Measuring, grid_table, run_grid, start_measuring
 from effbench.cli.options import (
@@ -117,9 +119,14 @@ def scale_row(r: Any) -> dict[str, str]:
         gflop(r.flops_analytic),
         "-" if share is None else f"{share:.0f}",
         pct(r.test_top1),
-        note[:80],
+        note_cell(note),
     ]
     return dict(zip(SCALE_COLUMNS, cells, strict=True))
+
+
+def scale_timed(r: Any) -> bool:
+    """Whether any timing of the point came (a point stopped before its rounds has none)."""
+    return r.infer_ms is not None or r.train_ms is not None
 
 
 def _crossover(c: Any) -> str:
@@ -152,7 +159,7 @@ def scale_summary_table(summaries: list[Any], mode: str) -> Table:
         table.add_row(s.model, *cells)
     if any(s.contended for s in summaries):
         table.caption += "; *: rests on contended figures (timed while other work held the CPU)"
-    return table
+    return whole_lines(table)
 
 
 def headline(bench: BenchSpec, n_points: int, at: Measuring) -> str:
@@ -188,8 +195,10 @@ def measure(plan: ScalePlan, at: Measuring, results: Path) -> list[Any]:
     return run_grid(
         records,
         points=len(points),
+        repeats=bench.scale.repeats,
         table=grid_table(title, columns),
         row=lambda rec: [scale_row(rec)[c] for c in columns],
+        timed=scale_timed,
         results=results,
         what="scaling",
     )
