@@ -51,6 +51,9 @@ class EffbenchGroup(TyperGroup):
             return super().invoke(ctx)
         except EffbenchError as err:
             raise fail(err.lines()) from None
+        except KeyboardInterrupt:  # outside a grid or a training run, which say what they kept
+            err_console.print("interrupted; records already written are kept")
+            raise typer.Exit(130) from None
         except OSError as err:  # a full disk, no permission, a file where a directory goes
             raise fail([os_error_line(err)]) from None
 

@@ -225,7 +225,7 @@ def run_grid(
         progress.update(task, description=description, completed=done, total=of)
 
     done: list[Any] = []
-    with stop.installed(), JsonlWriter(results) as writer, Live(group, console=console):
+    with stop.installed(), JsonlWriter(results, new=True) as writer, Live(group, console=console):
         try:
             for rec in sweep(on_step=on_step):
                 stop.hold = True

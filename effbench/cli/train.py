@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from effbench.claims import claimed
 from effbench.cli.app import ListOptionCommand, app
-from effbench.cli.console import contention_note, err_console, pct, warn_if_busy
+from effbench.cli.console import Console, contention_note, err_console, pct, warn_if_busy
 from effbench.cli.options import (
     DEFAULT_SPEC_PATH,
     AttentionOpt,
