@@ -400,6 +400,22 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def inside(root: Path, *parts: str) -> Path:
+    """`root / part / ...`, where each part must be one plain path component, so that what
+    effbench writes there lies inside `root` whatever the part (a model name, a label).
+
+    Raises:
+        RunError: naming the part that would lead elsewhere.
+    """
+    for part in parts:
+        if part in ("", ".", "..") or Path(part).name != part or "\\" in part or "/" in part:
+            raise RunError(
+                f"{part!r} would put files outside {root}: use letters, digits, _ . + - "
+                "(not only dots) in names"
+            )
+    return root.joinpath(*parts)
+
+
 class JsonlWriter:
     """Appends one JSON object per line, flushed and fsynced after each record. A record that
     cannot be written whole (a full disk) is taken back, so the file never ends in half a

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 from effbench.results import (
     JsonlWriter,
+    inside,
     read_jsonl,
     replace_atomically,
     write_json_atomic,
@@ -108,13 +109,7 @@ def run_dir(cfg: TrainSection, model: str, seed: int) -> Path:
     Raises:
         RunError: when the model name would place the run elsewhere (`..`, a separator).
     """
-    root = Path(cfg.output_dir).expanduser()
-    if model in ("", ".", "..") or Path(model).name != model or "\\" in model:
-        raise RunError(
-            f"model name {model!r} would put its run outside its own directory of "
-            f"{root}: rename the model (letters, digits, _ . + -, not only dots)"
-        )
-    return root / model / f"seed{seed}"
+    return inside(Path(cfg.output_dir).expanduser(), model, f"seed{seed}")
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

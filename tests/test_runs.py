@@ -12,6 +12,7 @@ import torch
 
 from effbench.config.spec import BenchSpec, parse_spec
 from effbench.errors import CheckpointError, RunError, TrainError
+from effbench.results import inside
 from effbench.runs import (
     BEST,
     CHECKPOINT,
@@ -121,6 +122,9 @@ def test_a_run_directory_stays_inside_the_output(tmp_path: Path, name: str) -> N
     """Names the spec refuses are refused here too, for callers that skip the spec."""
     bench = parse_spec({"models": [{"name": "a", "attention": {"kind": "sdpa"}}]},
                        overrides={"train.output_dir": str(tmp_path)})  # fmt: skip
-    with pytest.raises(RunError, match="outside its own directory"):
+    with pytest.raises(RunError, match="would put files outside"):
         run_dir(bench.train, name, 0)
     assert run_dir(bench.train, "a.b+c", 0) == tmp_path / "a.b+c" / "seed0"
+    assert inside(tmp_path, "x", "y.z") == tmp_path / "x" / "y.z"
+    with pytest.raises(RunError, match=f"outside {tmp_path}"):
+        inside(tmp_path, "x", name)  # every path effbench makes from a name

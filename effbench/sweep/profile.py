@@ -18,7 +18,7 @@ from effbench.measure import DTYPES, MIB, OnStep, Rounds, Timing, param_count, p
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
 from effbench.measure.profiler import breakdown, profile_call
 from effbench.model import Block
-from effbench.results import Env, ProfileRecord, record_base
+from effbench.results import Env, ProfileRecord, inside, record_base
 from effbench.sweep.common import (
     NonFiniteError as NonFiniteError,  # tests reach it here, beside measure_attention
 )
@@ -221,7 +221,7 @@ def start_point(
     measure = measure or measure_attention
     bb = spec.backbone
     out: dict[str, Any] = {}
-    trace_dir = None if trace_root is None else trace_root / point.label
+    trace_dir = None if trace_root is None else inside(trace_root, point.label)
     status, error = attempt(
         lambda: measure(spec, point, device=device, out=out, rounds=rounds, trace_dir=trace_dir),
         device,
