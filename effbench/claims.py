@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -115,8 +116,38 @@ def claim(directory: Path, *, what: str = "output") -> Claim:
         break
     os.ftruncate(fd, 0)
     os.pwrite(fd, _holder_text().encode(), 0)
+    remove_dead_temporaries(directory)
     stale = f"took over the claim of {describe_holder(previous)}, which is no longer running"
     return Claim(directory, fd, created=created, stale=stale if previous else None)
+
+
+# `results.replace_atomically`'s temporaries: `.<name>.<pid>-<6 hex>.tmp`.
+_TEMPORARY = re.compile(r"\..+\.(\d+)-[0-9a-f]{6}\.tmp")
+
+
+def remove_dead_temporaries(directory: Path) -> list[Path]:
+    """Remove the temporary files in `directory` that a killed writer left (its process is
+    gone, so it can never finish them); a live writer's are left alone."""
+    removed = []
+    for path in directory.glob(".*.tmp"):
+        m = _TEMPORARY.fullmatch(path.name)
+        if m and not _alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _lock(fd: int) -> bool:

@@ -380,3 +380,15 @@ def test_analyze_names_its_argument_not_an_option(tmp_path: Path) -> None:
     code, out = cli("analyze", str(tmp_path / "nowhere"))
     assert code == 2 and f"{tmp_path / 'nowhere'}: no such run directory" in out
     assert "--checkpoint" not in out
+
+
+def test_a_claim_removes_only_dead_writers_temporaries(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dead = tmp_path / f".checkpoint.pt.{gone}-0a1b2c.tmp"
+    live = tmp_path / f".train.jsonl.{os.getpid()}-0a1b2c.tmp"
+    mine = tmp_path / ".notes.tmp"  # not a name effbench gives its temporaries
+    for p in (dead, live, mine):
+        p.write_text("x")
+    with claimed([tmp_path]):
+        assert not dead.exists() and live.exists() and mine.exists()

@@ -145,10 +145,10 @@ def run_plan(plan: TrainPlan) -> None:
     # each run directory is this process's until it ends: a second train aimed at one is refused
     dirs = [plan.directory(e, s) for e, s in plan.runs] if dist.main else []
     with claimed(dirs, what="run directory") as claims:
+        plan.check_free()
         for c in claims:
             if c.stale:
                 err_console.print(f"note: {c.directory}: {c.stale}", markup=False)
-        plan.check_free()
         run_id = new_run_id()
         finals = train_until_stopped(plan, dist=dist, run_id=run_id, out=out)
         write_summary(finals, plan=plan, dist=dist, run_id=run_id, out=out)
