@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -510,27 +510,49 @@ class BadLine(BaseModel):
     reason: str
 
 
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[BadLine]]:
-    """Every JSON object in a JSON Lines file, and the lines that were not one."""
+def read_jsonl(
+    path: Path, check: Callable[[dict[str, Any]], str | None] | None = None
+) -> tuple[list[dict[str, Any]], list[BadLine]]:
+    """Every JSON object in a JSON Lines file, and the lines that were not one: not UTF-8
+    text, not JSON (cut short, nested too deeply, an integer too long to read) or not a
+    record. `check` says what is wrong with a record (None: nothing); a record it faults is
+    a bad line too, with that reason."""
     good: list[dict[str, Any]] = []
     bad: list[BadLine] = []
-    for i, line in enumerate(_lines(path), start=1):
-        if not line.strip():
+    for i, raw in enumerate(_lines(path), start=1):
+        if not raw.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            bad.append(BadLine(path=str(path), line=i, reason=f"invalid JSON: {err.msg}"))
+        obj = _parse_line(raw)
+        if isinstance(obj, str):
+            reason = obj + ("" if raw.endswith(b"\n") else " (the last line: cut short?)")
+        elif check is None or (reason := check(obj)) is None:
+            good.append(obj)
             continue
-        if not isinstance(obj, dict) or "kind" not in obj:
-            bad.append(BadLine(path=str(path), line=i, reason="not a result record"))
-            continue
-        good.append(obj)
+        bad.append(BadLine(path=str(path), line=i, reason=reason))
     return good, bad
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8", errors="replace") as fh:
+def _parse_line(raw: bytes) -> dict[str, Any] | str:
+    """The record on one line of a results file, or why it is not one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        return f"invalid JSON: {err.msg}"
+    except RecursionError:
+        return "invalid JSON: nested too deeply to read"
+    except ValueError as err:  # an integer of more digits than int() converts
+        return f"invalid JSON: {str(err).split(':')[0]}"
+    if not isinstance(obj, dict) or "kind" not in obj:
+        return "not a result record"
+    return obj
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
         yield from fh
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from report_records import train
 from specs import run_cli
 
 from effbench.report import build_report, collect
@@ -19,13 +20,7 @@ def _run(root: Path, model: str, right: np.ndarray, *, seed: int = 0, budget: st
     """A finished run directory: its final record and its per-image predictions."""
     d = root / budget / model / f"seed{seed}"
     predicted = np.where(right, LABELS, (LABELS + 1) % 10)
-    record = {
-        "kind": "train", "model": model, "attention": {"kind": model}, "seed": seed,
-        "status": "ok", "dataset": "cifar10", "image_size": 32, "seq_len": 65, "epochs": 80,
-        "budget": budget, "test_top1": float(right.mean()), "test_top5": 0.9, "n_test": N,
-        "params": 1000, "flops_per_image": 1e6, "peak_mib": 900.0,
-        "env": {"device_name": "cpu", "torch": "2", "threads": 2, "allocator": "glibc"},
-    }  # fmt: skip
+    record = train(model, seed=seed, budget=budget, test_top1=float(right.mean()), n_test=N)
     d.mkdir(parents=True)
     write_jsonl_atomic(d / "train.jsonl", [record])
     save_predictions(d, predicted, LABELS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ PALETTE = (
 )  # fmt: skip
 PART_COLOURS = {"attention": "#c44e52", "mlp": "#4c72b0", "norm": "#55a868", "other": "#bbbbbb"}
 DPI = 110
+NAME_CHARS = 40  # a name drawn in a figure is cut to this many characters
+STEM_CHARS = 80
 
 
 @dataclass
@@ -69,10 +72,13 @@ def new_figure(panels: int, *, width: float = 5.2, height: float = 3.8) -> tuple
 
 
 def render_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes at the report's resolution."""
+    """The figure as PNG bytes at the report's resolution. A character of a name that the
+    font lacks is drawn as a box, without a warning: the tables show the name as it is."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph .* missing from font")
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -82,6 +88,25 @@ def plot(stem: str, title: str, caption: str, fig: Figure) -> Plot:
 
 
 def slug(*parts: Any) -> str:
-    """A file stem from `parts`: lower case, anything but letters, digits, - and _ as '-'."""
+    """A file stem from `parts`: lower case, anything but ASCII letters, digits, - and _ as
+    '-', at most STEM_CHARS characters (`build_report` makes the stems of a report unique)."""
     text = "-".join(str(p) for p in parts)
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-").lower()
+    stem = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in text)
+    return stem[:STEM_CHARS].strip("-").lower() or "figure"
+
+
+def legend(ax: Any, **kwargs: Any) -> None:
+    """The axes' legend, where any of its artists is labelled (else none, and no warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+def literal(text: Any, limit: int = NAME_CHARS) -> str:
+    """`text` (a model or class name from the records) to show as it is in a figure: `$`
+    escaped so that matplotlib draws no mathtext, at most `limit` characters, and a space
+    before a leading '_' (which would keep a legend entry out of the legend)."""
+    s = str(text)
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    s = s.replace("$", r"\$")
+    return " " + s if s.startswith("_") else s

@@ -1,5 +1,6 @@
 """What the report reads: every JSON Lines result file and resolved spec under the given
-paths, with the lines that could not be read."""
+paths, with the lines that could not be read or that hold no record the report can use
+(`checks.admit`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from effbench.report.checks import admit
 from effbench.report.figures import FIGURE_DIR
 from effbench.results import BadLine, read_jsonl, spec_digest
 
@@ -39,23 +41,54 @@ def _result_files(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
     return list(dict.fromkeys(jsonl)), list(dict.fromkeys(specs))
 
 
+MAX_SPEC_DEPTH = 32  # a resolved spec is a few levels deep; far deeper is not one
+
+
+def _depth(data: Any) -> int:
+    """How deeply JSON data nests (iterative, for data of any depth)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            stack += [(x, depth + 1) for x in (node.values() if isinstance(node, dict) else node)]
+    return deepest
+
+
+def shown(path: Path | str) -> str:
+    """A path as text that can be written out: bytes of a name that are not UTF-8 as escapes."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _first(err: BaseException) -> str:
+    """The first line of an error's message (at most 200 characters), as text to write out."""
+    return shown((str(err).splitlines() or [type(err).__name__])[0][:200])
+
+
 def collect(paths: Iterable[Path]) -> Results:
-    """Read every `*.jsonl` result file and `*spec.json` under `paths`."""
+    """Read every `*.jsonl` result file and `*spec.json` under `paths`. A line that is not a
+    record the report can use is kept in `bad` with the reason, never raised."""
     out = Results()
     jsonl, specs = _result_files(paths)
     for path in jsonl:
-        good, bad = read_jsonl(path)
-        out.files.append(str(path))
-        out.bad += bad
+        try:
+            good, bad = read_jsonl(path, check=admit)
+        except OSError as err:  # a directory named *.jsonl, no permission, a failing disk
+            out.bad.append(BadLine(path=shown(path), line=0, reason=f"unreadable: {_first(err)}"))
+            continue
+        out.files.append(shown(path))
+        out.bad += [b.model_copy(update={"path": shown(b.path)}) for b in bad]
         for r in good:
             r["_source"] = str(path)
             out.records.append(r)
     for path in specs:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            out.bad.append(BadLine(path=str(path), line=0, reason=f"unreadable spec: {err}"))
+            if _depth(data) > MAX_SPEC_DEPTH:
+                raise ValueError("nested too deeply for a spec")
+        except (OSError, ValueError, RecursionError) as err:  # unreadable, not UTF-8, not JSON
+            reason = f"unreadable spec: {_first(err)}"
+            out.bad.append(BadLine(path=shown(path), line=0, reason=reason))
             continue
-        digest = spec_digest(data)
-        out.specs.setdefault(digest, (str(path), data))
+        out.specs.setdefault(spec_digest(data), (shown(path), data))
     return out

@@ -29,10 +29,17 @@ def _environment() -> Any:
     )
 
 
+MD_MARKS = frozenset("\\|*_[]$~")
+"""Characters escaped with a backslash in Markdown text: table pipes, emphasis, links, math
+and strike-through. Backticks are kept: the report's own text marks commands with them."""
+
+
 def md_cell(text: Any) -> str:
-    """Text safe inside a Markdown table cell: no pipes, no raw HTML, no line breaks."""
-    out = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-    return out.replace("<", "&lt;").replace(">", "&gt;")
+    """Text safe in Markdown, inside a table cell too: its marks escaped, no raw HTML (&, <
+    and > as entities), no line breaks."""
+    out = "".join(f"\\{c}" if c in MD_MARKS else c for c in str(text))
+    out = out.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(out.splitlines())
 
 
 def render(report: Report, fmt: str) -> str:

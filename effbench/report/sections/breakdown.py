@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from effbench.report.data import Record, ReportData, Series
 from effbench.report.document import Block, Part, Section
-from effbench.report.figures import PART_COLOURS, Plot, blank_figure, plot, slug
+from effbench.report.figures import PART_COLOURS, Plot, blank_figure, literal, plot, slug
 from effbench.report.format import num
 
 PARTS = ("attention", "mlp", "norm", "other")
@@ -71,10 +71,11 @@ def _one_series(sec: Section, data: ReportData, s: Series) -> None:
 
 def _cells(r: Record) -> list[str]:
     parts, step = r["breakdown_ms"], r.get("breakdown_step_ms")
+    attention = parts.get("attention")
     return [
         r["model"],
-        *(num(parts[p]) for p in PARTS),
-        f"{100 * parts['attention'] / step:.0f} %" if step else "-",
+        *(num(parts.get(p)) for p in PARTS),
+        f"{100 * attention / step:.0f} %" if step and attention is not None else "-",
         num(step / r["infer_ms"]) if r.get("infer_ms") and step else "-",
     ]
 
@@ -86,10 +87,12 @@ def _parts_plot(data: ReportData, rows: list[Record], title: str, stem: str) -> 
     fig = blank_figure(7.5, 0.45 * len(models) + 1.4)
     ax = fig.add_subplot(1, 1, 1)
     left = [0.0] * len(models)
+    ys = range(len(models))  # positions, not categories: names are drawn as they are
     for part, colour in PART_COLOURS.items():
         widths = [parts[m].get(part, 0.0) for m in models]
-        ax.barh(models, widths, left=left, color=colour, label=part)
+        ax.barh(ys, widths, left=left, color=colour, label=part)
         left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.set_yticks(ys, [literal(m) for m in models])
     ax.invert_yaxis()
     ax.set_xlabel("ms per call")
     ax.legend(fontsize=8, ncol=4, loc="lower right")

@@ -10,7 +10,7 @@ from typing import Any
 
 from effbench.report.data import FidelityRow, ReportData
 from effbench.report.document import Part, Section
-from effbench.report.figures import Plot, new_figure, plot
+from effbench.report.figures import Plot, legend, literal, new_figure, plot
 from effbench.report.format import num
 
 COLUMNS = [
@@ -143,12 +143,12 @@ def _layers_plot(data: ReportData, rows: list[FidelityRow]) -> Plot:
                 ys,
                 marker="o",
                 color=data.colour(f.model),
-                label=f.model,
+                label=literal(f.model),
             )
     for ax, label in zip(axes, ("relative output error", "mean TV distance"), strict=True):
         ax.set_xlabel("layer")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
+    legend(axes[0], fontsize=8)
     return plot(
         "fidelity-layers",
         "Fidelity per layer",
@@ -164,7 +164,9 @@ def _performer_plot(data: ReportData, curves: list[FidelityRow]) -> Plot:
     fig, (ax,) = new_figure(1, width=5.5)
     for f in curves:
         pts = [(c["features"], c["rel_error"]) for c in f.record["performer_curve"]]
-        ax.plot(*zip(*pts, strict=True), marker="o", color=data.colour(f.model), label=f.model)
+        ax.plot(
+            *zip(*pts, strict=True), marker="o", color=data.colour(f.model), label=literal(f.model)
+        )
         m0, e0 = pts[0]
         ax.plot(
             [p[0] for p in pts],

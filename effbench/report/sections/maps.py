@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from effbench.report.data import Record, ReportData
 from effbench.report.document import Part, Section
-from effbench.report.figures import Plot, blank_figure, plot, slug
+from effbench.report.figures import Plot, blank_figure, literal, plot, slug
 
 Scale = dict[str, Any]  # imshow's cmap, vmin and vmax
 
@@ -64,7 +64,7 @@ def _maps_plot(r: Record) -> Plot:
     classes = r.get("classes") or []
 
     def name(i: int) -> str:
-        return classes[i] if 0 <= i < len(classes) else str(i)
+        return literal(classes[i]) if 0 <= i < len(classes) else str(i)
 
     for i, img in enumerate(images):
         ax = fig.add_subplot(grid[2 * i : 2 * i + 2, 0])
@@ -73,7 +73,7 @@ def _maps_plot(r: Record) -> Plot:
         ax.axis("off")
         for row, (maps, roll, tag) in enumerate(
             (
-                (r["cls_maps"], r["rollout"], r["model"]),
+                (r["cls_maps"], r["rollout"], literal(r["model"])),
                 (r["cls_maps_exact"], r["rollout_exact"], "exact"),
             )
         ):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from effbench.report.data import ModelRow, ReportData
 from effbench.report.document import Part, Section
-from effbench.report.figures import new_figure, plot
+from effbench.report.figures import literal, new_figure, plot
 
 AXES: list[tuple[str, Callable[[ModelRow], float | None]]] = [
     ("inference latency, ms / batch", lambda r: r.latency and r.latency["infer_ms"]),
@@ -48,7 +48,9 @@ def section(data: ReportData) -> Part:
         for x, y, r in pts:
             ax.errorbar([x], [y], yerr=_error_bar(r, y), fmt="o", color=data.colour(r.model),
                         ms=6, capsize=3, lw=1, zorder=3)  # fmt: skip
-            ax.annotate(r.model, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                literal(r.model), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
         front = pareto_front([(x, y) for x, y, _ in pts])
         ax.step(*zip(*front, strict=True), where="post", color="#999999", lw=1, ls="--", zorder=2)
         xs = [x for x, _, _ in pts]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from effbench.report.data import ReportData
 from effbench.report.document import Part, Section
-from effbench.report.figures import new_figure, plot
+from effbench.report.figures import legend, literal, new_figure, plot
 from effbench.report.format import pct
 
 
@@ -22,10 +22,10 @@ def section(data: ReportData) -> Part:
     fig, (ax,) = new_figure(1, width=6.5, height=3.8)
     rows = []
     for m in data.order(r["model"] for r in recs):
-        mine = sorted((r["image_size"], r) for r in recs if r["model"] == m)
+        mine = sorted(((r["image_size"], r) for r in recs if r["model"] == m), key=lambda p: p[0])
         pts = [(s, 100 * r["test_top1"]) for s, r in mine if r.get("test_top1") is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", color=data.colour(m), label=m)
+            ax.plot(*zip(*pts, strict=True), marker="o", color=data.colour(m), label=literal(m))
         trained = mine[0][1].get("trained_image_size")
         if trained:
             ax.axvline(trained, color=data.colour(m), ls=":", lw=1)
@@ -42,7 +42,7 @@ def section(data: ReportData) -> Part:
         )
     ax.set_xlabel("input side, px")
     ax.set_ylabel("test top-1 %")
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
     sec.figure(
         plot(
             "accuracy-resolution",

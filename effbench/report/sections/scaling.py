@@ -10,7 +10,7 @@ from effbench.config.attention import BASELINE_KIND
 from effbench.crossover import METRICS, is_contended, metrics_for, summarize
 from effbench.report.data import Record, ReportData, Series
 from effbench.report.document import Part, Section
-from effbench.report.figures import Plot, new_figure, plot, slug
+from effbench.report.figures import Plot, legend, literal, new_figure, plot, slug
 from effbench.report.format import evidence, num, px_list
 
 Found = dict[str, dict[str, Any]]  # model -> crossover.summarize()'s entry
@@ -160,7 +160,7 @@ def _scaling_plot(
         ax.set_xlabel("tokens N")
         ax.set_ylabel("MiB" if metric.endswith("memory") else "ms")
         ax.set_title(metric.replace("_", " "), fontsize=10)
-    axes[0].legend(fontsize=7, ncol=2)
+    legend(axes[0], fontsize=7, ncol=2)
     return plot(
         stem,
         f"Scaling, {where}",
@@ -190,7 +190,7 @@ def _draw_model(
     mine = sorted((r["seq_len"], r[field_]) for r in points if r["model"] == m and r.get(field_))
     if not mine:
         return False
-    ax.plot(*zip(*mine, strict=True), marker="o", ms=3, color=data.colour(m), label=m)
+    ax.plot(*zip(*mine, strict=True), marker="o", ms=3, color=data.colour(m), label=literal(m))
     shaky = [
         (r["seq_len"], r[field_])
         for r in points
