@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import report_records as rec
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from specs import run_cli
 
 from effbench.config.spec import parse_set
 from effbench.errors import EffbenchError
 from effbench.plan import resolve_spec
+from effbench.report.checks import admit
+from effbench.results import read_jsonl
 
 FUZZ = settings(
     max_examples=150,
@@ -177,3 +181,64 @@ def _numbers(data: Any) -> list[float]:
     if isinstance(data, list | tuple):
         return [x for v in data for x in _numbers(v)]
     return [float(data)] if isinstance(data, int | float) and not isinstance(data, bool) else []
+
+
+# ---------------------------------------------------------------------------- record lines
+
+RECORDS = {
+    "train": rec.train("sdpa"),
+    "train_epoch": rec.epoch("sdpa"),
+    "scale": rec.scale("sdpa", 16),
+    "profile": rec.profile("sdpa", 17),
+    "analyze": rec.analyze("sdpa"),
+}
+
+
+def fuzzed_line(data: st.DataObject) -> bytes:
+    """A line of a results file: a whole record with one field given any value, perhaps cut
+    short or with raw bytes in it."""
+    record = json.loads(json.dumps(RECORDS[data.draw(st.sampled_from(sorted(RECORDS)))]))
+    field = data.draw(st.sampled_from(sorted(record)))
+    sys.set_int_max_str_digits(0)
+    record[field] = data.draw(VALUES)
+    text = json.dumps(record).encode("utf-8", "surrogatepass")
+    sys.set_int_max_str_digits(4300)
+    cut = data.draw(st.one_of(st.none(), st.integers(0, len(text))))
+    junk = data.draw(st.one_of(st.just(b""), st.binary(max_size=8)))
+    return (text if cut is None else text[:cut]) + junk
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_record_line_is_read_and_admitted_or_refused(tmp_path: Path, data: Any) -> None:
+    path = tmp_path / "r.jsonl"
+    lines = [fuzzed_line(data) for _ in range(3)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    good, bad = read_jsonl(path)
+    reasons = [r for r in (admit(g) for g in good) if r is not None]
+    lines = [x for x in path.read_bytes().split(b"\n") if x.strip()]
+    assert len(good) + len(bad) == len(lines)  # every line read or listed, none lost
+    assert all(isinstance(r, str) and r for r in reasons + [b.reason for b in bad])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), name=NASTY_TEXT)
+def test_the_report_survives_any_record_and_escapes_every_name(
+    tmp_path_factory: pytest.TempPathFactory, data: Any, name: str
+) -> None:
+    root = tmp_path_factory.mktemp("fuzz")
+    results = root / "results"
+    results.mkdir()
+    good = [rec.train("sdpa"), rec.train(name or "x", mechanism="nystrom", test_top1=0.4)]
+    good += [rec.scale(name or "x", 16, mechanism="nystrom"), rec.scale("sdpa", 16)]
+    (results / "good.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good))
+    (results / "fuzz.jsonl").write_bytes(b"\n".join(fuzzed_line(data) for _ in range(3)))
+    code, output = run_cli("report", str(results), "-o", str(root / "out"))
+    assert code == 0, output
+    page = (root / "out" / "report.html").read_text(encoding="utf-8")
+    assert "<script>alert" not in page  # every name escaped, wherever the page shows it
+    read, unreadable = read_jsonl(results / "fuzz.jsonl")
+    admitted = sum(admit(r) is None for r in read)
+    assert f"{len(good) + admitted} records from 2 file(s)" in output, output
+    skipped = len(unreadable) + len(read) - admitted
+    assert (f"{skipped} skipped line(s) listed" in output) == (skipped > 0), output

@@ -174,7 +174,7 @@ def test_names_are_escaped_and_bad_lines_listed(results: Path, tmp_path: Path) -
         fh.write("[1, 2, 3]\n")
     code, output = run_cli("report", str(data), "-o", str(tmp_path / "out"))
     assert code == 0, output
-    assert "2 unreadable line(s)" in output
+    assert "2 skipped line(s)" in output
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -243,7 +243,10 @@ def test_report_errors(tmp_path: Path) -> None:
     code, out = run_cli("report", str(tmp_path / "missing"))
     assert code == 2 and "no such file or directory" in out
     code, out = run_cli("report", str(tmp_path))
-    assert code == 2 and "no effbench records" in out
+    assert code == 2 and "no usable effbench records" in out
+    (tmp_path / "bad.jsonl").write_text('{"kind": "train"}\n')
+    code, out = run_cli("report", str(tmp_path))
+    assert code == 2 and "(1 line(s) skipped, e.g. " in out and "bad.jsonl:1: train record" in out
     code, out = run_cli("report", str(tmp_path), "--format", "pdf")
     assert code == 2 and "choose html, md or both" in out
     code, out = run_cli("analyze", str(tmp_path / "nope"))

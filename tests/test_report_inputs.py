@@ -105,7 +105,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_every_bad_line_is_listed_with_its_reason(report: tuple[Path, str]) -> None:
     root, output = report
     assert "Traceback" not in output
-    assert f"{len(BAD) + 3} unreadable line(s) listed in the report" in output
+    assert f"{len(BAD) + 3} skipped line(s) listed in the report" in output
     page = (root / "out" / "report.html").read_text(encoding="utf-8")
     md = (root / "out" / "report.md").read_text(encoding="utf-8")
     bad = root / "results" / "bad.jsonl"

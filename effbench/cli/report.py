@@ -77,7 +77,13 @@ def report(
     paths = input_paths(inputs)
     results = collect(paths)
     if not results.records:
-        raise UsageError(f"no effbench records in {', '.join(map(str, paths))}")
+        skipped = (
+            f" ({len(results.bad)} line(s) skipped, e.g. {results.bad[0].path}:"
+            f"{results.bad[0].line}: {results.bad[0].reason})"
+            if results.bad
+            else ""
+        )
+        raise UsageError(f"no usable effbench records in {', '.join(map(str, paths))}{skipped}")
     trained = {r.get("model") for r in results.kind("train")}
     if baseline is not None and baseline not in trained:
         known = ", ".join(sorted(str(m) for m in trained)) or "none"
@@ -89,7 +95,7 @@ def report(
     console.print(
         f"{len(results.records)} records from {len(results.files)} file(s), "
         f"{len(built.sections)} sections, {len(built.figures())} figures"
-        + (f"; {len(results.bad)} unreadable line(s) listed in the report" if results.bad else "")
+        + (f"; {len(results.bad)} skipped line(s) listed in the report" if results.bad else "")
     )
     for path in written:
         console.print(f"Report: {path}")
