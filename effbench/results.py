@@ -113,7 +113,16 @@ class OpTime(BaseModel):
     calls: int
 
 
-class ProfileRecord(Contention, Record):
+class Compiled(BaseModel):
+    """Fields of a record whose timed calls may be `torch.compile`d."""
+
+    compiled: bool | None = None  # True: the timed calls ran the compiled layer or model
+    compile_mode: str | None = None
+    # seconds of each phase's first call, which compiles (and runs once): fwd, fwdbwd, ...
+    compile_s: dict[str, float] | None = None
+
+
+class ProfileRecord(Compiled, Contention, Record):
     """One attention layer at one sequence length."""
 
     kind: Literal["profile"] = "profile"
@@ -152,7 +161,7 @@ class ProfileRecord(Contention, Record):
     sdpa_math_fallback: bool | None = None
 
 
-class ScaleRecord(Contention, Record):
+class ScaleRecord(Compiled, Contention, Record):
     """One whole model at one input resolution (`effbench scale`)."""
 
     kind: Literal["scale"] = "scale"

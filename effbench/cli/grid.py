@@ -50,8 +50,9 @@ class Measuring:
     def words(self, section: ProfileSection | ScaleSection) -> str:
         """Where and how the grid is timed, for the line above its table."""
         e = self.env
+        compiled = f", torch.compile ({section.compile_mode})" if section.compile else ""
         return (
-            f"{self.device}, {e.threads} threads, {e.allocator}, {e.openmp}, "
+            f"{self.device}, {e.threads} threads, {e.allocator}, {e.openmp}{compiled}, "
             f"{timing_words(section)}"
         )
 

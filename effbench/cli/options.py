@@ -48,6 +48,21 @@ InterleaveOpt = Annotated[
         "--no-interleave: each point's repeats back to back, its record at once.",
     ),
 ]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="Time the torch.compile'd layer or model (inductor: C++ on the CPU, Triton on "
+        "CUDA); its first call, which compiles, is recorded apart as compile_s.",
+    ),
+]
+CompileModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="MODE",
+        help="torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune.",
+    ),
+]
 ResultsOpt = Annotated[
     Path, typer.Option("--output", "-o", help="Results directory (created if absent).")
 ]

@@ -4,7 +4,8 @@ one record per point."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,6 +27,8 @@ from effbench.cli.options import (
     DEFAULT_SPEC_PATH,
     AttentionOpt,
     BatchSizeOpt,
+    CompileModeOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     InterleaveOpt,
@@ -36,6 +39,9 @@ from effbench.cli.options import (
     ThreadsOpt,
 )
 from effbench.plan import resolve_spec
+
+if TYPE_CHECKING:
+    from effbench.config.spec import BenchSpec
 
 SeqLenOpt = Annotated[
     list[int] | None,
@@ -119,6 +125,8 @@ def profile(
     interleave: InterleaveOpt = None,
     breakdown: BreakdownOpt = None,
     threads: ThreadsOpt = None,
+    compile_: CompileOpt = None,
+    compile_mode: CompileModeOpt = None,
     output: ResultsOpt = DEFAULT_RESULTS,
     set_: SetOpt = None,
 ) -> None:
@@ -134,8 +142,15 @@ def profile(
         "profile.interleave": interleave,
         "profile.breakdown": breakdown,
         "profile.threads": threads,
+        "profile.compile": compile_,
+        "profile.compile_mode": compile_mode,
     }
-    bench = resolve_spec(spec, overrides, attention, set_, tokens="profile")
+    run_profile(resolve_spec(spec, overrides, attention, set_, tokens="profile"), output)
+
+
+def run_profile(bench: BenchSpec, output: Path) -> None:
+    """Measure the profile grid of `bench` into a new results file in `output`, with the
+    table, the progress bar and the closing line."""
     pr = bench.profile
 
     from effbench.results import write_json_atomic

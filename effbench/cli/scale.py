@@ -33,6 +33,8 @@ from effbench.cli.options import (
     DEFAULT_SPEC_PATH,
     AttentionOpt,
     BatchSizeOpt,
+    CompileModeOpt,
+    CompileOpt,
     DeviceOpt,
     DtypeOpt,
     InterleaveOpt,
@@ -230,6 +232,8 @@ def scale(
     interleave: InterleaveOpt = None,
     threads: ThreadsOpt = None,
     breakdown: BreakdownOpt = None,
+    compile_: CompileOpt = None,
+    compile_mode: CompileModeOpt = None,
     checkpoint: CheckpointOpt = None,
     data_dir: DataDirOpt = None,
     output: ResultsOpt = DEFAULT_RESULTS,
@@ -252,6 +256,8 @@ def scale(
         "scale.interleave": interleave,
         "scale.breakdown": breakdown,
         "scale.threads": threads,
+        "scale.compile": compile_,
+        "scale.compile_mode": compile_mode,
     }
     plan = plan_scale(
         spec,

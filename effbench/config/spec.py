@@ -48,6 +48,18 @@ Retries = Annotated[
     ),
 ]
 
+Compile = Annotated[
+    bool,
+    Field(
+        description="time the torch.compile'd layer or model (inductor); the first call, "
+        "which compiles, is timed apart as compile_s"
+    ),
+]
+CompileMode = Annotated[
+    Literal["default", "reduce-overhead", "max-autotune"],
+    Field(description="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune"),
+]
+
 Repeats = Annotated[
     int,
     Field(ge=1, le=100, description="timed repeats per point; the record keeps their spread"),
@@ -133,6 +145,8 @@ class ProfileSection(_Section):
     )
     threads: Threads = None
     retries: Retries = 2
+    compile: Compile = False
+    compile_mode: CompileMode = "default"
 
     @field_validator("seq_lens")
     @classmethod
@@ -249,6 +263,8 @@ class ScaleSection(_Section):
     top_ops: int = Field(
         8, ge=0, le=1000, description="operators/kernels kept per point, by self time"
     )
+    compile: Compile = False
+    compile_mode: CompileMode = "default"
 
     @field_validator("resolutions")
     @classmethod

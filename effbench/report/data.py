@@ -17,20 +17,23 @@ Record = dict[str, Any]
 
 
 def env_key(r: Mapping[str, Any]) -> tuple[str, ...]:
-    """What makes two records comparable: device, torch, threads and allocator."""
+    """What makes two records comparable: device, torch, threads, allocator, and whether the
+    timed calls ran eager or `torch.compile`d (and in which mode)."""
     e = r.get("env") or {}
     return (
         str(e.get("device_name", "?")),
         str(e.get("torch", "?")),
         str(e.get("threads", "?")),
         str(e.get("allocator", "?")),
+        f"compiled {r.get('compile_mode') or 'default'}" if r.get("compiled") else "eager",
     )
 
 
 def env_label(key: tuple[str, ...]) -> str:
-    """'device, torch X, N threads, allocator'."""
-    device, torch_version, threads, allocator = key
-    return f"{device}, torch {torch_version}, {threads} threads, {allocator}"
+    """'device, torch X, N threads, allocator' (and ', compiled MODE' when compiled)."""
+    device, torch_version, threads, allocator, execution = key
+    label = f"{device}, torch {torch_version}, {threads} threads, {allocator}"
+    return label if execution == "eager" else f"{label}, {execution}"
 
 
 @dataclass

@@ -4,6 +4,7 @@ that fail a point (non-finite output, disagreeing FLOP counts), and the record f
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -39,6 +40,26 @@ def classify(err: BaseException) -> Status:
     if isinstance(err, NonFiniteError):
         return "nan"
     return "error"
+
+
+def compile_for(module: nn.Module, section: Any, out: dict[str, Any]) -> nn.Module:
+    """`module` `torch.compile`d as the spec section says (`compile`, `compile_mode`), or
+    `module` itself; the record says which (`compiled`, `compile_mode`)."""
+    out["compiled"] = bool(section.compile)
+    if not section.compile:
+        return module
+    out["compile_mode"] = section.compile_mode
+    return torch.compile(module, mode=section.compile_mode)
+
+
+def first_call(fn: Callable[[], R], phase: str, out: dict[str, Any]) -> R:
+    """Call `fn` once; when the record's calls are compiled, this call compiles, and its
+    seconds go to `compile_s[phase]`, apart from the timings."""
+    t0 = time.perf_counter()
+    result = fn()
+    if out.get("compiled"):
+        out.setdefault("compile_s", {})[phase] = time.perf_counter() - t0
+    return result
 
 
 def free_memory(device: torch.device) -> None:

@@ -25,6 +25,8 @@ from effbench.sweep.common import (
 from effbench.sweep.common import (
     attempt,
     check_finite,
+    compile_for,
+    first_call,
     in_rounds,
     note_breakdown,
     note_flops,
@@ -67,12 +69,13 @@ def measure_attention(
     out["params"] = param_count(layer)
     out["flops_analytic"] = layer.flops(n)
     x = torch.randn(B, n, bb.dim, device=device, dtype=dtype)
+    run = compile_for(layer, prof, out)
 
     def fwd() -> torch.Tensor:
         with torch.inference_mode():
-            return layer(x)
+            return run(x)
 
-    check_finite(fwd(), "forward output")
+    check_finite(first_call(fwd, "fwd", out), "forward output")
     sdpa = sdpa_layer(layer)
     if sdpa is not None:
         ops = dispatched_ops(lambda: layer(x))
@@ -119,14 +122,15 @@ def _backward(
     `fwdbwd_*` fields, and its trace with `trace_dir`. A copy of the layer trains, so that the
     forward's repeats in the rounds still time the layer in eval mode."""
     layer = copy.deepcopy(layer).train()
+    run = compile_for(layer, spec.profile, out)
     xg = x.detach().requires_grad_()
     params = [p for p in layer.parameters() if p.requires_grad]
     grad_out = torch.ones_like(x)
 
     def fwdbwd() -> tuple[torch.Tensor, ...]:
-        return torch.autograd.grad(layer(xg), [xg, *params], grad_outputs=grad_out)
+        return torch.autograd.grad(run(xg), [xg, *params], grad_outputs=grad_out)
 
-    check_finite(fwdbwd()[0], "input gradient")
+    check_finite(first_call(fwdbwd, "fwdbwd", out)[0], "input gradient")
     _timed(fwdbwd, "fwdbwd", point, spec=spec, device=device, out=out, rounds=rounds)
     out["fwdbwd_peak_mib"] = peak_bytes(fwdbwd, device)[0] / MIB
     if trace_dir:

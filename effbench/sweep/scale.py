@@ -25,6 +25,8 @@ from effbench.results import Env, ScaleRecord, ScaleSummaryRecord, record_base
 from effbench.sweep.common import (
     attempt,
     check_finite,
+    compile_for,
+    first_call,
     in_rounds,
     note_breakdown,
     note_flops,
@@ -183,12 +185,17 @@ def _inference(
 ) -> None:
     sc = spec.scale
     model.eval()
+    run = compile_for(model, sc, out)
 
     def fwd() -> torch.Tensor:
         with torch.inference_mode(), amp():
+            return run(x)
+
+    def fwd_eager() -> torch.Tensor:  # the breakdown wraps the model's own modules
+        with torch.inference_mode(), amp():
             return model(x)
 
-    check_finite(fwd(), "forward output")
+    check_finite(first_call(fwd, "infer", out), "forward output")
     call_ms = _time_and_peak(
         fwd, "infer", point, spec=spec, batch=x.shape[0], device=device, out=out, rounds=rounds
     )
@@ -196,7 +203,7 @@ def _inference(
     ops: list[str] | None = None
     if sc.breakdown or sc.top_ops:
         calls = 1 if call_ms > SLOW_CALL_MS else BREAKDOWN_CALLS
-        b = breakdown(fwd, model=model, device=device, calls=calls, top=sc.top_ops)
+        b = breakdown(fwd_eager, model=model, device=device, calls=calls, top=sc.top_ops)
         kernels, ops = b.kernel_names, b.op_names
         out["top_ops"] = [o.model_dump() for o in b.top_ops]
         if sc.breakdown:
@@ -224,6 +231,7 @@ def _training(
     trains, so that inference's repeats in the rounds still time the model in eval mode with the
     weights it was measured with."""
     model = copy.deepcopy(model).train()
+    run = compile_for(model, spec.scale, out)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     g = torch.Generator(device="cpu").manual_seed(0)
     y = torch.randint(0, model.head.out_features, (x.shape[0],), generator=g).to(device)
@@ -231,13 +239,13 @@ def _training(
     def step() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         with amp():
-            logits = model(x)
+            logits = run(x)
         loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         opt.step()
         return loss.detach()
 
-    check_finite(step(), "training loss")
+    check_finite(first_call(step, "train", out), "training loss")
     _time_and_peak(
         step, "train", point, spec=spec, batch=x.shape[0], device=device, out=out, rounds=rounds
     )
