@@ -337,6 +337,7 @@ class TrainRecord(Record):
     flops_per_image: int
     precision: str
     compiled: bool = False
+    compile_mode: str | None = None  # with compiled: the torch.compile mode
     compile_s: float | None = None
     world_size: int = 1
     batch_size: int

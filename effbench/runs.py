@@ -73,6 +73,8 @@ NEUTRAL_KEYS = frozenset(
 def fingerprint(bench: BenchSpec, entry: ModelEntry, seed: int) -> dict[str, Any]:
     """The settings that determine what a run computes; a resume must match them."""
     train = bench.train.model_dump(mode="json")
+    if not train["compile"]:  # (and checkpoints from before compile_mode keep matching)
+        del train["compile_mode"]
     return {
         "backbone": bench.backbone.model_dump(mode="json"),
         "attention": entry.attention.model_dump(mode="json"),

@@ -125,3 +125,30 @@ def test_the_report_never_mixes_compiled_and_eager_figures() -> None:
     assert eager == env_key({"env": env}) != compiled  # records from before --compile: eager
     assert env_label(compiled) == "cpu, torch 2, 2 threads, glibc, compiled max-autotune"
     assert env_label(eager) == "cpu, torch 2, 2 threads, glibc"
+
+
+def test_train_compiled_records_its_mode(spec: Path, tmp_path: Path) -> None:
+    args = ["train", "-s", str(spec), "-a", "sdpa", "--dataset", "synthetic", "--epochs", "1"]
+    extra = ["--set", "train.synthetic_samples=64", "-b", "32", "--device", "cpu"]
+    code, out = run_cli(
+        *args, *extra, "--compile", "--compile-mode", "default", "-o", str(tmp_path)
+    )
+    assert code == 0, out
+    good, bad = read_jsonl(tmp_path / "sdpa" / "seed0" / "train.jsonl")
+    final = good[-1]
+    assert not bad and final["kind"] == "train" and final["status"] == "ok"
+    assert final["compiled"] is True and final["compile_mode"] == "default"
+    assert final["compile_s"] > 0
+
+
+def test_compile_mode_is_a_setting_only_of_compiled_runs() -> None:
+    from effbench.config.spec import parse_spec
+    from effbench.runs import fingerprint
+
+    data = {"models": [{"name": "a", "attention": {"kind": "sdpa"}}]}
+    eager = parse_spec(data)
+    assert "compile_mode" not in fingerprint(eager, eager.models[0], 0)["train"]
+    compiled = parse_spec(
+        data, overrides={"train.compile": True, "train.compile_mode": "max-autotune"}
+    )
+    assert fingerprint(compiled, compiled.models[0], 0)["train"]["compile_mode"] == "max-autotune"

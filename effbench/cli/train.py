@@ -16,6 +16,7 @@ from effbench.cli.console import Console, contention_note, err_console, pct, war
 from effbench.cli.options import (
     DEFAULT_SPEC_PATH,
     AttentionOpt,
+    CompileModeOpt,
     DeviceOpt,
     SetOpt,
     SpecOpt,
@@ -95,6 +96,7 @@ def train(
     lr: LrOpt = None,
     precision: PrecisionOpt = None,
     compile_: CompileOpt = None,
+    compile_mode: CompileModeOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     tensorboard: TensorboardOpt = None,
@@ -120,6 +122,7 @@ def train(
         "train.lr": lr,
         "train.precision": precision,
         "train.compile": compile_,
+        "train.compile_mode": compile_mode,
         "train.device": device,
         "train.threads": threads,
         "train.tensorboard": tensorboard,

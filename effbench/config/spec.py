@@ -202,6 +202,7 @@ class TrainSection(_Section):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
     )
     compile: bool = Field(False, description="torch.compile the model")
+    compile_mode: CompileMode = "default"
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     threads: Threads = None
     workers: int = Field(4, ge=0, le=1024, description="DataLoader workers for folder datasets")

@@ -105,6 +105,7 @@ def run_facts(bench: BenchSpec, parts: Parts, *, precision: str, world: int) -> 
         "flops_per_image": model.flops(),
         "precision": precision,
         "compiled": cfg.compile,
+        "compile_mode": cfg.compile_mode if cfg.compile else None,
         "world_size": world,
         "batch_size": cfg.batch_size,
         "n_train": loaders.n_train,

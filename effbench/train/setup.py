@@ -85,7 +85,7 @@ def compile_parts(
 ) -> None:
     """`torch.compile` the net, then compile the training and evaluation graphs, leaving
     weights and random state as they were."""
-    parts.net = torch.compile(parts.net)
+    parts.net = torch.compile(parts.net, mode=bench.train.compile_mode)
     bb = bench.backbone
     x = torch.zeros(
         parts.loaders.train.batch_size,
