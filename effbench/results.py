@@ -120,6 +120,10 @@ class Compiled(BaseModel):
     compile_mode: str | None = None
     # seconds of each phase's first call, which compiles (and runs once): fwd, fwdbwd, ...
     compile_s: dict[str, float] | None = None
+    # CUDA: True when the GPU's kernels fill less than half the timed forward's wall time
+    # (fwd_kernel_ms / fwd_ms in profile, infer_kernel_ms / infer_ms in scale), so that the
+    # figure measures launches more than the mechanism; None off CUDA
+    launch_bound: bool | None = None
 
 
 class ProfileRecord(Compiled, Contention, Record):
@@ -138,6 +142,7 @@ class ProfileRecord(Compiled, Contention, Record):
     fwd_runs: int | None = None
     fwd_calls_per_run: int | None = None
     fwd_repeat_spread: float | None = None  # (max - min) / median of the repeats' medians
+    fwd_kernel_ms: float | None = None  # CUDA: GPU kernel and copy time of one forward
     fwdbwd_ms: float | None = None
     fwdbwd_iqr_ms: float | None = None
     fwdbwd_runs: int | None = None
@@ -190,6 +195,7 @@ class ScaleRecord(Compiled, Contention, Record):
     infer_runs: int | None = None
     infer_calls_per_run: int | None = None
     infer_repeat_spread: float | None = None  # (max - min) / median of the repeats' medians
+    infer_kernel_ms: float | None = None  # CUDA: GPU kernel and copy time of one forward
     images_per_s: float | None = None  # inference
     infer_peak_mib: float | None = None
     train_ms: float | None = None  # one optimizer step: forward, loss, backward, AdamW

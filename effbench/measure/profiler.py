@@ -72,6 +72,35 @@ def op_table(prof: profile, *, device: torch.device, top: int) -> list[OpTime]:
     return rows[:top]
 
 
+# Below this share of kernel time in the wall time, a timing measures launches (Python,
+# dispatch, the driver) more than the kernels: the point is launch-bound.
+LAUNCH_BOUND_SHARE = 0.5
+
+
+def kernel_time_ms(fn: Callable[[], Any], *, device: torch.device, calls: int = 3) -> float | None:
+    """Milliseconds of GPU work (kernels and copies) per call of fn, from the profiler's
+    device events over `calls` calls after one untimed call; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    fn()
+    with native_noise_filtered(), profile(activities=activities(device)) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize(device)
+    device_us = sum(
+        e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA
+    )
+    return device_us / 1e3 / calls
+
+
+def launch_bound(kernel_ms: float | None, wall_ms: float | None) -> bool | None:
+    """Whether a timing is launch-bound: its kernels fill less than LAUNCH_BOUND_SHARE of
+    its wall time. None when either figure is missing (off CUDA, or a failed point)."""
+    if kernel_ms is None or not wall_ms:
+        return None
+    return kernel_ms / wall_ms < LAUNCH_BOUND_SHARE
+
+
 def profile_call(
     fn: Callable[[], Any],
     *,

@@ -16,7 +16,7 @@ from effbench.attention import Attention, build_attention
 from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.measure import DTYPES, MIB, OnStep, Rounds, Timing, param_count, peak_bytes
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
-from effbench.measure.profiler import breakdown, profile_call
+from effbench.measure.profiler import breakdown, kernel_time_ms, launch_bound, profile_call
 from effbench.model import Block
 from effbench.results import Env, ProfileRecord, inside, record_base
 from effbench.sweep.common import (
@@ -86,6 +86,7 @@ def measure_attention(
         out["fwd_gflops_per_s"] = flop / (timing.median_ms / 1e3) / 1e9
 
     _timed(fwd, "fwd", point, spec=spec, device=device, out=out, rounds=rounds, then=gflops)
+    out["fwd_kernel_ms"] = kernel_time_ms(fwd, device=device)
     peak, out["mem_source"] = peak_bytes(fwd, device)
     out["fwd_peak_mib"] = peak / MIB
     if prof.top_ops or trace_dir:
@@ -235,6 +236,7 @@ def start_point(
 
     def record() -> ProfileRecord:
         fields = {"repeats": spec.profile.repeats} | out
+        fields["launch_bound"] = launch_bound(fields.get("fwd_kernel_ms"), fields.get("fwd_ms"))
         return ProfileRecord(
             status=status,
             error=error,

@@ -19,7 +19,7 @@ from effbench.crossover import summarize
 from effbench.measure import MIB, OnStep, Rounds, Timing, param_count, peak_bytes
 from effbench.measure import autocast as precision_autocast
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
-from effbench.measure.profiler import breakdown
+from effbench.measure.profiler import breakdown, kernel_time_ms, launch_bound
 from effbench.model import ViT, adapt_state_dict, build_model
 from effbench.results import Env, ScaleRecord, ScaleSummaryRecord, record_base
 from effbench.sweep.common import (
@@ -199,6 +199,7 @@ def _inference(
     call_ms = _time_and_peak(
         fwd, "infer", point, spec=spec, batch=x.shape[0], device=device, out=out, rounds=rounds
     )
+    out["infer_kernel_ms"] = kernel_time_ms(fwd, device=device)
     kernels: list[str] = []
     ops: list[str] | None = None
     if sc.breakdown or sc.top_ops:
@@ -283,6 +284,7 @@ def start_scale_point(
 
     def record() -> ScaleRecord:
         fields = {"repeats": sc.repeats, **(checkpoint or {})} | out
+        fields["launch_bound"] = launch_bound(fields.get("infer_kernel_ms"), fields.get("infer_ms"))
         return ScaleRecord(
             status=status,
             error=error,

@@ -1,5 +1,5 @@
 """The profile section: forward and forward + backward milliseconds of one attention layer
-from `effbench profile`, one table per environment, contended points named."""
+from `effbench profile`, one table per environment, contended and launch-bound points named."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _cell(r: Record | None) -> str:
     fwd, fb = (
         num(r.get(f"{p}_ms")) + ("*" if phase_contended(r, p) else "") for p in ("fwd", "fwdbwd")
     )
-    return f"{fwd} / {fb}"
+    return f"{fwd}{'†' if r.get('launch_bound') else ''} / {fb}"
 
 
 def _one_env(sec: Section, data: ReportData, env: str, rs: list[Record]) -> None:
@@ -51,6 +51,13 @@ def _one_env(sec: Section, data: ReportData, env: str, rs: list[Record]) -> None
         rows,
         title=f"{env}: batch {batch}, {dtype}; forward / forward + backward ms",
     )
+    bound = [r for r in latest.values() if r.get("launch_bound")]
+    if bound:
+        sec.text(
+            f"† {len(bound)} of these forwards are launch-bound: the GPU's kernels fill less "
+            "than half of the timed call, so the figure measures Python, dispatch and kernel "
+            "launches more than the mechanism, and a comparison there says little about it."
+        )
     shaky = [r for r in latest.values() if r.get("contended")]
     if shaky:
         sec.text(

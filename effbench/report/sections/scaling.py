@@ -67,9 +67,21 @@ def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
             ],
             title=f"Contended points (timed while other work held the CPU), {where}",
         )
+    bound = [r for r in points if r.get("launch_bound")]
+    if bound:
+        sizes = px_list(sorted({r["image_size"] for r in bound}))
+        sec.text(
+            f"{len(bound)} of these points are launch-bound ({sizes}): "
+            "the GPU's kernels fill less than half of the timed forward, so the time measures "
+            "Python, dispatch and kernel launches more than the mechanism. Compare compiled "
+            "(`--compile`, `reduce-overhead` for CUDA graphs) figures there."
+        )
     summary = _fastest(points, where)
     if base:
-        summary.append(_crossovers_line(found, models, base, where))
+        summary.append(
+            _crossovers_line(found, models, base, where)
+            + (" Some of these figures are launch-bound." if bound else "")
+        )
     return summary
 
 
@@ -123,6 +135,8 @@ def _fastest(points: list[Record], where: str) -> list[str]:
         note = f", {left_out} contended figure(s) left out" if left_out else ""
         if ok:
             best = min(ok, key=lambda r: r["infer_ms"])
+            if any(r.get("launch_bound") for r in ok):
+                note += "; rests on launch-bound figures (GPU kernels under half the time)"
             parts.append(f"at {size} px {best['model']} ({num(best['infer_ms'])} ms a batch{note})")
         elif left_out:
             parts.append(f"at {size} px not decided (every figure there is contended)")
