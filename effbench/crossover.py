@@ -6,7 +6,7 @@ tokens.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # Summary metric -> the scale record field it reads.
@@ -90,10 +90,32 @@ def upper_slope(by_tokens: Mapping[int, float | None]) -> tuple[float | None, li
     return loglog_slope((n, measured[n]) for n in used), used
 
 
+def baseline_label(baselines: Sequence[str]) -> str | None:
+    """How a report or record names the baseline: its model, or 'best of a, b' for several."""
+    if not baselines:
+        return None
+    return baselines[0] if len(baselines) == 1 else "best of " + ", ".join(baselines)
+
+
+def best_of(records: Iterable[dict[str, Any]], field: str) -> dict[int, float | None]:
+    """Per resolution, the smallest `field` among `records` (None where every one failed)."""
+    out: dict[int, float | None] = {}
+    for r in records:
+        v, res = r.get(field), r["image_size"]
+        if v is not None and (out.get(res) is None or v < out[res]):
+            out[res] = v
+        else:
+            out.setdefault(res, None)
+    return out
+
+
 def summarize(
-    records: list[dict[str, Any]], *, baseline: str | None, mode: str
+    records: list[dict[str, Any]], *, baseline: str | Sequence[str] | None, mode: str
 ) -> dict[str, dict[str, Any]]:
-    """Per model of a scale grid's records: crossovers against `baseline` and slopes.
+    """Per model of a scale grid's records: crossovers against the baseline and slopes.
+
+    `baseline`: one model, or several (the SDPA backends, say), whose best figure at each
+    resolution is the one to beat.
 
     Returns model -> {"crossovers": {metric: {resolution, tokens, at_start} | None},
     "slopes": {metric: slope | None}, "slope_tokens": {metric: [tokens...]},
@@ -106,7 +128,8 @@ def summarize(
         if r.get("kind") == "scale":
             by_model.setdefault(r["model"], []).append(r)
     tokens = {r["image_size"]: r["seq_len"] for rs in by_model.values() for r in rs}
-    base = by_model.get(baseline or "", [])
+    bases = [baseline] if isinstance(baseline, str) else list(baseline or [])
+    base = [r for b in bases for r in by_model.get(b, [])]
     out: dict[str, dict[str, Any]] = {}
     for model, rs in by_model.items():
         crossovers: dict[str, Any] = {}
@@ -120,9 +143,9 @@ def summarize(
                 contended[metric] = shaky
             mine = {r["image_size"]: r.get(field) for r in rs}
             slopes[metric], used[metric] = upper_slope({r["seq_len"]: r.get(field) for r in rs})
-            if model == baseline or not base:
+            if model in bases or not base:
                 continue
-            hit = crossover(mine, {r["image_size"]: r.get(field) for r in base})
+            hit = crossover(mine, best_of(base, field))
             crossovers[metric] = (
                 None
                 if hit is None

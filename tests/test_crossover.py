@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from effbench.crossover import crossover, loglog_slope, upper_slope
+from effbench.crossover import (
+    baseline_label,
+    best_of,
+    crossover,
+    loglog_slope,
+    summarize,
+    upper_slope,
+)
 
 
 def test_crossover_from_records() -> None:
@@ -30,3 +37,24 @@ def test_loglog_slopes() -> None:
     assert upper_slope({65: 1.0, 257: None}) == (None, [65])
     two = pytest.approx(math.log(4) / math.log(257 / 65))
     assert upper_slope({65: 1.0, 257: 4.0}) == (two, [65, 257])
+
+
+def _point(model: str, res: int, ms: float | None) -> dict:
+    return {"kind": "scale", "model": model, "image_size": res, "seq_len": (res // 8) ** 2 + 1,
+            "infer_ms": ms, "status": "ok" if ms is not None else "oom"}  # fmt: skip
+
+
+def test_the_baseline_is_the_best_of_the_sdpa_backends_at_each_resolution() -> None:
+    # flash is fastest small, the math path fails large: the best of them is the one to beat
+    flash = [_point("flash", 32, 1.0), _point("flash", 64, 3.0), _point("flash", 128, 12.0)]
+    math_ = [_point("math", 32, 2.0), _point("math", 64, 2.5), _point("math", 128, None)]
+    lin = [_point("lin", 32, 1.5), _point("lin", 64, 2.8), _point("lin", 128, 4.0)]
+    assert best_of([*flash, *math_], "infer_ms") == {32: 1.0, 64: 2.5, 128: 12.0}
+    assert best_of(math_[2:], "infer_ms") == {128: None}
+    found = summarize([*flash, *math_, *lin], baseline=["flash", "math"], mode="infer")
+    assert found["lin"]["crossovers"]["infer_time"]["resolution"] == 128  # not 64: math wins
+    alone = summarize([*flash, *lin], baseline="flash", mode="infer")
+    assert alone["lin"]["crossovers"]["infer_time"]["resolution"] == 64
+    assert found["flash"]["crossovers"] == found["math"]["crossovers"] == {}
+    assert baseline_label(["flash", "math"]) == "best of flash, math"
+    assert baseline_label(["sdpa"]) == "sdpa" and baseline_label([]) is None

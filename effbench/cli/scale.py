@@ -139,6 +139,7 @@ def _crossover(c: Any) -> str:
 
 def scale_summary_table(summaries: list[Any], mode: str) -> Table:
     """Per model and metric: the crossover against the baseline, then the slope."""
+    from effbench.config.attention import BASELINE_KIND
     from effbench.crossover import metrics_for
 
     metrics = metrics_for(mode)
@@ -155,7 +156,8 @@ def scale_summary_table(summaries: list[Any], mode: str) -> Table:
     for s in summaries:
         cells = []
         for m in metrics:
-            cross = "base" if s.model == base else _crossover(s.crossovers.get(m))
+            is_base = s.model == base or s.attention.get("kind") == BASELINE_KIND
+            cross = "base" if is_base else _crossover(s.crossovers.get(m))
             slope = "-" if s.slopes.get(m) is None else f"{s.slopes[m]:.2f}"
             cells.append(f"{cross} · {slope}" + ("*" if s.contended.get(m) else ""))
         table.add_row(s.model, *cells)

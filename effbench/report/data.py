@@ -151,14 +151,14 @@ class ReportData:
 
     def baseline(self, points: Iterable[Record]) -> str | None:
         """The first model of the baseline kind among `points`' models."""
-        return next(
-            (
-                m
-                for m in self.order(r["model"] for r in points)
-                if self.kinds.get(m) == BASELINE_KIND
-            ),
-            None,
-        )
+        return next(iter(self.baselines(points)), None)
+
+    def baselines(self, points: Iterable[Record]) -> list[str]:
+        """Every model of the baseline kind among `points`' models (one per SDPA backend,
+        say): crossovers are against the best of them at each resolution."""
+        return [
+            m for m in self.order(r["model"] for r in points) if self.kinds.get(m) == BASELINE_KIND
+        ]
 
 
 def build_data(results: Results, *, baseline: str | None = None) -> ReportData:

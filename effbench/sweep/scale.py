@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from effbench.config.attention import AttentionConfig
 from effbench.config.spec import Backbone, BenchSpec, ModelEntry
-from effbench.crossover import summarize
+from effbench.crossover import baseline_label, summarize
 from effbench.measure import MIB, OnStep, Rounds, Timing, param_count, peak_bytes
 from effbench.measure import autocast as precision_autocast
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
@@ -59,9 +59,15 @@ def scale_grid(spec: BenchSpec) -> list[ScalePoint]:
 
 
 def baseline_name(spec: BenchSpec) -> str | None:
-    """The model that crossovers are measured against: the first whose attention is the
-    baseline kind (`effbench.config.attention.BASELINE_KIND`)."""
-    return next((m.name for m in spec.models if m.attention.baseline), None)
+    """The first model whose attention is the baseline kind
+    (`effbench.config.attention.BASELINE_KIND`)."""
+    return next(iter(baseline_names(spec)), None)
+
+
+def baseline_names(spec: BenchSpec) -> list[str]:
+    """The models crossovers are measured against: every one of the baseline kind (one per
+    SDPA backend, say), whose best figure at each resolution is the one to beat."""
+    return [m.name for m in spec.models if m.attention.baseline]
 
 
 def fit_to_tokens(cfg: AttentionConfig, tokens: int) -> tuple[AttentionConfig, str | None]:
@@ -335,13 +341,14 @@ def scale_sweep(
 def summary_records(
     spec: BenchSpec, records: list[ScaleRecord], *, env: Env, run_id: str
 ) -> list[ScaleSummaryRecord]:
-    """Per model: crossovers against the baseline (`baseline_name`) and slopes, as records."""
-    base = baseline_name(spec)
-    found = summarize([r.model_dump() for r in records], baseline=base, mode=spec.scale.mode)
+    """Per model: crossovers against the baseline (`baseline_names`: the best of them) and
+    slopes, as records."""
+    bases = baseline_names(spec)
+    found = summarize([r.model_dump() for r in records], baseline=bases, mode=spec.scale.mode)
     return [
         ScaleSummaryRecord(
             **record_base(spec, m, env=env, run_id=run_id),
-            baseline=base,
+            baseline=baseline_label(bases),
             mode=spec.scale.mode,
             resolutions=spec.scale.resolutions,
             **found[m.name],

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from effbench.config.attention import BASELINE_KIND
-from effbench.crossover import METRICS, is_contended, metrics_for, summarize
+from effbench.crossover import METRICS, baseline_label, is_contended, metrics_for, summarize
 from effbench.report.data import Record, ReportData, Series
 from effbench.report.document import Part, Section
 from effbench.report.figures import Plot, legend, literal, new_figure, plot, slug
@@ -35,8 +35,9 @@ def section(data: ReportData) -> Part:
 def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
     """The figure and tables of one series; returns its summary lines."""
     points = s.points
-    base = data.baseline(points)
-    found = summarize(points, baseline=base, mode=s.mode)
+    bases = data.baselines(points)
+    base = baseline_label(bases)
+    found = summarize(points, baseline=bases, mode=s.mode)
     metrics = metrics_for(s.mode)
     where = f"{s.env}: patch {s.patch}, batch {s.batch}, {s.precision}, mode {s.mode}"
     stem = slug("scaling", s.env, s.patch, s.batch, s.precision, s.mode)
@@ -45,7 +46,7 @@ def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
     sec.table(
         ["model", *(m.replace("_", " ") for m in metrics)],
         [
-            [m, *(_crossover_cell(found[m], metric, m == base) for metric in metrics)]
+            [m, *(_crossover_cell(found[m], metric, m in bases) for metric in metrics)]
             for m in models
         ],
         title=f"Crossover against {base}, {where}",
@@ -79,7 +80,7 @@ def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
     summary = _fastest(points, where)
     if base:
         summary.append(
-            _crossovers_line(found, models, base, where)
+            _crossovers_line(found, models, bases, where)
             + (" Some of these figures are launch-bound." if bound else "")
         )
     return summary
@@ -105,7 +106,7 @@ def _crossover_cell(found: dict[str, Any], metric: str, is_base: bool) -> str:
     return f"{cross}; slope {num(found['slopes'].get(metric))}{rests}"
 
 
-def _crossovers_line(found: Found, models: list[str], base: str, where: str) -> str:
+def _crossovers_line(found: Found, models: list[str], bases: list[str], where: str) -> str:
     reached = [
         f"{m} from {found[m]['crossovers']['infer_time']['resolution']} px"
         + (
@@ -114,10 +115,10 @@ def _crossovers_line(found: Found, models: list[str], base: str, where: str) -> 
             else ""
         )
         for m in models
-        if m != base and found[m]["crossovers"].get("infer_time")
+        if m not in bases and found[m]["crossovers"].get("infer_time")
     ]
     return (
-        f"Inference crossovers against {base} ({where}): "
+        f"Inference crossovers against {baseline_label(bases)} ({where}): "
         + (", ".join(reached) if reached else "none in range")
         + "."
     )
@@ -156,7 +157,7 @@ def _scaling_plot(
     stem: str,
 ) -> Plot:
     fig, axes = new_figure(len(metrics), width=4.4, height=3.6)
-    base = data.baseline(points)
+    bases = data.baselines(points)
     contended_labelled = False
     for ax, metric in zip(axes, metrics, strict=True):
         field_ = METRICS[metric]
@@ -167,7 +168,7 @@ def _scaling_plot(
         ax.set_xscale("log")
         ax.set_yscale("log")
         ref = sorted(
-            (r["seq_len"], r[field_]) for r in points if r["model"] == base and r.get(field_)
+            (r["seq_len"], r[field_]) for r in points if r["model"] in bases and r.get(field_)
         )
         if ref:
             _guides(ax, ref[0], sorted({r["seq_len"] for r in points}))
