@@ -112,7 +112,9 @@ def test_time_budget_resumed_continues_the_remaining_time(tmp_path: Path) -> Non
         list(trainer(spec, "sdpa", stop=stop, progress=TrainProgress(on_batch=on_batch)).run())
     final = list(trainer(spec, "sdpa", resume="auto").run())[-1]
     step_s = final.train_s / final.steps
-    assert 4.0 <= final.train_s < 4.0 + 2 * step_s + 0.05  # not 4 s more after the resume
+    # not 4 s more after the resume: at most a step past the budget on each side of the
+    # stop, and a little for a machine that other work slows
+    assert 4.0 <= final.train_s < 4.0 + 2 * step_s + 0.5
     assert final.steps > 4
 
 
