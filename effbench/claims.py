@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import sys
 import time
@@ -20,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from effbench.errors import EffbenchError
+from effbench.results import TEMPORARY
 
 try:
     import fcntl
-except ImportError:  # pragma: no cover - not POSIX: claims are taken with create-exclusive only
+except ImportError:  # pragma: no cover - not POSIX: a lock file that names a holder is held
     fcntl = None  # type: ignore[assignment]
 
 LOCK = ".effbench.lock"
@@ -121,21 +121,14 @@ def claim(directory: Path, *, what: str = "output") -> Claim:
     return Claim(directory, fd, created=created, stale=stale if previous else None)
 
 
-# `results.replace_atomically`'s temporaries: `.<name>.<pid>-<6 hex>.tmp`.
-_TEMPORARY = re.compile(r"\..+\.(\d+)-[0-9a-f]{6}\.tmp")
-
-
-def remove_dead_temporaries(directory: Path) -> list[Path]:
+def remove_dead_temporaries(directory: Path) -> None:
     """Remove the temporary files in `directory` that a killed writer left (its process is
     gone, so it can never finish them); a live writer's are left alone."""
-    removed = []
     for path in directory.glob(".*.tmp"):
-        m = _TEMPORARY.fullmatch(path.name)
+        m = TEMPORARY.fullmatch(path.name)
         if m and not _alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 path.unlink()
-                removed.append(path)
-    return removed
 
 
 def _alive(pid: int) -> bool:

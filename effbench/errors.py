@@ -69,13 +69,14 @@ class CheckpointError(TrainError):
     """A checkpoint that is missing, unreadable, or from another configuration."""
 
 
+_NO_PERMISSION = (
+    "no permission to write there: write elsewhere with --output, or change its permissions"
+)
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full: free some space, or write elsewhere with --output",
     errno.EDQUOT: "the disk quota is spent: free some space, or write elsewhere with --output",
-    errno.EACCES: "no permission to write there: write elsewhere with --output, or change "
-    "its permissions",
-    errno.EPERM: "no permission to write there: write elsewhere with --output, or change "
-    "its permissions",
+    errno.EACCES: _NO_PERMISSION,
+    errno.EPERM: _NO_PERMISSION,
     errno.EROFS: "the file system is read-only: write elsewhere with --output",
     errno.ENOTDIR: "a file stands where a directory should be: move it away, or choose "
     "another --output",

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -424,7 +425,7 @@ def inside(root: Path, *parts: str) -> Path:
         RunError: naming the part that would lead elsewhere.
     """
     for part in parts:
-        if part in ("", ".", "..") or Path(part).name != part or "\\" in part or "/" in part:
+        if part in ("", ".", "..") or Path(part).name != part or "\\" in part:
             raise RunError(
                 f"{part!r} would put files outside {root}: use letters, digits, _ . + - "
                 "(not only dots) in names"
@@ -476,6 +477,11 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
+# The name of `replace_atomically`'s temporaries, `.<name>.<pid>-<6 hex>.tmp`: its writer's pid
+# tells a killed writer's leftover (`effbench.claims` removes those) from a live one's file.
+TEMPORARY = re.compile(r"\..+\.(\d+)-[0-9a-f]{6}\.tmp")
+
+
 @contextlib.contextmanager
 def replace_atomically(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; on success it is fsynced and renamed
@@ -483,7 +489,7 @@ def replace_atomically(path: Path) -> Iterator[Path]:
     own, and the file gets the usual mode whatever wrote it. A write that failed for want of
     space (some writers say so only in their own words) raises OSError ENOSPC."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp")  # see TEMPORARY
     try:
         try:
             yield tmp

@@ -30,7 +30,7 @@ from effbench.crossover import METRICS, loglog_slope
 from effbench.env import environment
 from effbench.model import adapt_state_dict, build_model
 from effbench.results import read_jsonl, record_base
-from effbench.sweep import baseline_name, fit_to_tokens, sdpa_layer
+from effbench.sweep import baseline_names, fit_to_tokens, sdpa_layer
 
 SPEC = """
 [backbone]
@@ -89,15 +89,15 @@ def test_options_are_capped_at_the_token_count() -> None:
     assert cfg.landmarks == 32 and note is None
 
 
-def test_the_baseline_is_the_first_model_of_the_baseline_kind() -> None:
+def test_the_baselines_are_the_models_of_the_baseline_kind() -> None:
     data = read_toml(Path(__file__).resolve().parents[1] / "bench.toml")
 
     def spec_of(*kinds: str) -> BenchSpec:
         models = [{"name": f"m{i}", "attention": {"kind": k}} for i, k in enumerate(kinds)]
         return parse_spec({**data, "models": models})
 
-    assert baseline_name(spec_of("linformer", BASELINE_KIND, BASELINE_KIND)) == "m1"
-    assert baseline_name(spec_of("linformer", "nystrom")) is None
+    assert baseline_names(spec_of("linformer", BASELINE_KIND, BASELINE_KIND)) == ["m1", "m2"]
+    assert baseline_names(spec_of("linformer", "nystrom")) == []
 
 
 def test_records_share_one_base_and_name_the_sdpa_layer() -> None:

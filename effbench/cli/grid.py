@@ -5,9 +5,6 @@ what it kept."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +28,7 @@ from rich.text import Text
 
 from effbench.cli.console import console, err_console, warn_if_busy, whole_lines
 from effbench.plan import choose_device
+from effbench.signals import StopFlag
 
 if TYPE_CHECKING:
     import torch
@@ -106,48 +104,15 @@ def grid_table(title: str, columns: dict[str, int | None]) -> Table:
     return whole_lines(table)
 
 
-class StopOnSignal:
-    """SIGINT and SIGTERM while a grid runs. The first stops the grid before its next step (a
-    point, or one timing of the rounds), so that what was measured is written whole; a second
-    stops it at once (still not in the middle of writing a record). A signal that the process
-    ignores (SIGINT in a background job) stays ignored."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+class StopOnSignal(StopFlag):
+    """SIGINT and SIGTERM while a grid runs (`effbench.signals.StopFlag`). The first stops the
+    grid before its next step (a point, or one timing of the rounds), so that what was
+    measured is written whole; a second stops it at once, but not while a record is being
+    written (`hold`). `over`: the grid has stopped."""
 
     def __init__(self) -> None:
-        self.signum: int | None = None
-        self.hold = False  # a record is being written, or the grid is over: never raise now
-        self.over = False  # the grid has stopped
-        self._count = 0
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = self.signum or signum
-        self._count += 1
-        if self._count > 1 and not self.hold:
-            raise KeyboardInterrupt
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt (which the sweeps end on, keeping what they measured) once
-        a signal has come."""
-        if self.signum is not None:
-            raise KeyboardInterrupt
-
-    @property
-    def name(self) -> str:
-        return "" if self.signum is None else signal.Signals(self.signum).name
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[StopOnSignal]:
-        old: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                if signal.getsignal(s) is not signal.SIG_IGN:
-                    old[s] = signal.signal(s, self._handle)
-        try:
-            yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        super().__init__()
+        self.over = False
 
 
 class _StoppingColumn(ProgressColumn):

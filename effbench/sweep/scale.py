@@ -58,15 +58,10 @@ def scale_grid(spec: BenchSpec) -> list[ScalePoint]:
     return [ScalePoint(m, r) for m in spec.models for r in spec.scale.resolutions]
 
 
-def baseline_name(spec: BenchSpec) -> str | None:
-    """The first model whose attention is the baseline kind
-    (`effbench.config.attention.BASELINE_KIND`)."""
-    return next(iter(baseline_names(spec)), None)
-
-
 def baseline_names(spec: BenchSpec) -> list[str]:
-    """The models crossovers are measured against: every one of the baseline kind (one per
-    SDPA backend, say), whose best figure at each resolution is the one to beat."""
+    """The models crossovers are measured against: every one of the baseline kind
+    (`effbench.config.attention.BASELINE_KIND`; one per SDPA backend, say), whose best figure
+    at each resolution is the one to beat."""
     return [m.name for m in spec.models if m.attention.baseline]
 
 
