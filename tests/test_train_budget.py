@@ -60,8 +60,15 @@ def test_flop_budget_trains_the_steps_it_buys_with_the_schedule_over_them(tmp_pa
     assert epochs[-1].lr == pytest.approx(bench.train.min_lr)  # the cosine ends with the budget
 
 
+def _long_epochs(spec: Path) -> Path:
+    """`spec` with epochs of 57 steps, not 3: a time budget then spends its seconds on steps
+    rather than on hundreds of validations between epochs (not counted as training time)."""
+    spec.write_text(spec.read_text().replace("synthetic_samples = 256", "synthetic_samples = 4096"))
+    return spec
+
+
 def test_time_budget_stops_within_one_step_of_its_time(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, **SYNTH, extra='budget = "3s"')
+    spec = _long_epochs(write_spec(tmp_path, **SYNTH, extra='budget = "3s"'))
     final = list(trainer(spec, "sdpa").run())[-1]
     step_s = final.train_s / final.steps
     assert final.budget == "3s" and final.epochs is None
@@ -99,7 +106,7 @@ def test_resume_under_a_step_budget_matches_uninterrupted(tmp_path: Path, budget
 
 
 def test_time_budget_resumed_continues_the_remaining_time(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, **SYNTH, extra='budget = "4s"')
+    spec = _long_epochs(write_spec(tmp_path, **SYNTH, extra='budget = "4s"'))
     stop = StopFlag()
     seen = {"n": 0}
 
