@@ -121,6 +121,9 @@ class Compiled(BaseModel):
     compile_mode: str | None = None
     # seconds of each phase's first call, which compiles (and runs once): fwd, fwdbwd, ...
     compile_s: dict[str, float] | None = None
+    # the backend of the local attention in each phase (fwd, fwdbwd, infer, train), where the
+    # mechanism has one: flex, slices or gather (`effbench.attention.local`)
+    local_backend: dict[str, str] | None = None
     # CUDA: True when the GPU's kernels fill less than half the timed forward's wall time
     # (fwd_kernel_ms / fwd_ms in profile, infer_kernel_ms / infer_ms in scale), so that the
     # figure measures launches more than the mechanism; None off CUDA

@@ -75,9 +75,11 @@ def fingerprint(bench: BenchSpec, entry: ModelEntry, seed: int) -> dict[str, Any
     train = bench.train.model_dump(mode="json")
     if not train["compile"]:  # (and checkpoints from before compile_mode keep matching)
         del train["compile_mode"]
+    attention = entry.attention.model_dump(mode="json")
+    attention.pop("local_backend", None)  # how the same maths runs, not what it computes
     return {
         "backbone": bench.backbone.model_dump(mode="json"),
-        "attention": entry.attention.model_dump(mode="json"),
+        "attention": attention,
         "train": {k: v for k, v in train.items() if k not in NEUTRAL_KEYS},
         "seed": seed,
     }

@@ -529,25 +529,6 @@ def test_hybrid_neighbourhoods_are_dilated_windows(window: int, dilation: int) -
         assert (amap[:, :, 1 + p, outside] == 0).all()
 
 
-def test_hybrid_chunked_inference_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Without autograd the local branch runs in query chunks; with it, in one pass.
-    from effbench.attention import hybrid
-
-    n = 1 + 8 * 8
-    m = build("hybrid", seq_len=n).eval()
-    with torch.no_grad():
-        m.gate.fill_(0.3)
-    x = torch.randn(B, n, DIM)
-    monkeypatch.setattr(hybrid, "LOCAL_CHUNK_BYTES", 1)  # one patch query per chunk
-    assert m.chunk_rows(B, 4) == 1
-    with torch.no_grad():
-        chunked = m(x)
-    one_pass = m(x.clone().requires_grad_())
-    assert_close(chunked, one_pass.detach(), atol=1e-6, rtol=0)
-    monkeypatch.setattr(hybrid, "LOCAL_CHUNK_BYTES", 10**12)
-    assert m.chunk_rows(B, 4) > n
-
-
 def test_hybrid_cls_row_is_exact() -> None:
     ref = build(REF)
     m = shared("hybrid", ref)

@@ -162,6 +162,13 @@ class HybridConfig(_AttentionConfig):
     feature_map: Literal["elu", "relu"] = Field(
         "elu", description="positive feature map of the global linear branch"
     )
+    local_backend: Literal["auto", "slices", "flex", "gather"] = Field(
+        "auto",
+        description=(
+            "how the local branch runs, the same maths each way: flex attention (auto on "
+            "CUDA), shifted views of the key grid (auto elsewhere), or gathered windows"
+        ),
+    )
 
     @field_validator("window")
     @classmethod
@@ -176,7 +183,7 @@ class HybridConfig(_AttentionConfig):
 
     @classmethod
     def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
-        return ({"feature_map": "relu", "dilation": 2},)
+        return ({"feature_map": "relu", "dilation": 2, "local_backend": "gather"},)
 
 
 AttentionConfig = Annotated[

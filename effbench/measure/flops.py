@@ -75,6 +75,15 @@ def _sdpa_handle(inputs: list[Any], outputs: list[Any]) -> int:
     return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+def _local_attention_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    """effbench::local_attention(q, k, v, rows, cols, window, ...): logits and weighted
+    values of every patch query over its window + CLS."""
+    from effbench.attention.local import counted_flops
+
+    rows, cols, window = (inputs[i].toIValue() for i in (3, 4, 5))
+    return counted_flops(_shape(inputs[0]), rows, cols, window) // 2
+
+
 # Ops that fvcore counts by default although they are not matrix products.
 _FVCORE_ELEMENTWISE = (
     "aten::batch_norm",
@@ -121,6 +130,7 @@ def _fvcore_flops(
         "aten::einsum", _einsum_handle,
         "aten::baddbmm", _baddbmm_handle,
         "aten::scaled_dot_product_attention", _sdpa_handle,
+        "effbench::local_attention", _local_attention_handle,
         **{op: _zero_handle for op in _FVCORE_ELEMENTWISE},
     )  # fmt: skip
     fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
@@ -141,9 +151,19 @@ def _cpu_flash_sdpa_flops(
     return sdpa_flop_count(query, key, value)
 
 
+def _local_attention_flops(
+    q_shape, k_shape, v_shape, rows, cols, window, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
+    from effbench.attention.local import counted_flops
+
+    return counted_flops(q_shape, rows, cols, window)
+
+
 def _flop_counter_mapping() -> dict[Any, Any]:
+    import effbench.attention.local  # noqa: F401  (registers effbench::local_attention)
+
     aten = torch.ops.aten
-    out: dict[Any, Any] = {}
+    out: dict[Any, Any] = {torch.ops.effbench.local_attention: _local_attention_flops}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         out[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_sdpa_flops
     return out
@@ -228,11 +248,14 @@ def count_flops(
     """Count module(x)'s forward FLOPs both ways and return them per sample beside the
     analytic counts. `attention_analytic` is that of its attention layers; unset, it is all
     of `analytic` when the module is an attention layer, else 0."""
+    from effbench.attention.local import reference_backend
+
     was_training = module.training
     module.eval()
     try:
-        fv, by_op, fv_modules = fvcore_flops(module, x)
-        fc, _, fc_modules = flop_counter_flops(lambda: module(x))
+        with reference_backend():
+            fv, by_op, fv_modules = fvcore_flops(module, x)
+            fc, _, fc_modules = flop_counter_flops(lambda: module(x))
     finally:
         module.train(was_training)
     names = attention_module_names(module)

@@ -42,9 +42,22 @@ def classify(err: BaseException) -> Status:
     return "error"
 
 
-def compile_for(module: nn.Module, section: Any, out: dict[str, Any]) -> nn.Module:
+def compile_for(
+    module: nn.Module,
+    section: Any,
+    out: dict[str, Any],
+    *,
+    phase: str,
+    device: torch.device,
+    grad: bool,
+) -> nn.Module:
     """`module` `torch.compile`d as the spec section says (`compile`, `compile_mode`), or
-    `module` itself; the record says which (`compiled`, `compile_mode`)."""
+    `module` itself; the record says which (`compiled`, `compile_mode`), and which backend
+    its local attention runs in this phase (`local_backend[phase]`), if it has one."""
+    local = next((m for m in module.modules() if hasattr(m, "local_backend")), None)
+    if local is not None:
+        backend = local.local_backend(device, grad=grad)
+        out.setdefault("local_backend", {})[phase] = backend
     out["compiled"] = bool(section.compile)
     if not section.compile:
         return module

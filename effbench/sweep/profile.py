@@ -69,7 +69,7 @@ def measure_attention(
     out["params"] = param_count(layer)
     out["flops_analytic"] = layer.flops(n)
     x = torch.randn(B, n, bb.dim, device=device, dtype=dtype)
-    run = compile_for(layer, prof, out)
+    run = compile_for(layer, prof, out, phase="fwd", device=device, grad=False)
 
     def fwd() -> torch.Tensor:
         with torch.inference_mode():
@@ -123,7 +123,7 @@ def _backward(
     `fwdbwd_*` fields, and its trace with `trace_dir`. A copy of the layer trains, so that the
     forward's repeats in the rounds still time the layer in eval mode."""
     layer = copy.deepcopy(layer).train()
-    run = compile_for(layer, spec.profile, out)
+    run = compile_for(layer, spec.profile, out, phase="fwdbwd", device=device, grad=True)
     xg = x.detach().requires_grad_()
     params = [p for p in layer.parameters() if p.requires_grad]
     grad_out = torch.ones_like(x)

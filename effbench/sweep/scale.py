@@ -186,7 +186,7 @@ def _inference(
 ) -> None:
     sc = spec.scale
     model.eval()
-    run = compile_for(model, sc, out)
+    run = compile_for(model, sc, out, phase="infer", device=device, grad=False)
 
     def fwd() -> torch.Tensor:
         with torch.inference_mode(), amp():
@@ -233,7 +233,7 @@ def _training(
     trains, so that inference's repeats in the rounds still time the model in eval mode with the
     weights it was measured with."""
     model = copy.deepcopy(model).train()
-    run = compile_for(model, spec.scale, out)
+    run = compile_for(model, spec.scale, out, phase="train", device=device, grad=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     g = torch.Generator(device="cpu").manual_seed(0)
     y = torch.randint(0, model.head.out_features, (x.shape[0],), generator=g).to(device)
