@@ -628,3 +628,16 @@ def test_diagnostics_name_record_fields(kind: str) -> None:
         whole = type(m).model_diagnostics([m], [x])
     assert set(own) <= set(LayerFidelity.model_fields) - {"layer"}, own
     assert set(whole) <= set(AnalyzeRecord.model_fields), whole
+
+
+def test_performer_chunked_inference_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without autograd the queries' features are taken in chunks; with it, in one pass.
+    from effbench.attention import performer
+
+    m = build("performer").eval()
+    x = torch.randn(B, N, DIM)
+    monkeypatch.setattr(performer, "QUERY_CHUNK", 3)
+    with torch.no_grad():
+        chunked = m(x)
+    one_pass = m(x.clone().requires_grad_())
+    assert_close(chunked, one_pass.detach(), atol=1e-6, rtol=0)

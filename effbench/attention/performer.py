@@ -20,7 +20,13 @@ from effbench.attention.base import (
     relative_error,
     softmax_attention,
 )
-from effbench.attention.linear import linear_attention, linear_attention_flops, linear_weights
+from effbench.attention.linear import (
+    linear_attention,
+    linear_attention_flops,
+    linear_context,
+    linear_readout,
+    linear_weights,
+)
 from effbench.attention.registry import register
 from effbench.config.attention import PerformerConfig
 
@@ -28,6 +34,8 @@ SOFTMAX_EPS = 1e-4
 RELU_EPS = 1e-3
 # Feature counts of the error curve that `effbench analyze` records (`model_diagnostics`).
 CURVE_FEATURES = (16, 32, 64, 128, 256)
+# Query rows per chunk in inference: their features and readout stay in cache.
+QUERY_CHUNK = 1024
 
 
 def orthogonal_features(m: int, d: int, *, device: torch.device | None = None) -> Tensor:
@@ -91,19 +99,19 @@ class PerformerAttention(Attention):
         self.features.copy_(orthogonal_features(*self.features.shape, device=self.features.device))
         self.calls.zero_()
 
+    def _features(self, x: Tensor, *, is_query: bool) -> Tensor:
+        """phi(x) in float32 (or wider) with the temperature exactly 1/sqrt(d)."""
+        dtype = torch.promote_types(x.dtype, torch.float32)  # upcast half; keep float64
+        s = self.head_dim**-0.25  # d^-1/4 on each side gives q.k / sqrt(d)
+        ws_t = (self.features.to(dtype) * s).T  # (d, m), shared by queries and keys
+        x = x.to(dtype)
+        if self.cfg.kernel == "relu":
+            return relu_features(x, ws_t)
+        return positive_features(x, ws_t, is_query=is_query, scale=s)
+
     def feature_maps(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """phi(q), phi(k) in float32 (or wider) with the temperature exactly 1/sqrt(d)."""
-        dtype = torch.promote_types(q.dtype, torch.float32)  # upcast half; keep float64
-        w = self.features.to(dtype)
-        s = self.head_dim**-0.25  # d^-1/4 on each side gives q.k / sqrt(d)
-        q, k = q.to(dtype), k.to(dtype)
-        ws_t = (w * s).T  # (d, m), shared by queries and keys
-        if self.cfg.kernel == "relu":
-            return relu_features(q, ws_t), relu_features(k, ws_t)
-        return (
-            positive_features(q, ws_t, is_query=True, scale=s),
-            positive_features(k, ws_t, is_query=False, scale=s),
-        )
+        return self._features(q, is_query=True), self._features(k, is_query=False)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.training and self.cfg.redraw_interval:
@@ -111,8 +119,20 @@ class PerformerAttention(Attention):
             if int(self.calls) >= self.cfg.redraw_interval:
                 self.redraw()
         with torch.autocast(device_type=q.device.type, enabled=False):
-            phi_q, phi_k = self.feature_maps(q, k)
-            return linear_attention(phi_q, phi_k, v.to(phi_q.dtype)).to(v.dtype)
+            if needs_grad(q, k, v):
+                phi_q, phi_k = self.feature_maps(q, k)
+                return linear_attention(phi_q, phi_k, v.to(phi_q.dtype)).to(v.dtype)
+            # Inference: each query's features depend on its own row only (its stabiliser
+            # is the row's maximum), so query chunks read the key side's context while their
+            # features are still in cache; the same values as one pass.
+            phi_k = self._features(k, is_query=False)
+            context, ksum = linear_context(phi_k, v.to(phi_k.dtype))
+            out = torch.empty_like(q, dtype=phi_k.dtype)
+            for r0 in range(0, q.shape[-2], QUERY_CHUNK):
+                rows = slice(r0, r0 + QUERY_CHUNK)
+                phi_q = self._features(q[:, :, rows], is_query=True)
+                out[:, :, rows] = linear_readout(phi_q, context, ksum)
+            return out.to(v.dtype)
 
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
         return linear_weights(*self.feature_maps(q, k))
