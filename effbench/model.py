@@ -77,7 +77,7 @@ class ViT(nn.Module):
         seed = int(torch.randint(0, 2**62, (1,)).item())
         self.blocks = nn.ModuleList(
             Block(
-                _own_attention(attention, bb, seq_len=self.seq_len, seed=seed + 1 + i),
+                _own_attention(attention, bb, seq_len=self.seq_len, seed=seed + 1 + i, block=i),
                 mlp_ratio=bb.mlp_ratio,
                 dropout=bb.dropout,
             )
@@ -131,15 +131,16 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def _own_attention(
-    attention: AttentionConfig, bb: Backbone, *, seq_len: int, seed: int
+    attention: AttentionConfig, bb: Backbone, *, seq_len: int, seed: int, block: int
 ) -> Attention:
-    """An attention layer built from its own seeded stream (its mechanism-specific parameters
-    and buffers: Linformer's E and F, Performer's features, ...); the global stream is left
-    as it was."""
+    """The attention layer of block `block`, built from its own seeded stream (its
+    mechanism-specific parameters and buffers: Linformer's E and F, Performer's features,
+    ...); the global stream is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed % 2**63)
         layer = build_attention(attention, dim=bb.dim, num_heads=bb.heads, seq_len=seq_len)
         layer.apply(_init_weights)
+    layer.block_index = block
     return layer
 
 

@@ -61,6 +61,8 @@ class Record(BaseModel):
     time: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     spec_hash: str
     model: str
+    # the [[models]] entry an option sweep expanded the model from (`ModelEntry.group`)
+    group: str | None = None
     attention: dict[str, Any]
     env: Env
 
@@ -587,6 +589,7 @@ def record_base(spec: BenchSpec, model: ModelEntry, *, env: Env, run_id: str) ->
         "run_id": run_id,
         "spec_hash": spec.hash(),
         "model": model.name,
+        "group": model.group,
         "attention": model.attention.model_dump(mode="json"),
         "env": env,
     }

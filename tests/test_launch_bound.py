@@ -87,3 +87,31 @@ def test_the_report_marks_launch_bound_points_and_verdicts(tmp_path: Path) -> No
     fastest = next(line for line in page.splitlines() if "Fastest inference" in line)
     small, large = fastest.split("; at 512 px")
     assert "rests on launch-bound figures" in small and "launch-bound" not in large
+
+
+def test_verdicts_come_from_compiled_figures_where_eager_ones_are_launch_bound(
+    tmp_path: Path,
+) -> None:
+    graphs = {"compiled": True, "compile_mode": "reduce-overhead"}
+    records = [
+        rec.scale("sdpa", 32, infer_ms=2.7, infer_kernel_ms=0.3, launch_bound=True),
+        rec.scale("sdpa", 512, infer_ms=9.0, infer_kernel_ms=8.5, launch_bound=False),
+        rec.scale("nystrom", 32, infer_ms=2.6, infer_kernel_ms=0.4, launch_bound=True),
+        rec.scale("nystrom", 512, infer_ms=8.0, infer_kernel_ms=7.5, launch_bound=False),
+        rec.scale("sdpa", 32, infer_ms=0.4, infer_kernel_ms=0.3, launch_bound=False, **graphs),
+        rec.scale("sdpa", 512, infer_ms=8.6, infer_kernel_ms=8.5, launch_bound=False, **graphs),
+        rec.scale("nystrom", 32, infer_ms=0.5, infer_kernel_ms=0.4, launch_bound=False, **graphs),
+        rec.scale("nystrom", 512, infer_ms=7.6, infer_kernel_ms=7.5, launch_bound=False, **graphs),
+    ]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, out = run_cli("report", str(results), "-o", str(tmp_path / "out"))
+    assert code == 0, out
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert "E1's eager figures are launch-bound at 32 px" in summary
+    assert "timed compiled reduce-overhead (E2)" in summary
+    fastest = [line for line in summary.splitlines() if "Fastest inference" in line]
+    assert fastest and all("E2" in line for line in fastest)  # only the compiled verdict
+    assert "at 32 px sdpa (0.400 ms" in fastest[0] or "at 32 px sdpa (0.4" in fastest[0]

@@ -78,6 +78,9 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.seq_len = seq_len
         self.scale = self.head_dim**-0.5
+        # The layer's block in its model (the ViT sets it; 0 for a layer on its own): kinds
+        # that alternate from block to block (window's shifted windows) read it.
+        self.block_index = 0
         self.qkv = nn.Linear(dim, 3 * dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(dim, dim)
 

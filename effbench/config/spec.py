@@ -5,6 +5,7 @@ No torch import here: a spec validates (and its errors print) before any heavy i
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import tomllib
@@ -111,6 +112,13 @@ class ModelEntry(_Section):
         description="letters, digits, _ . + - (not only dots): the run's directory name",
     )
     attention: AttentionConfig
+    group: str | None = Field(
+        None,
+        description=(
+            "the [[models]] entry an option sweep expanded this model from (its name): the "
+            "report draws a group's variants as one curve"
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -415,8 +423,14 @@ def _loc(parts: Iterable[Any]) -> str:
 def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
     issues = []
     for e in err.errors(include_url=False):
-        # Drop the tag that pydantic inserts for the chosen member of a discriminated union.
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and p in KINDS)]
+        # Drop the tag that pydantic inserts for the chosen member of a discriminated union
+        # (right after `attention`; an option may share a kind's name, as window's does).
+        raw = list(e["loc"])
+        loc = [
+            p
+            for i, p in enumerate(raw)
+            if not (isinstance(p, str) and p in KINDS and i and raw[i - 1] == "attention")
+        ]
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "union_tag_invalid":
             kind = e["input"].get("kind")
@@ -482,6 +496,79 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def _sweep_part(key: str, value: Any) -> str:
+    """A variant's name part: `k32` for a number, the word for a string (`flex`), the key or
+    `no` + key for a bool."""
+    if isinstance(value, bool):
+        return key if value else f"no{key}"
+    if isinstance(value, str):
+        return value
+    return f"{key}{value}"
+
+
+def expand_sweeps(models: Any) -> tuple[Any, list[tuple[int, str]]]:
+    """`[[models]]` entries whose attention options hold lists, expanded to one model per
+    value (several lists: their product), each named from the entry's name and its values
+    (`linformer` with `k = [32, 64]` gives `linformer-k32` and `linformer-k64`) and carrying
+    the entry's name as its `group`. Returns the models and, for each, (index of the entry
+    it came from, its name), so that a problem can be blamed on the entry.
+
+    Raises:
+        SpecError: for an empty list.
+    """
+    if not isinstance(models, list):
+        return models, []
+    out: list[Any] = []
+    origin: list[tuple[int, str]] = []
+    for i, entry in enumerate(models):
+        att = entry.get("attention") if isinstance(entry, dict) else None
+        swept = (
+            {k: v for k, v in att.items() if isinstance(v, list) and k != "kind"}
+            if isinstance(att, dict)
+            else {}
+        )
+        if not swept:
+            out.append(entry)
+            origin.append((i, str(entry.get("name", "")) if isinstance(entry, dict) else ""))
+            continue
+        empty = [k for k, v in swept.items() if not v]
+        if empty:
+            raise SpecError(
+                [(f"models[{i}].attention.{empty[0]}", "an option sweep needs at least one value")]
+            )
+        base = str(entry.get("name", att.get("kind", "model")))
+        for values in itertools.product(*swept.values()):
+            chosen = dict(zip(swept, values, strict=True))
+            suffix = "-".join(_sweep_part(k, v) for k, v in chosen.items())
+            name = f"{base}-{suffix}"
+            out.append(
+                {
+                    **entry,
+                    "name": name,
+                    "group": entry.get("group", base),
+                    "attention": {**att, **chosen},
+                }
+            )
+            origin.append((i, name))
+    return out, origin
+
+
+def _blame_entries(
+    issues: list[tuple[str, str]], origin: list[tuple[int, str]]
+) -> list[tuple[str, str]]:
+    """Locations `models[j]...` of expanded models named as the entry they came from."""
+    if all(i == j for j, (i, _) in enumerate(origin)):
+        return issues
+    out = []
+    for loc, msg in issues:
+        m = re.match(r"models\[(\d+)\](.*)", loc)
+        if m and int(m.group(1)) < len(origin):
+            entry, name = origin[int(m.group(1))]
+            loc = f"models[{entry}]{m.group(2)} ({name})"
+        out.append((loc, msg))
+    return out
+
+
 def parse_spec(
     data: Mapping[str, Any],
     *,
@@ -504,13 +591,19 @@ def parse_spec(
                 set_dotted(merged, key, value)
             except SpecError as err:
                 raise SpecError(err.issues, source, origins) from None
+    origin: list[tuple[int, str]] = []
+    try:
+        if "models" in merged:
+            merged["models"], origin = expand_sweeps(merged["models"])
+    except SpecError as err:
+        raise SpecError(err.issues, source, origins) from None
     try:
         spec = BenchSpec.model_validate(merged)
     except ValidationError as err:
-        raise SpecError(_pydantic_issues(err), source, origins) from None
+        raise SpecError(_blame_entries(_pydantic_issues(err), origin), source, origins) from None
     issues = spec.problems()
     if issues:
-        raise SpecError(issues, source, origins)
+        raise SpecError(_blame_entries(issues, origin), source, origins)
     return spec
 
 
@@ -552,7 +645,9 @@ def select_models(spec: BenchSpec, wanted: Iterable[str] | None) -> BenchSpec:
     chosen: list[ModelEntry] = []
     unknown = []
     for w in wanted:
-        by_name = [m for m in spec.models if m.name == w]
+        by_name = [m for m in spec.models if m.name == w] or [
+            m for m in spec.models if m.group == w
+        ]
         by_kind = [m for m in spec.models if m.attention.kind == w]
         if by_name or by_kind:
             picks = by_name or by_kind

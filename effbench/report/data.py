@@ -3,6 +3,7 @@ ids, each model's kind and order, the accuracy rows, the scale series and the fi
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -10,7 +11,7 @@ from typing import Any
 
 from effbench.config.attention import BASELINE_KIND, EXACT_KINDS, KINDS
 from effbench.report.comparison import RowStats, budget_of, row_stats, with_baseline
-from effbench.report.figures import colour_of
+from effbench.report.figures import DASHES, MARKERS, colour_of, literal
 from effbench.report.inputs import Results
 
 Record = dict[str, Any]
@@ -48,11 +49,13 @@ class Envs:
 
 
 def model_order(models: Iterable[str], kinds: Mapping[str, str]) -> list[str]:
-    """Models by their kind's order in the configs (KINDS), then by name."""
+    """Models by their kind's order in the configs (KINDS), then by name, numbers in a name
+    by value (an option sweep's `lin-k8` before `lin-k16`)."""
 
-    def key(m: str) -> tuple[int, str]:
+    def key(m: str) -> tuple[int, list[tuple[int, Any]]]:
         k = kinds.get(m, "")
-        return (KINDS.index(k) if k in KINDS else len(KINDS), m)
+        parts = [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", m)]
+        return (KINDS.index(k) if k in KINDS else len(KINDS), parts)
 
     return sorted(set(models), key=key)
 
@@ -126,6 +129,8 @@ class ReportData:
     series: list[Series]
     fidelity: list[FidelityRow]
     baseline_model: str | None = None  # the accuracy baseline named by the user, if any
+    # model -> the option sweep it came from (`group` of its records), for swept models only
+    groups: dict[str, str] = field(default_factory=dict)
 
     def kind(self, *kinds: str) -> list[Record]:
         return self.results.kind(*kinds)
@@ -144,6 +149,35 @@ class ReportData:
 
     def colour(self, model: str) -> str:
         return colour_of(model, self.kinds)
+
+    def variants(self, model: str) -> list[str]:
+        """The models of `model`'s option sweep, in model order ([model] when it has none)."""
+        group = self.groups.get(model)
+        if group is None:
+            return [model]
+        return self.order(m for m, g in self.groups.items() if g == group)
+
+    def swept(self) -> dict[str, list[str]]:
+        """Each option sweep with at least two variants: its name -> its models in order."""
+        out: dict[str, list[str]] = {}
+        for m in self.order(self.groups):
+            out.setdefault(self.groups[m], []).append(m)
+        return {g: ms for g, ms in out.items() if len(ms) > 1}
+
+    def style(self, model: str) -> dict[str, Any]:
+        """Matplotlib style of `model`'s line or points: its kind's colour, and for the
+        variants of one option sweep, one marker and dash pattern each, so that the legend
+        reads as one mechanism's curve family."""
+        i = self.variants(model).index(model)
+        return {"color": self.colour(model), "marker": MARKERS[i % len(MARKERS)],
+                "ls": DASHES[i % len(DASHES)]}  # fmt: skip
+
+    def label(self, model: str) -> str:
+        """`model` as a legend shows it: a sweep's variants as `group: values`."""
+        group = self.groups.get(model)
+        if group and len(self.variants(model)) > 1 and model.startswith(group + "-"):
+            return literal(f"{group}: {model.removeprefix(group + '-')}")
+        return literal(model)
 
     def exact(self, model: str) -> bool:
         """Whether the model computes exact softmax attention."""
@@ -173,6 +207,7 @@ def build_data(results: Results, *, baseline: str | None = None) -> ReportData:
         if "model" in r
     }
     analyzed = _latest_analyzed(results, kinds)
+    groups = {r["model"]: str(r["group"]) for r in results.records if r.get("group")}
     return ReportData(
         results=results,
         envs=envs,
@@ -181,6 +216,7 @@ def build_data(results: Results, *, baseline: str | None = None) -> ReportData:
         series=_series(results, envs),
         fidelity=[_fidelity_row(r) for r in analyzed],
         baseline_model=baseline,
+        groups=groups,
     )
 
 

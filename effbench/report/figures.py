@@ -20,8 +20,11 @@ FIGURE_DIR = "report_files"
 # then colours for models of other kinds.
 PALETTE = (
     "#4c72b0", "#8172b3", "#2f2f2f", "#dd8452", "#55a868", "#c44e52", "#937860",
-    "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd",
+    "#da8bc3", "#17becf", "#ccb974", "#64b5cd", "#8c8c8c", "#bcbd22", "#7f3c8d", "#e17c05",
 )  # fmt: skip
+# The variants of one option sweep share their kind's colour and differ in marker and dashes.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+DASHES = ("-", "--", "-.", ":")
 PART_COLOURS = {"attention": "#c44e52", "mlp": "#4c72b0", "norm": "#55a868", "other": "#bbbbbb"}
 DPI = 110
 NAME_CHARS = 40  # a name drawn in a figure is cut to this many characters
@@ -53,7 +56,8 @@ def colour_of(model: str, kinds: Mapping[str, str]) -> str:
         return PALETTE[KINDS.index(kind)]
     others = sorted(m for m, k in kinds.items() if k not in KINDS)
     i = others.index(model) if model in others else 0
-    return PALETTE[len(KINDS) + i % (len(PALETTE) - len(KINDS))]
+    spare = max(1, len(PALETTE) - len(KINDS))
+    return PALETTE[(len(KINDS) + i % spare) % len(PALETTE)]
 
 
 def blank_figure(width: float, height: float) -> Figure:

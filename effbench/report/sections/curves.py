@@ -6,7 +6,7 @@ import statistics
 
 from effbench.report.data import Record, ReportData
 from effbench.report.document import Part, Section
-from effbench.report.figures import Plot, literal, new_figure, plot, slug
+from effbench.report.figures import Plot, new_figure, plot, slug
 
 CURVES = (("train_loss", "training loss", 1.0), ("val_top1", "validation top-1 %", 100.0))
 
@@ -41,7 +41,7 @@ def _curve(
         if per_epoch:
             xs = sorted(per_epoch)
             means = [statistics.fmean(per_epoch[x]) for x in xs]
-            ax.plot(xs, means, marker="o", ms=3, color=data.colour(m), label=literal(m))
+            ax.plot(xs, means, ms=3, **data.style(m), label=data.label(m))
             drawn = True
     if not drawn:
         return None

@@ -10,7 +10,7 @@ from typing import Any
 
 from effbench.report.data import FidelityRow, ReportData
 from effbench.report.document import Part, Section
-from effbench.report.figures import Plot, legend, literal, new_figure, plot
+from effbench.report.figures import Plot, legend, new_figure, plot
 from effbench.report.format import num
 
 COLUMNS = [
@@ -138,13 +138,7 @@ def _layers_plot(data: ReportData, rows: list[FidelityRow]) -> Plot:
         if f.row_stochastic:  # no TV distance for maps that are not distributions
             series.append([x.get("tv_mean") for x in layers])
         for ax, ys in zip(axes, series, strict=False):
-            ax.plot(
-                xs,
-                ys,
-                marker="o",
-                color=data.colour(f.model),
-                label=literal(f.model),
-            )
+            ax.plot(xs, ys, **data.style(f.model), label=data.label(f.model))
     for ax, label in zip(axes, ("relative output error", "mean TV distance"), strict=True):
         ax.set_xlabel("layer")
         ax.set_ylabel(label)
@@ -164,9 +158,7 @@ def _performer_plot(data: ReportData, curves: list[FidelityRow]) -> Plot:
     fig, (ax,) = new_figure(1, width=5.5)
     for f in curves:
         pts = [(c["features"], c["rel_error"]) for c in f.record["performer_curve"]]
-        ax.plot(
-            *zip(*pts, strict=True), marker="o", color=data.colour(f.model), label=literal(f.model)
-        )
+        ax.plot(*zip(*pts, strict=True), **data.style(f.model), label=data.label(f.model))
         m0, e0 = pts[0]
         ax.plot(
             [p[0] for p in pts],

@@ -46,11 +46,18 @@ def section(data: ReportData) -> Part:
         pts = [(get(r), 100 * statistics.fmean(r.top1), r) for r in rows]
         pts = [p for p in pts if p[0] is not None]
         for x, y, r in pts:
-            ax.errorbar([x], [y], yerr=_error_bar(r, y), fmt="o", color=data.colour(r.model),
-                        ms=6, capsize=3, lw=1, zorder=3)  # fmt: skip
+            style = data.style(r.model)
+            ax.errorbar([x], [y], yerr=_error_bar(r, y), fmt=style["marker"],
+                        color=style["color"], ms=6, capsize=3, lw=1, zorder=3)  # fmt: skip
             ax.annotate(
-                literal(r.model), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
-            )
+                data.label(r.model), (x, y), textcoords="offset points", xytext=(4, 4),
+                fontsize=8,
+            )  # fmt: skip
+        for group, models in data.swept().items():  # each option sweep as one curve
+            curve = sorted((x, y) for x, y, r in pts if r.model in models)
+            if len(curve) > 1:
+                ax.plot(*zip(*curve, strict=True), color=data.colour(models[0]), lw=1.2,
+                        alpha=0.8, zorder=2, label=literal(group))  # fmt: skip
         front = pareto_front([(x, y) for x, y, _ in pts])
         ax.step(*zip(*front, strict=True), where="post", color="#999999", lw=1, ls="--", zorder=2)
         xs = [x for x, _, _ in pts]
@@ -58,11 +65,19 @@ def section(data: ReportData) -> Part:
             ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("test top-1 %")
+        if data.swept():
+            ax.legend(fontsize=7, title="option sweeps", title_fontsize=7)
     sec = Section("pareto", "Accuracy against cost")
     sec.text(
         "Each point is a model (mean top-1 over its seeds; the bars are its 95 % interval). "
         "The dashed line is the Pareto front: the models that no other beats in both "
         "accuracy and that cost. Points whose bars overlap are not resolved by this test set."
+        + (
+            " A solid line joins the variants of one option sweep (one mechanism at several "
+            "settings): its trade-off curve."
+            if data.swept()
+            else ""
+        )
     )
     sec.figure(
         plot(

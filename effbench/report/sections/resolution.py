@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from effbench.report.data import ReportData
 from effbench.report.document import Part, Section
-from effbench.report.figures import legend, literal, new_figure, plot
+from effbench.report.figures import legend, new_figure, plot
 from effbench.report.format import pct
 
 
@@ -25,7 +25,7 @@ def section(data: ReportData) -> Part:
         mine = sorted(((r["image_size"], r) for r in recs if r["model"] == m), key=lambda p: p[0])
         pts = [(s, 100 * r["test_top1"]) for s, r in mine if r.get("test_top1") is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", color=data.colour(m), label=literal(m))
+            ax.plot(*zip(*pts, strict=True), **data.style(m), label=data.label(m))
         trained = mine[0][1].get("trained_image_size")
         if trained:
             ax.axvline(trained, color=data.colour(m), ls=":", lw=1)

@@ -8,9 +8,9 @@ from typing import Any
 
 from effbench.config.attention import BASELINE_KIND
 from effbench.crossover import METRICS, baseline_label, is_contended, metrics_for, summarize
-from effbench.report.data import Record, ReportData, Series
+from effbench.report.data import Record, ReportData, Series, env_key
 from effbench.report.document import Part, Section
-from effbench.report.figures import Plot, legend, literal, new_figure, plot, slug
+from effbench.report.figures import Plot, legend, new_figure, plot, slug
 from effbench.report.format import evidence, num, px_list
 
 Found = dict[str, dict[str, Any]]  # model -> crossover.summarize()'s entry
@@ -28,8 +28,45 @@ def section(data: ReportData) -> Part:
     )
     summary: list[str] = []
     for s in data.series:
-        summary += _one_series(sec, data, s)
+        lines = _one_series(sec, data, s)
+        instead = _compiled_sibling(s, data.series)
+        if instead is None:
+            summary += lines
+        else:
+            execution = env_key(instead.points[0])[-1]
+            summary.append(
+                f"{s.env}'s eager figures are launch-bound at "
+                f"{px_list(sorted({r['image_size'] for r in s.points if r.get('launch_bound')}))}"
+                f" (patch {s.patch}, batch {s.batch}, {s.precision}, mode {s.mode}); the verdicts "
+                f"below come from the same device timed {execution} ({instead.env})."
+            )
     return sec, summary
+
+
+def _launch_bound(s: Series) -> int:
+    return sum(bool(r.get("launch_bound")) for r in s.points)
+
+
+def _compiled_sibling(s: Series, series: list[Series]) -> Series | None:
+    """For an eager series with launch-bound points: the series of the same device, torch,
+    threads, patch, batch, precision and mode timed compiled (or graph-replayed) with the
+    fewest launch-bound points, when it has fewer; its verdicts are the ones to read."""
+    if not s.points or not _launch_bound(s):
+        return None
+    key = env_key(s.points[0])
+    if key[-1] != "eager":
+        return None
+    same = [
+        o
+        for o in series
+        if o is not s
+        and o.points
+        and env_key(o.points[0])[:-1] == key[:-1]
+        and env_key(o.points[0])[-1] != "eager"
+        and (o.patch, o.batch, o.precision, o.mode) == (s.patch, s.batch, s.precision, s.mode)
+    ]
+    best = min(same, key=_launch_bound, default=None)
+    return best if best is not None and _launch_bound(best) < _launch_bound(s) else None
 
 
 def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
@@ -205,7 +242,7 @@ def _draw_model(
     mine = sorted((r["seq_len"], r[field_]) for r in points if r["model"] == m and r.get(field_))
     if not mine:
         return False
-    ax.plot(*zip(*mine, strict=True), marker="o", ms=3, color=data.colour(m), label=literal(m))
+    ax.plot(*zip(*mine, strict=True), ms=3, **data.style(m), label=data.label(m))
     shaky = [
         (r["seq_len"], r[field_])
         for r in points
