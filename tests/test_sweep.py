@@ -109,6 +109,7 @@ def test_records_share_one_base_and_name_the_sdpa_layer() -> None:
         "run_id": "r1",
         "spec_hash": spec.hash(),
         "model": model.name,
+        "group": None,
         "attention": model.attention.model_dump(mode="json"),
         "env": env,
     }

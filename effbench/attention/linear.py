@@ -1,6 +1,7 @@
-"""Linear attention maths shared by the kinds that use it (performer, hybrid's global branch):
-phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1) as small pure functions (Katharopoulos et al. 2020,
-"Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention").
+"""Linear attention maths shared by the kinds that use it (performer, hybrid's global branch,
+relu_linear): phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1 + eps) as small pure functions
+(Katharopoulos et al. 2020, "Transformers are RNNs: Fast Autoregressive Transformers with
+Linear Attention").
 
 O(N * m * d) time and O(N * m + m * d) memory for m features; nothing of size N x N is formed.
 """
@@ -17,20 +18,21 @@ def linear_context(phi_k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     return phi_k.transpose(-2, -1) @ v, phi_k.sum(dim=-2).unsqueeze(-1)
 
 
-def linear_readout(phi_q: Tensor, context: Tensor, ksum: Tensor) -> Tensor:
-    """The query side: phi(Q) context / (phi(Q) ksum), (B, H, N, m) -> (B, H, N, d)."""
+def linear_readout(phi_q: Tensor, context: Tensor, ksum: Tensor, *, eps: float = 0.0) -> Tensor:
+    """The query side: phi(Q) context / (phi(Q) ksum + eps), (B, H, N, m) -> (B, H, N, d).
+    With eps > 0 a query whose features are all zero reads a zero output, not 0 / 0."""
     out = phi_q @ context  # (B, H, N, d)
     den = phi_q @ ksum  # (B, H, N, 1)
     if not needs_grad(phi_q, context, ksum):
-        return out.div_(den)
-    return out / den
+        return out.div_(den.add_(eps) if eps else den)
+    return out / (den + eps if eps else den)
 
 
-def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
-    """phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1)): (B, H, N, m), (B, H, M, m), (B, H, M, d)
-    -> (B, H, N, d). O(N m d) time; nothing of size N x N is formed.
+def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, eps: float = 0.0) -> Tensor:
+    """phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1) + eps): (B, H, N, m), (B, H, M, m),
+    (B, H, M, d) -> (B, H, N, d). O(N m d) time; nothing of size N x N is formed.
     """
-    return linear_readout(phi_q, *linear_context(phi_k, v))
+    return linear_readout(phi_q, *linear_context(phi_k, v), eps=eps)
 
 
 def linear_attention_flops(h: int, n: int, m: int, d: int, *, keys: int | None = None) -> int:
@@ -40,7 +42,9 @@ def linear_attention_flops(h: int, n: int, m: int, d: int, *, keys: int | None =
     return matmul_flops(h, m, keys, d) + matmul_flops(h, n, m, 1) + matmul_flops(h, n, m, d)
 
 
-def linear_weights(phi_q: Tensor, phi_k: Tensor) -> Tensor:
-    """The effective weights of `linear_attention`, row-normalised: (B, H, N, M)."""
+def linear_weights(phi_q: Tensor, phi_k: Tensor, *, eps: float = 0.0) -> Tensor:
+    """The effective weights of `linear_attention` with the same eps, row-normalised:
+    (B, H, N, M). With eps > 0 the rows sum to s / (s + eps) < 1 for a row sum s."""
     w = phi_q @ phi_k.transpose(-2, -1)
-    return w / w.sum(dim=-1, keepdim=True)
+    den = w.sum(dim=-1, keepdim=True)
+    return w / (den + eps if eps else den)

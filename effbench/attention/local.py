@@ -15,6 +15,11 @@ maths:
   the others are tested against.
 
 After neighbourhood attention (Hassani et al. 2023) with dilation (Hassani & Shi 2022).
+
+The neighbourhood kind's clamped windows (NATTEN's: the window slides inward at the borders,
+so every query keeps k x k cells) live at the end: their key indices
+(`clamped_neighbourhoods`), the gathered path in query chunks (`gather_attention`) and a
+flex attention block mask (`clamped_block_mask`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from effbench.attention.base import matmul_flops
+from effbench.attention.base import matmul_flops, needs_grad
 
 BACKENDS = ("auto", "slices", "flex", "gather")
 # Bytes of one chunk's logits and products in the slices forward (inference): a few grid
@@ -41,8 +46,9 @@ _reference_only = False
 
 @contextlib.contextmanager
 def reference_backend() -> Iterator[None]:
-    """Run every local attention on its portable path (`slices`) inside this block: FLOP
-    counters and JIT tracing cannot see into flex attention's compiled kernel."""
+    """Run every local attention on its portable path (`slices`; `gather` for the clamped
+    neighbourhoods) inside this block: FLOP counters and JIT tracing cannot see into flex
+    attention's compiled kernel."""
     global _reference_only
     before, _reference_only = _reference_only, True
     try:
@@ -281,14 +287,182 @@ def flex_local(
     return _compiled_flex()(q, k, v, block_mask=mask, scale=scale)
 
 
-def resolve_backend(choice: str, device: torch.device, *, grad: bool) -> str:
+def resolve_backend(
+    choice: str, device: torch.device, *, grad: bool, portable: str = "slices"
+) -> str:
     """The backend that runs for a configured `choice` on this device: `auto` is flex where
-    it runs forward and backward (CUDA), else slices; flex falls back to slices where it
-    cannot run (the CPU with gradients)."""
+    it runs forward and backward (CUDA), else `portable`; flex falls back to `portable`
+    where it cannot run (the CPU with gradients). `portable` is the path that runs anywhere
+    and that FLOP counters see into: `slices` for the hybrid's zero-padded windows, `gather`
+    for the clamped neighbourhoods."""
     if _reference_only and choice != "gather":
-        return "slices"
+        return portable
     if choice == "auto":
-        return "flex" if device.type == "cuda" and flex_supported(device, grad=grad) else "slices"
+        return "flex" if device.type == "cuda" and flex_supported(device, grad=grad) else portable
     if choice == "flex" and not flex_supported(device, grad=grad):
-        return "slices"
+        return portable
     return choice
+
+
+# -- clamped neighbourhoods (NATTEN) ------------------------------------------------------
+
+# Bytes of one query chunk's gathered keys, values, logits and weights in `gather_attention`
+# without autograd: a few hundred queries at a time keep them in cache whatever N is.
+GATHER_CHUNK_BYTES = 8 * 2**20
+
+
+def clamped_span(length: int, kernel: int, dilation: int) -> int:
+    """Cells a clamped neighbourhood spans along an axis of `length` cells: `kernel`, or the
+    longest sub-grid (ceil(length / dilation)) where that is shorter."""
+    return min(kernel, -(-length // dilation))
+
+
+def clamped_axis(length: int, kernel: int, dilation: int) -> tuple[Tensor, Tensor]:
+    """Each position's clamped, dilated neighbourhood along one axis, as NATTEN defines it.
+
+    Position x lies in the sub-grid of the positions congruent to it mod `dilation`, at
+    sub-index x // dilation; its neighbourhood is the `kernel` consecutive sub-grid cells
+    centred on it, slid inward at the sub-grid's ends so that it keeps `kernel` cells. A
+    sub-grid shorter than `kernel` is covered whole (NATTEN refuses kernel * dilation >
+    length; here the kernel is clamped to the sub-grid's length instead).
+
+    Returns:
+        pos: (length, S) long positions, S = `clamped_span`, in increasing order.
+        valid: (length, S) bool, False past the end of a sub-grid shorter than S (its pos
+            is then out of range).
+    """
+    span = clamped_span(length, kernel, dilation)
+    x = torch.arange(length)
+    phase, sub = x % dilation, x // dilation
+    sub_len = (length - phase + dilation - 1) // dilation
+    start = torch.minimum(sub - kernel // 2, sub_len - kernel).clamp(min=0)
+    j = start.unsqueeze(1) + torch.arange(span)  # (length, S) sub-grid indices
+    return phase.unsqueeze(1) + j * dilation, j < sub_len.unsqueeze(1)
+
+
+def clamped_neighbourhoods(
+    rows: int, cols: int, kernel: int, dilation: int
+) -> tuple[Tensor, Tensor]:
+    """Key indices of each patch query's clamped neighbourhood, into [CLS, patches..., pad]:
+    the 2-D neighbourhood is the product of the row and column ones (`clamped_axis`).
+
+    Returns:
+        idx: (P, Sr * Sc + 1) long; column j < Sr * Sc is a neighbourhood cell, row major
+            (index P + 1, the pad slot, where a short sub-grid leaves it empty); the last is
+            CLS (0). Sr, Sc = `clamped_span` of the rows and the columns.
+        valid: (P, Sr * Sc + 1) bool, False on pad slots (all True whenever
+            kernel * dilation <= min(rows, cols), NATTEN's own condition).
+    """
+    rpos, rvalid = clamped_axis(rows, kernel, dilation)
+    cpos, cvalid = clamped_axis(cols, kernel, dilation)
+    sr, sc = rpos.shape[1], cpos.shape[1]
+    p = rows * cols
+    cells = 1 + rpos.view(rows, 1, sr, 1) * cols + cpos.view(1, cols, 1, sc)
+    inside = rvalid.view(rows, 1, sr, 1) & cvalid.view(1, cols, 1, sc)
+    idx = torch.where(inside, cells, torch.full_like(cells, p + 1)).reshape(p, sr * sc)
+    idx = torch.cat([idx, torch.zeros(p, 1, dtype=torch.long)], dim=1)
+    return idx, idx <= p
+
+
+def clamped_taps(rows: int, cols: int, kernel: int, dilation: int) -> int:
+    """Keys each patch query's row of `clamped_neighbourhoods` holds (CLS included)."""
+    return clamped_span(rows, kernel, dilation) * clamped_span(cols, kernel, dilation) + 1
+
+
+def gathered_weights(
+    q: Tensor, table: Tensor, idx: Tensor, valid: Tensor | None, scale: float
+) -> Tensor:
+    """Softmax weights (B, H, c, T) of queries q (B, H, c, d) over the keys `idx` (c, T)
+    names in a pad-extended key table (B, H, N + 1, d); `valid` (c, T) masks pad slots (None:
+    there are none). Zero on pad slots; computed in float32 at least (bfloat16 logits are
+    normalised in float32)."""
+    B, H, c, d = q.shape
+    kn = table.index_select(2, idx.reshape(-1)).view(B, H, c, idx.shape[1], d)
+    logits = ((q * scale).unsqueeze(-2) @ kn.transpose(-2, -1)).squeeze(-2)  # (B, H, c, T)
+    if valid is not None:
+        logits = logits.masked_fill(~valid, float("-inf"))
+    return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+
+
+def _gathered_chunk(
+    q: Tensor, kt: Tensor, vt: Tensor, idx: Tensor, valid: Tensor | None, scale: float
+) -> Tensor:
+    """(B, H, c, d) outputs of queries q over their gathered keys and values."""
+    B, H, c, d = q.shape
+    attn = gathered_weights(q, kt, idx, valid, scale)
+    vn = vt.index_select(2, idx.reshape(-1)).view(B, H, c, idx.shape[1], d)
+    return (attn.to(vn.dtype).unsqueeze(-2) @ vn).squeeze(-2)
+
+
+def gather_attention(
+    q: Tensor, k: Tensor, v: Tensor, idx: Tensor, valid: Tensor | None, scale: float
+) -> Tensor:
+    """Patch queries of q, k, v (B, H, 1 + P, d) over the T keys and values `idx` (P, T)
+    names in [CLS, patches..., pad] (`valid` masks pad slots; None: there are none):
+    (B, H, P, d). O(P * T * d).
+
+    Both products are batched matrix products (T logits, then T weighted values per query),
+    which fvcore and FlopCounterMode count: 2 * matmul_flops(H, P, d, T) per sample. Without
+    autograd the queries go in chunks of about `GATHER_CHUNK_BYTES`, so that the gathered
+    keys and values stay in cache; with it, in one pass.
+    """
+    B, H, _, d = q.shape
+    kt, vt = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))  # the pad slot: index N
+    qp = q[:, :, 1:]
+    p, taps = idx.shape
+    per_query = B * H * taps * (2 * d + 2) * max(q.element_size(), 4)
+    step = max(1, GATHER_CHUNK_BYTES // per_query)
+    if needs_grad(q, k, v) or step >= p:
+        return _gathered_chunk(qp, kt, vt, idx, valid, scale)
+    chunks = [
+        _gathered_chunk(
+            qp[:, :, p0 : p0 + step],
+            kt,
+            vt,
+            idx[p0 : p0 + step],
+            None if valid is None else valid[p0 : p0 + step],
+            scale,
+        )
+        for p0 in range(0, p, step)
+    ]
+    return torch.cat(chunks, dim=2)
+
+
+def gather_attention_flops(heads: int, patches: int, taps: int, d: int) -> int:
+    """FLOPs of one sample's `gather_attention`: logits and weighted values of every patch
+    query over its `taps` keys (2 per multiply-add)."""
+    return 2 * matmul_flops(heads, patches, d, taps)
+
+
+@functools.lru_cache(maxsize=16)
+def clamped_block_mask(rows: int, cols: int, kernel: int, dilation: int, device: str) -> Any:
+    """Flex attention's block mask of the clamped neighbourhoods over [CLS, patches]: the CLS
+    query and the CLS key are global, patch queries see their clamped, dilated neighbourhood
+    (`clamped_axis`, per axis). Built once per grid and device."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def near(qi: Tensor, ki: Tensor, length: int) -> Tensor:
+        phase = qi % dilation
+        sub_len = (length - phase + dilation - 1) // dilation
+        start = torch.clamp(torch.minimum(qi // dilation - kernel // 2, sub_len - kernel), min=0)
+        j = ki // dilation
+        return (ki % dilation == phase) & (j >= start) & (j < start + kernel)
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        qp, kp = q_idx - 1, kv_idx - 1
+        rows_near = near(qp // cols, kp // cols, rows)
+        cols_near = near(qp % cols, kp % cols, cols)
+        return (q_idx == 0) | (kv_idx == 0) | (rows_near & cols_near)
+
+    n = rows * cols + 1
+    return create_block_mask(mask_mod, None, None, n, n, device=device)
+
+
+def flex_clamped(
+    q: Tensor, k: Tensor, v: Tensor, rows: int, cols: int, kernel: int, dilation: int,
+    scale: float,
+) -> Tensor:  # fmt: skip
+    """Every query's clamped-neighbourhood attention through flex attention,
+    (B, H, 1 + rows*cols, d): the CLS row is exact softmax attention over all tokens."""
+    mask = clamped_block_mask(rows, cols, kernel, dilation, str(q.device))
+    return _compiled_flex()(q, k, v, block_mask=mask, scale=scale)

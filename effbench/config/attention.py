@@ -6,6 +6,7 @@ importing it; the modules that implement each kind live beside this file.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -186,6 +187,121 @@ class HybridConfig(_AttentionConfig):
         return ({"feature_map": "relu", "dilation": 2, "local_backend": "gather"},)
 
 
+class WindowConfig(_AttentionConfig):
+    """Swin-style attention within non-overlapping windows of the patch grid, shifted by half
+    a window in odd-numbered blocks (Liu et al. 2021)."""
+
+    kind: Literal["window"] = "window"
+    window: int = Field(4, ge=1, le=MAX_TOKENS, description="window side M, in grid cells")
+    shift: bool = Field(
+        True, description="odd-numbered blocks shift the windows by M/2 (cyclic, masked)"
+    )
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return cls(window=2)
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"shift": False}, {"window": 3})  # 3 does not divide a 4x4 or 5x5 grid
+
+
+class NeighborhoodConfig(_AttentionConfig):
+    """Neighbourhood attention: each patch attends to a k x k neighbourhood clamped at the
+    borders, dilated (Hassani et al. 2023; Hassani & Shi 2022)."""
+
+    kind: Literal["neighborhood"] = "neighborhood"
+    kernel: int = Field(
+        7,
+        ge=1,
+        le=MAX_TOKENS,
+        description=(
+            "odd side k of the neighbourhood, in grid cells; clamped to a (sub-)grid's side "
+            "where that is shorter"
+        ),
+    )
+    dilation: int = Field(
+        1,
+        ge=1,
+        le=MAX_TOKENS,
+        description="step between neighbours: the grid splits into dilation^2 sub-grids",
+    )
+    local_backend: Literal["auto", "flex", "gather"] = Field(
+        "auto",
+        description=(
+            "how the neighbourhoods run, the same maths each way: flex attention (auto on "
+            "CUDA) or gathered keys and values (auto elsewhere)"
+        ),
+    )
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd_kernel(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"kernel must be odd so that it centres on its query, got {v}")
+        return v
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return cls(kernel=3)
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"dilation": 2},)
+
+
+class ReluLinearConfig(_AttentionConfig):
+    """ReLU linear attention of EfficientViT: ReLU(Q)(ReLU(K)^T V), row-normalised (Cai et
+    al. 2023)."""
+
+    kind: Literal["relu_linear"] = "relu_linear"
+    eps: float = Field(
+        1e-6, gt=0, le=1.0, description="added to the normaliser ReLU(Q) ReLU(K)^T 1"
+    )
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"eps": 1e-2},)
+
+
+class AgentConfig(_AttentionConfig):
+    """Agent attention: agent tokens pooled from Q aggregate from the keys and broadcast to
+    the queries, plus a depthwise convolution on V (Han et al. 2024)."""
+
+    kind: Literal["agent"] = "agent"
+    agents: int = Field(
+        49, ge=1, le=MAX_TOKENS, description="agent tokens n, a square (pooled to a grid)"
+    )
+    dwc_kernel: int = Field(
+        3, ge=0, le=MAX_TOKENS, description="depthwise conv on V over the grid; 0 = off"
+    )
+
+    @field_validator("agents")
+    @classmethod
+    def _square_agents(cls, v: int) -> int:
+        if math.isqrt(v) ** 2 != v:
+            raise ValueError(f"agents must be a square (they are pooled to a grid), got {v}")
+        return v
+
+    @field_validator("dwc_kernel")
+    @classmethod
+    def _odd_dwc(cls, v: int) -> int:
+        if v and v % 2 == 0:
+            raise ValueError(f"dwc_kernel must be odd (or 0 for off), got {v}")
+        return v
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return cls(agents=4)
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"dwc_kernel": 0},)
+
+    def token_limits(self) -> dict[str, int]:
+        return {"agents": self.agents}
+
+
 AttentionConfig = Annotated[
     StandardConfig
     | FusedConfig
@@ -193,7 +309,11 @@ AttentionConfig = Annotated[
     | LinformerConfig
     | PerformerConfig
     | NystromConfig
-    | HybridConfig,
+    | HybridConfig
+    | WindowConfig
+    | NeighborhoodConfig
+    | ReluLinearConfig
+    | AgentConfig,
     Field(discriminator="kind"),
 ]
 
