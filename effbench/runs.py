@@ -75,6 +75,8 @@ def fingerprint(bench: BenchSpec, entry: ModelEntry, seed: int) -> dict[str, Any
     train = bench.train.model_dump(mode="json")
     if not train["compile"]:  # (and checkpoints from before compile_mode keep matching)
         del train["compile_mode"]
+    if not train.get("trivial_augment"):  # checkpoints from before the option keep matching
+        train.pop("trivial_augment", None)
     attention = entry.attention.model_dump(mode="json")
     attention.pop("local_backend", None)  # how the same maths runs, not what it computes
     return {

@@ -195,6 +195,10 @@ class TrainSection(_Section):
     random_erasing: float = Field(
         0.0, ge=0, le=1, description="probability per image (CIFAR and synthetic)"
     )
+    trivial_augment: bool = Field(
+        False,
+        description="TrivialAugmentWide per image, on the device in batches (CIFAR and synthetic)",
+    )
     mixup: float = Field(0.0, ge=0, le=1000, description="mixup Beta(a, a); 0 turns it off")
     cutmix: float = Field(0.0, ge=0, le=1000, description="cutmix Beta(a, a); 0 turns it off")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="of the training set, held out")
