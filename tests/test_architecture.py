@@ -18,7 +18,7 @@ LAYERS: dict[str, int] = {
     "errors": 1, "claims": 1, "signals": 1, "config": 1, "results": 1, "env": 1,
     "contention": 1, "crossover": 1, "report": 1, "stats": 1, "__init__": 1,
     "attention": 2, "model": 2, "data": 2, "device": 2, "measure": 2,
-    "sweep": 3, "runs": 3, "train": 3, "analyze": 3, "plan": 3,
+    "sweep": 3, "runs": 3, "train": 3, "analyze": 3, "plan": 3, "study": 3,
     "cli": 4, "launch": 4, "__main__": 4,
 }  # fmt: skip
 TORCH_FREE = [
@@ -28,7 +28,7 @@ TORCH_FREE = [
     "effbench.stats", "effbench.config.budget",
     "effbench.launch", "effbench.cli",
     # runners, but planning a command (and so every spec error) needs no torch either
-    "effbench.plan", "effbench.runs",
+    "effbench.plan", "effbench.runs", "effbench.study",
 ]  # fmt: skip
 
 LIMITS = {"function": 80, "class": 300, "command": 60}

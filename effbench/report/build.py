@@ -12,6 +12,7 @@ from effbench import __version__
 from effbench.report.data import ReportData, build_data
 from effbench.report.document import Report, Section
 from effbench.report.inputs import Results
+from effbench.report.recommend import recommendation
 from effbench.report.sections import SECTIONS
 
 
@@ -63,4 +64,5 @@ def build_report(results: Results, *, baseline: str | None = None) -> Report:
         summary=summary + _contended_line(data),
         sections=sections,
         bad=results.bad,
+        recommendation=recommendation(data),
     )

@@ -61,6 +61,7 @@ class Report:
     summary: list[str]
     sections: list[Section]
     bad: list[BadLine]
+    recommendation: list[str] = field(default_factory=list)
 
     def figures(self) -> list[Plot]:
         """Every figure of every section, in order."""
