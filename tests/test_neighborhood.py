@@ -17,6 +17,8 @@ from effbench.attention.local import (
     flex_supported,
     gather_attention,
     resolve_backend,
+    tile_tables,
+    tiled_attention,
 )
 from effbench.attention.neighborhood import NeighborhoodAttention
 from effbench.config.attention import FusedConfig, NeighborhoodConfig
@@ -171,7 +173,7 @@ def test_cls_row_is_exact() -> None:
 def test_chunked_inference_equals_one_pass(
     rows: int, cols: int, kernel: int, dilation: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    m = layer(rows, cols, kernel=kernel, dilation=dilation)
+    m = layer(rows, cols, kernel=kernel, dilation=dilation, local_backend="gather")
     x = torch.randn(2, 1 + rows * cols, DIM)
     one_pass = m(x.clone().requires_grad_()).detach()  # autograd: one pass
     monkeypatch.setattr(local, "GATHER_CHUNK_BYTES", 1)  # one query per chunk
@@ -229,14 +231,15 @@ def test_gathered_path_in_bfloat16_stays_within_1e_2_of_float32() -> None:
 def test_backend_choice_per_device_and_phase() -> None:
     cuda = torch.device("cuda")
     m = layer(4, 4, kernel=3)
-    assert m.local_backend(CPU, grad=True) == "gather"
-    assert m.local_backend(CPU, grad=False) == "gather"
+    assert m.local_backend(CPU, grad=True) == "tiles"
+    assert m.local_backend(CPU, grad=False) == "tiles"
     assert m.local_backend(cuda, grad=True) == "flex"
     pick = layer(4, 4, kernel=3, local_backend="flex").local_backend
-    assert pick(CPU, grad=True) == "gather"  # flex has no CPU backward
+    assert pick(CPU, grad=True) == "tiles"  # flex has no CPU backward
+    assert layer(4, 4, kernel=3, local_backend="gather").local_backend(cuda, grad=True) == "gather"
     assert resolve_backend("flex", cuda, grad=True, portable="gather") == "flex"
     with local.reference_backend():  # what the FLOP counters see into
-        assert m.local_backend(cuda, grad=False) == "gather"
+        assert m.local_backend(cuda, grad=False) == "tiles"
     assert resolve_backend("auto", CPU, grad=False) == "slices"  # the hybrid's default kept
 
 
@@ -283,19 +286,20 @@ def test_never_materialises_dense_attention(grad: bool) -> None:
 @pytest.mark.parametrize(("rows", "cols", "kernel", "dilation"), GRIDS)
 def test_analytic_flops_equal_counted(rows: int, cols: int, kernel: int, dilation: int) -> None:
     n = 1 + rows * cols
-    m = layer(rows, cols, kernel=kernel, dilation=dilation)
-    counts = count_flops(m, torch.randn(2, n, DIM), analytic=m.flops(n))
-    assert counts.analytic == counts.fvcore == counts.flop_counter, counts
+    for backend in ("tiles", "gather"):
+        m = layer(rows, cols, kernel=kernel, dilation=dilation, local_backend=backend)
+        counts = count_flops(m, torch.randn(2, n, DIM), analytic=m.flops(n))
+        assert counts.analytic == counts.fvcore == counts.flop_counter, (backend, counts)
     taps = m.idx.shape[1]
     d = DIM // HEADS
-    assert m.attend_flops(n) == 2 * 2 * HEADS * d * (n + (n - 1) * taps)
+    assert m.attend_flops(n) == 2 * 2 * HEADS * d * (n + (n - 1) * taps)  # gather: k^2 + 1
 
 
 def test_work_is_linear_in_tokens() -> None:
     attend = {}
     for side in (8, 16):
         n = 1 + side * side
-        m = layer(side, side, kernel=5)
+        m = layer(side, side, kernel=5, local_backend="gather")
         assert m.idx.shape == (side * side, 5 * 5 + 1)
         counts = count_flops(m, torch.randn(1, n, DIM), analytic=m.flops(n))
         attend[side] = counts.fvcore - m.projection_flops(n)
@@ -303,3 +307,46 @@ def test_work_is_linear_in_tokens() -> None:
     # 257 / 65 = 3.95x the tokens: the neighbourhoods' work grows ~4x (the CLS row 16x,
     # but it is one row of many); dense attention would grow ~16x.
     assert 3.5 < attend[16] / attend[8] < 4.5
+
+
+@pytest.mark.parametrize(("rows", "cols", "kernel", "dilation"), [*GRIDS, (40, 37, 7, 1)])
+def test_tiles_match_the_gathered_reference_forward_and_backward(
+    rows: int, cols: int, kernel: int, dilation: int
+) -> None:
+    tables = tile_tables(rows, cols, kernel, dilation)
+    idx, valid = clamped_neighbourhoods(rows, cols, kernel, dilation)
+    a = [t.double().requires_grad_() for t in qkv(rows, cols)]
+    b = [t.detach().clone().requires_grad_() for t in a]
+    out = tiled_attention(*a, tables, 8**-0.5)
+    ref = gather_attention(*b, idx, valid, 8**-0.5)
+    assert_close(out, ref, atol=1e-10, rtol=0)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    for x, y in zip(a, b, strict=True):
+        assert_close(x.grad, y.grad, atol=1e-10, rtol=0)
+
+
+def test_tiles_do_linear_work_on_a_large_grid() -> None:
+    work = {}
+    for side in (64, 128):  # both with interior tiles, whose keys span 16 + 7 - 1 cells
+        n = 1 + side * side
+        m = layer(side, side, kernel=7)
+        work[side] = m.attend_flops(n)
+        if side == 64:
+            with torch.no_grad():
+                assert not dense_shapes(m, torch.randn(1, n, DIM))  # tiles, never N x N
+    assert 3.9 < work[128] / work[64] < 4.1
+
+
+def test_tiles_in_groups_under_inference_equal_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = tile_tables(40, 37, 7, 1)
+    q, k, v = qkv(40, 37)
+    assert tables.queries.shape[0] > 2
+    monkeypatch.setattr(local, "TILE_GROUP", 1)
+    with torch.no_grad():
+        grouped = tiled_attention(q, k, v, tables, 8**-0.5)
+    monkeypatch.setattr(local, "TILE_GROUP", 10**6)
+    with torch.no_grad():
+        whole = tiled_attention(q, k, v, tables, 8**-0.5)
+    assert_close(grouped, whole, atol=1e-6, rtol=0)

@@ -4,9 +4,12 @@ dilated by delta, plus the CLS key; the CLS query attends to every token with ex
 After "Neighborhood Attention Transformer" (Hassani et al., CVPR 2023) and "Dilated
 Neighborhood Attention Transformer" (Hassani & Shi 2022), with NATTEN's window semantics.
 
-O(N * k^2 * d) time and memory: every patch query's k^2 + 1 keys and values are gathered by
-index (`effbench.attention.local.gather_attention`, in query chunks under inference), or on
-CUDA one flex attention call with the clamped block mask; never a dense N x N matrix.
+O(N * k^2 * d) time and memory, never a dense N x N matrix: off CUDA, tiles of 16 x 16 patch
+queries each attend to the keys their neighbourhoods cover together in one masked SDPA call
+(`effbench.attention.local.tiled_attention`: matrix products at the fused kernel's speed,
+about (16 + k - 1)^2 keys a query instead of k^2); on CUDA one flex attention call with the
+clamped block mask; `gather` gathers every query's k^2 + 1 keys and values by index
+(`gather_attention`), the reference the others are tested against.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from effbench.attention.base import (
     softmax_attention,
     softmax_weights,
 )
+from effbench.attention.local import NEIGHBOURHOOD_TILE as TILE
 from effbench.attention.local import (
+    TileTables,
     clamped_neighbourhoods,
     clamped_taps,
     flex_clamped,
@@ -32,6 +37,9 @@ from effbench.attention.local import (
     gathered_weights,
     grid_shape,
     resolve_backend,
+    tile_tables,
+    tiled_attention,
+    tiled_attention_flops,
 )
 from effbench.attention.registry import register
 from effbench.config.attention import NeighborhoodConfig
@@ -61,6 +69,9 @@ class NeighborhoodAttention(Attention):
         self.register_buffer("valid", valid, persistent=False)
         # Pad slots exist only where a sub-grid is shorter than the kernel.
         self.padded = not bool(valid.all())
+        self.tiles = tile_tables(self.rows, self.cols, cfg.kernel, cfg.dilation, TILE)
+        for name in ("queries", "keys", "mask", "order"):
+            self.register_buffer(f"tile_{name}", getattr(self.tiles, name), persistent=False)
 
     def _check(self, n: int) -> None:
         assert n == self.seq_len, (
@@ -72,7 +83,7 @@ class NeighborhoodAttention(Attention):
     def local_backend(self, device: torch.device, *, grad: bool) -> str:
         """The backend `attend` uses on this device: `flex` or `gather` (see
         `effbench.attention.local`)."""
-        return resolve_backend(self.cfg.local_backend, device, grad=grad, portable="gather")
+        return resolve_backend(self.cfg.local_backend, device, grad=grad, portable="tiles")
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         self._check(q.shape[-2])
@@ -81,8 +92,11 @@ class NeighborhoodAttention(Attention):
             grid = (self.rows, self.cols, self.cfg.kernel, self.cfg.dilation)
             return flex_clamped(q, k, v, *grid, self.scale)  # the CLS row is global, exact
         cls = softmax_attention(q[:, :, :1], k, v, self.scale)  # (B, H, 1, d)
-        valid = self.valid if self.padded else None
-        local = gather_attention(q, k, v, self.idx, valid, self.scale)  # (B, H, P, d)
+        if backend == "tiles":
+            local = tiled_attention(q, k, v, self._tables(), self.scale)  # (B, H, P, d)
+        else:
+            valid = self.valid if self.padded else None
+            local = gather_attention(q, k, v, self.idx, valid, self.scale)
         return torch.cat([cls, local.to(cls.dtype)], dim=2)
 
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
@@ -101,8 +115,17 @@ class NeighborhoodAttention(Attention):
             rows.append(dense[..., :N].to(q.dtype))
         return torch.cat(rows, dim=2)
 
+    def _tables(self) -> TileTables:
+        """The tile tables on this layer's device (buffers, so that they move with it)."""
+        return TileTables(self.tile_queries, self.tile_keys, self.tile_mask, self.tile_order)
+
     def attend_flops(self, n: int) -> int:
+        """What runs where FLOPs are counted: the gathered windows with `gather`, else the
+        tiles (flex attention's kernel is not counted; its maths is the same)."""
         h, d, p = self.num_heads, self.head_dim, n - 1
-        taps = clamped_taps(*grid_shape(p), self.cfg.kernel, self.cfg.dilation)
         cls = 2 * matmul_flops(h, 1, d, n)
-        return cls + gather_attention_flops(h, p, taps, d)
+        grid = (*grid_shape(p), self.cfg.kernel, self.cfg.dilation)
+        if self.cfg.local_backend == "gather":
+            return cls + gather_attention_flops(h, p, clamped_taps(*grid), d)
+        tables = self.tiles if n == self.seq_len else tile_tables(*grid, TILE)
+        return cls + tiled_attention_flops(h, tables, d)

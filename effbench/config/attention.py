@@ -226,11 +226,12 @@ class NeighborhoodConfig(_AttentionConfig):
         le=MAX_TOKENS,
         description="step between neighbours: the grid splits into dilation^2 sub-grids",
     )
-    local_backend: Literal["auto", "flex", "gather"] = Field(
+    local_backend: Literal["auto", "flex", "tiles", "gather"] = Field(
         "auto",
         description=(
             "how the neighbourhoods run, the same maths each way: flex attention (auto on "
-            "CUDA) or gathered keys and values (auto elsewhere)"
+            "CUDA), tiles of queries in one masked SDPA call (auto elsewhere), or gathered "
+            "keys and values per query (the reference)"
         ),
     )
 
