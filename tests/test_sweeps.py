@@ -131,3 +131,12 @@ def test_the_report_draws_a_sweep_as_one_curve(tmp_path: Path) -> None:
     assert "joins the variants of one option sweep" in " ".join(
         b.text for b in pareto.blocks if b.kind == "text"
     )
+
+
+def test_names_sort_numbers_by_value_and_survive_huge_ones() -> None:
+    from effbench.report.data import model_order
+
+    huge = "9" * 5000  # more digits than int() converts
+    assert model_order(["lin-k16", "lin-k8", "lin-k128", huge], {}) == [
+        huge, "lin-k8", "lin-k16", "lin-k128",
+    ]  # fmt: skip

@@ -52,9 +52,13 @@ def model_order(models: Iterable[str], kinds: Mapping[str, str]) -> list[str]:
     """Models by their kind's order in the configs (KINDS), then by name, numbers in a name
     by value (an option sweep's `lin-k8` before `lin-k16`)."""
 
-    def key(m: str) -> tuple[int, list[tuple[int, Any]]]:
+    def key(m: str) -> tuple[int, list[tuple[int, int, str]]]:
         k = kinds.get(m, "")
-        parts = [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", m)]
+        # a run of digits by its value: by length without leading zeros, then its digits
+        # (never int(), which refuses names of thousands of digits)
+        parts = [
+            (0, len(p.lstrip("0")), p) if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", m)
+        ]
         return (KINDS.index(k) if k in KINDS else len(KINDS), parts)
 
     return sorted(set(models), key=key)
