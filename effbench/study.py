@@ -78,7 +78,8 @@ class Study:
     sets: list[str]
     attention: list[str] | None
     spec: BenchSpec
-    done: dict[str, str] = field(default_factory=dict)  # stage key -> when it finished
+    # stage key -> when it finished and its wall seconds
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def runs(self) -> Path:
@@ -131,11 +132,12 @@ class Study:
             "report", str(self.runs), str(self.results), "-o", str(self.out),
         ])  # fmt: skip
 
-    def finish(self, key: str) -> None:
-        """Mark a stage finished (never the report, which is rendered every time)."""
+    def finish(self, key: str, seconds: float) -> None:
+        """Mark a stage finished after `seconds` (never the report, rendered every time)."""
         if key == "report":
             return
-        self.done[key] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self.done[key] = {"finished": when, "seconds": round(seconds, 1)}
         self.save()
 
     def save(self) -> None:

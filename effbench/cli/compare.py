@@ -80,11 +80,14 @@ def compare(
     for i, stage in enumerate(stages, 1):
         head = f"[{i}/{len(stages)}] {stage.key}: {stage.title}"
         if stage.key in study.done:
-            console.print(f"{head}: done, skipped")
+            console.print(f"{head}: done, skipped", markup=False, highlight=False)
             continue
-        console.rule(head)
+        console.print(f"── {head}", style="bold", markup=False, highlight=False)
+        start = time.perf_counter()
         _run_stage(stage.key, stage.argv)
-        study.finish(stage.key)
+        seconds = time.perf_counter() - start
+        study.finish(stage.key, seconds)
+        console.print(f"   {stage.key}: done in {seconds:.0f} s", highlight=False)
     console.print(f"study finished in {time.perf_counter() - t0:.0f} s: {output}")
     _print_verdict(output / "report.md")
 
