@@ -161,3 +161,19 @@ def test_a_missing_dataset_names_data_dir_and_synthetic(tmp_path: Path) -> None:
     assert proc.returncode == 2, text
     assert "--data-dir" in text and "--dataset synthetic" in text
     assert "stage train failed" in text
+
+
+def test_train_reads_a_recipe(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    code, text = run_cli(
+        "train", "--recipe", "cpu-mini", "-a", "sdpa", "--dataset", "synthetic",
+        "--epochs", "1", "--set", "train.synthetic_samples=256", "backbone.depth=1",
+        "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, text
+    spec = json.loads((out / "sdpa" / "seed0" / "spec.json").read_text())
+    assert spec["train"]["warmup_epochs"] == 0.5  # the recipe's, not bench.toml's 2.0
+    code, text = run_cli("train", "--recipe", "cpu-mini", "--spec", str(tmp_path / "my.toml"))
+    assert code == 2 and "--spec and --recipe: choose one" in text
+    code, text = run_cli("train", "--recipe", "nope")
+    assert code == 2 and "unknown recipe; choose one of" in text

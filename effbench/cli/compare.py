@@ -15,16 +15,8 @@ import typer
 
 from effbench.cli.app import ListOptionCommand, app
 from effbench.cli.console import console, err_console
-from effbench.cli.options import AttentionOpt, DeviceOpt, SetOpt
+from effbench.cli.options import AttentionOpt, DeviceOpt, RecipeOpt, SetOpt
 
-RecipeOpt = Annotated[
-    str | None,
-    typer.Option(
-        metavar="NAME",
-        help="A spec preset shipped with effbench instead of --spec: cpu-mini (the --quick "
-        "study), cifar10-gpu, imagenet100-gpu.",
-    ),
-]
 SpecPathOpt = Annotated[
     Path | None, typer.Option("--spec", "-s", help="Benchmark spec (TOML); default bench.toml.")
 ]

@@ -74,3 +74,13 @@ SetOpt = Annotated[
         "applied after the other options).",
     ),
 ]
+
+RecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME",
+        help="A spec preset shipped with effbench, instead of --spec: cpu-mini (the "
+        "`compare --quick` study on 2 CPU cores), cifar10-gpu (ViT-Lite-7/4's CIFAR-10 "
+        "recipe), imagenet100-gpu (DeiT-Ti's recipe at 224 px).",
+    ),
+]

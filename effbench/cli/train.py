@@ -18,6 +18,7 @@ from effbench.cli.options import (
     AttentionOpt,
     CompileModeOpt,
     DeviceOpt,
+    RecipeOpt,
     SetOpt,
     SpecOpt,
     ThreadsOpt,
@@ -86,6 +87,7 @@ ResumeOpt = Annotated[
 @app.command(cls=ListOptionCommand)
 def train(
     spec: SpecOpt = DEFAULT_SPEC_PATH,
+    recipe: RecipeOpt = None,
     attention: AttentionOpt = None,
     seeds: SeedsOpt = None,
     dataset: DatasetOpt = None,
@@ -112,6 +114,7 @@ def train(
     """
     if epochs is not None and budget is not None:
         raise UsageError("give --epochs or --budget, not both (--epochs N is --budget Nep)")
+    spec = _spec_or_recipe(spec, recipe)
     overrides = {
         "train.seeds": seeds or None,
         "train.dataset": dataset,
@@ -155,6 +158,17 @@ def run_plan(plan: TrainPlan) -> None:
         run_id = new_run_id()
         finals = train_until_stopped(plan, dist=dist, run_id=run_id, out=out)
         write_summary(finals, plan=plan, dist=dist, run_id=run_id, out=out)
+
+
+def _spec_or_recipe(spec: Path, recipe: str | None) -> Path:
+    """The spec file a command reads: a shipped recipe's, or --spec."""
+    if recipe is None:
+        return spec
+    if spec != DEFAULT_SPEC_PATH:
+        raise UsageError("--spec and --recipe: choose one")
+    from effbench.study import recipe_path
+
+    return recipe_path(recipe)
 
 
 def train_until_stopped(
