@@ -60,6 +60,19 @@ def recipe_path(name: str) -> Path:
     return Path(str(resources.files("effbench").joinpath(RECIPES, f"{name}.toml")))
 
 
+def spec_file(spec: Path, recipe: str | None, *, default: Path) -> Path:
+    """The spec file a command reads: a shipped recipe's, or `spec`.
+
+    Raises:
+        UsageError: for a recipe beside a --spec other than the default, or an unknown one.
+    """
+    if recipe is None:
+        return spec
+    if spec != default:
+        raise UsageError("--spec and --recipe: choose one")
+    return recipe_path(recipe)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One command of the study: its key in study.json, a title, the effbench arguments."""

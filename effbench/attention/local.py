@@ -37,7 +37,6 @@ from torch import Tensor
 
 from effbench.attention.base import matmul_flops, needs_grad
 
-BACKENDS = ("auto", "slices", "flex", "gather")
 # Bytes of one chunk's logits and products in the slices forward (inference): a few grid
 # rows at a time keep them in cache whatever N is.
 SLICE_CHUNK_BYTES = 8 * 2**20
@@ -47,7 +46,7 @@ _reference_only = False
 
 @contextlib.contextmanager
 def reference_backend() -> Iterator[None]:
-    """Run every local attention on its portable path (`slices`; `gather` for the clamped
+    """Run every local attention on its portable path (`slices`; `tiles` for the clamped
     neighbourhoods) inside this block: FLOP counters and JIT tracing cannot see into flex
     attention's compiled kernel."""
     global _reference_only
@@ -227,14 +226,7 @@ def gather_local(
     """The reference: each patch query's window + CLS keys and values gathered by index,
     (B, H, rows*cols, d)."""
     idx, valid = neighbourhoods(rows, cols, window, dilation)
-    idx, valid = idx.to(q.device), valid.to(q.device)
-    B, H, _, d = q.shape
-    kt, vt = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))
-    kn = kt.index_select(2, idx.reshape(-1)).view(B, H, *idx.shape, d)
-    vn = vt.index_select(2, idx.reshape(-1)).view(B, H, *idx.shape, d)
-    logits = (q[:, :, 1:].unsqueeze(-2) @ kn.transpose(-2, -1)).squeeze(-2) * scale
-    attn = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
-    return (attn.unsqueeze(-2) @ vn).squeeze(-2)
+    return gather_attention(q, k, v, idx.to(q.device), valid.to(q.device), scale)
 
 
 # -- flex attention -----------------------------------------------------------------------
@@ -258,24 +250,32 @@ def _compiled_flex() -> Callable[..., Tensor]:
     return torch.compile(flex_attention, dynamic=False)
 
 
-@functools.lru_cache(maxsize=16)
-def local_block_mask(rows: int, cols: int, window: int, dilation: int, device: str) -> Any:
-    """Flex attention's block mask of the local pattern over [CLS, patches]: the CLS query
-    and the CLS key are global, patch queries see their dilated window. Built once per
-    grid and device."""
+def _grid_block_mask(patch_sees: Callable[..., Tensor], rows: int, cols: int, device: str) -> Any:
+    """Flex attention's block mask over [CLS, patches]: the CLS query and the CLS key are
+    global; patch query (qr, qc) sees patch key (kr, kc) where `patch_sees(qr, qc, kr, kc)`."""
     from torch.nn.attention.flex_attention import create_block_mask
-
-    reach = window // 2 * dilation
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         qp, kp = q_idx - 1, kv_idx - 1
-        dr, dc = kp // cols - qp // cols, kp % cols - qp % cols
-        near = (dr.abs() <= reach) & (dc.abs() <= reach)
-        on_step = (dr % dilation == 0) & (dc % dilation == 0)
-        return (q_idx == 0) | (kv_idx == 0) | (near & on_step)
+        sees = patch_sees(qp // cols, qp % cols, kp // cols, kp % cols)
+        return (q_idx == 0) | (kv_idx == 0) | sees
 
     n = rows * cols + 1
     return create_block_mask(mask_mod, None, None, n, n, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def local_block_mask(rows: int, cols: int, window: int, dilation: int, device: str) -> Any:
+    """The block mask of the hybrid's pattern: patch queries see their dilated window.
+    Built once per grid and device."""
+    reach = window // 2 * dilation
+
+    def sees(qr: Tensor, qc: Tensor, kr: Tensor, kc: Tensor) -> Tensor:
+        dr, dc = kr - qr, kc - qc
+        near = (dr.abs() <= reach) & (dc.abs() <= reach)
+        return near & (dr % dilation == 0) & (dc % dilation == 0)
+
+    return _grid_block_mask(sees, rows, cols, device)
 
 
 def flex_local(
@@ -294,7 +294,7 @@ def resolve_backend(
     """The backend that runs for a configured `choice` on this device: `auto` is flex where
     it runs forward and backward (CUDA), else `portable`; flex falls back to `portable`
     where it cannot run (the CPU with gradients). `portable` is the path that runs anywhere
-    and that FLOP counters see into: `slices` for the hybrid's zero-padded windows, `gather`
+    and that FLOP counters see into: `slices` for the hybrid's zero-padded windows, `tiles`
     for the clamped neighbourhoods."""
     if _reference_only and choice != "gather":
         return portable
@@ -437,10 +437,8 @@ def gather_attention_flops(heads: int, patches: int, taps: int, d: int) -> int:
 
 @functools.lru_cache(maxsize=16)
 def clamped_block_mask(rows: int, cols: int, kernel: int, dilation: int, device: str) -> Any:
-    """Flex attention's block mask of the clamped neighbourhoods over [CLS, patches]: the CLS
-    query and the CLS key are global, patch queries see their clamped, dilated neighbourhood
-    (`clamped_axis`, per axis). Built once per grid and device."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    """The block mask of the clamped neighbourhoods: patch queries see their clamped,
+    dilated neighbourhood (`clamped_axis`, per axis). Built once per grid and device."""
 
     def near(qi: Tensor, ki: Tensor, length: int) -> Tensor:
         phase = qi % dilation
@@ -449,14 +447,10 @@ def clamped_block_mask(rows: int, cols: int, kernel: int, dilation: int, device:
         j = ki // dilation
         return (ki % dilation == phase) & (j >= start) & (j < start + kernel)
 
-    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        qp, kp = q_idx - 1, kv_idx - 1
-        rows_near = near(qp // cols, kp // cols, rows)
-        cols_near = near(qp % cols, kp % cols, cols)
-        return (q_idx == 0) | (kv_idx == 0) | (rows_near & cols_near)
+    def sees(qr: Tensor, qc: Tensor, kr: Tensor, kc: Tensor) -> Tensor:
+        return near(qr, kr, rows) & near(qc, kc, cols)
 
-    n = rows * cols + 1
-    return create_block_mask(mask_mod, None, None, n, n, device=device)
+    return _grid_block_mask(sees, rows, cols, device)
 
 
 def flex_clamped(
@@ -538,8 +532,8 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, tables: TileTables, scale: 
     products, not per-query dot products), the outputs put back in patch order. (B, H, N, d)
     -> (B, H, P, d). Each tile computes its queries against all its keys, masked. Without
     autograd the tiles go TILE_GROUP at a time, so that their gathered keys stay in cache at
-    any N (at 16,385 tokens: 221 ms instead of 289); under autograd in one call (a group's
-    gather would back-propagate into a full-size gradient)."""
+    any N; under autograd in one call (a group's gather would back-propagate into a
+    full-size gradient)."""
     B, H, _, d = q.shape
     t, n_q = tables.queries.shape
     n_k = tables.keys.shape[1]

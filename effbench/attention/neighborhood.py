@@ -69,9 +69,9 @@ class NeighborhoodAttention(Attention):
         self.register_buffer("valid", valid, persistent=False)
         # Pad slots exist only where a sub-grid is shorter than the kernel.
         self.padded = not bool(valid.all())
-        self.tiles = tile_tables(self.rows, self.cols, cfg.kernel, cfg.dilation, TILE)
+        tables = tile_tables(self.rows, self.cols, cfg.kernel, cfg.dilation, TILE)
         for name in ("queries", "keys", "mask", "order"):
-            self.register_buffer(f"tile_{name}", getattr(self.tiles, name), persistent=False)
+            self.register_buffer(f"tile_{name}", getattr(tables, name), persistent=False)
 
     def _check(self, n: int) -> None:
         assert n == self.seq_len, (
@@ -127,5 +127,5 @@ class NeighborhoodAttention(Attention):
         grid = (*grid_shape(p), self.cfg.kernel, self.cfg.dilation)
         if self.cfg.local_backend == "gather":
             return cls + gather_attention_flops(h, p, clamped_taps(*grid), d)
-        tables = self.tiles if n == self.seq_len else tile_tables(*grid, TILE)
+        tables = self._tables() if n == self.seq_len else tile_tables(*grid, TILE)
         return cls + tiled_attention_flops(h, tables, d)

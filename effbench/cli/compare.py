@@ -15,16 +15,19 @@ import typer
 
 from effbench.cli.app import ListOptionCommand, app
 from effbench.cli.console import console, err_console
-from effbench.cli.options import AttentionOpt, DeviceOpt, RecipeOpt, SetOpt
-
-SpecPathOpt = Annotated[
-    Path | None, typer.Option("--spec", "-s", help="Benchmark spec (TOML); default bench.toml.")
-]
+from effbench.cli.options import (
+    DEFAULT_SPEC_PATH,
+    AttentionOpt,
+    DeviceOpt,
+    RecipeOpt,
+    SetOpt,
+    SpecOpt,
+)
 
 
 @app.command(cls=ListOptionCommand)
 def compare(
-    spec: SpecPathOpt = None,
+    spec: SpecOpt = DEFAULT_SPEC_PATH,
     recipe: RecipeOpt = None,
     quick: Annotated[
         bool, typer.Option(help="The whole pipeline small: the cpu-mini recipe.")
@@ -53,14 +56,11 @@ def compare(
     training resumes from its checkpoints, and the report is rendered again. A changed spec
     is refused with the keys that differ, unless --fresh.
     """
-    from effbench.study import QUICK_RECIPE, open_study, recipe_path, study_sets
+    from effbench.study import QUICK_RECIPE, open_study, spec_file, study_sets
 
     if quick and recipe not in (None, QUICK_RECIPE):
         raise typer.BadParameter(f"--quick is the {QUICK_RECIPE} recipe; drop --recipe {recipe}")
-    if (quick or recipe) and spec is not None:
-        raise typer.BadParameter("--spec and --recipe: choose one")
-    name = QUICK_RECIPE if quick else recipe
-    spec_path = recipe_path(name) if name else (spec or Path("bench.toml"))
+    spec_path = spec_file(spec, QUICK_RECIPE if quick else recipe, default=DEFAULT_SPEC_PATH)
     items = study_sets(
         seeds=seeds, budget=budget, dataset=dataset, data_dir=data_dir, device=device,
         sets=sets or [],

@@ -114,7 +114,9 @@ def train(
     """
     if epochs is not None and budget is not None:
         raise UsageError("give --epochs or --budget, not both (--epochs N is --budget Nep)")
-    spec = _spec_or_recipe(spec, recipe)
+    from effbench.study import spec_file
+
+    spec = spec_file(spec, recipe, default=DEFAULT_SPEC_PATH)
     overrides = {
         "train.seeds": seeds or None,
         "train.dataset": dataset,
@@ -158,17 +160,6 @@ def run_plan(plan: TrainPlan) -> None:
         run_id = new_run_id()
         finals = train_until_stopped(plan, dist=dist, run_id=run_id, out=out)
         write_summary(finals, plan=plan, dist=dist, run_id=run_id, out=out)
-
-
-def _spec_or_recipe(spec: Path, recipe: str | None) -> Path:
-    """The spec file a command reads: a shipped recipe's, or --spec."""
-    if recipe is None:
-        return spec
-    if spec != DEFAULT_SPEC_PATH:
-        raise UsageError("--spec and --recipe: choose one")
-    from effbench.study import recipe_path
-
-    return recipe_path(recipe)
 
 
 def train_until_stopped(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from effbench.crossover import baseline_label, summarize
 from effbench.report.comparison import tied_with_best
 from effbench.report.data import ModelRow, ReportData, Series
+from effbench.report.sections.pareto import pareto_front
 
 
 def recommendation(data: ReportData) -> list[str]:
@@ -51,12 +52,8 @@ def _accuracy_line(rows: Sequence[ModelRow]) -> str:
         for r, c in zip(rows, costs, strict=True)
         if c[0] is not None and c[1] == kind
     ]
-    front: list[str] = []
-    best_y = float("-inf")
-    for _, y, model in sorted(pts, key=lambda p: (p[0], -p[1])):
-        if y > best_y:
-            front.append(model)
-            best_y = y
+    on_front = set(pareto_front([(x, y) for x, y, _ in pts]))
+    front = [m for x, y, m in sorted(pts, key=lambda p: (p[0], -p[1])) if (x, y) in on_front]
     text = f"{where}: on the accuracy–{kind} front: {', '.join(front) or 'not measured'}."
     found = tied_with_best((r.model, r.stats) for r in rows if r.stats is not None)
     if found:
