@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 # Row chunk of `attention_map`'s intermediates: keeps them near the size of the map itself.
 MAP_ROW_CHUNK = 1024
+LOG2E = math.log2(math.e)
 
 
 def softmax_weights(q: Tensor, k: Tensor, scale: float) -> Tensor:
@@ -28,6 +29,23 @@ def softmax_weights(q: Tensor, k: Tensor, scale: float) -> Tensor:
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """Exact softmax attention with the weights materialised: -> (B, H, N, d)."""
     return softmax_weights(q, k, scale) @ v
+
+
+def exp_scale() -> float:
+    """The factor an exponent is multiplied by before `exp_scaled` (fold it into a product
+    formed anyway). Eager: log2 e, for exp2, which on the CPU runs about 4x faster than torch's
+    exp (0.61 against 2.62 ms for 8.4 M floats on a 2-core AVX-512 EPYC; softmax has a fast exp
+    of its own) and agrees with it to 1e-6 relative for exponents in [-20, 5]. Under
+    torch.compile: 1, for exp, whose generated code is the faster there (hybrid at 4,097 tokens:
+    48.7 ms compiled with exp, 52.5 with exp2)."""
+    return 1.0 if torch.compiler.is_compiling() else LOG2E
+
+
+def exp_scaled(z: Tensor, *, inplace: bool = False) -> Tensor:
+    """e^x for an exponent z = x * `exp_scale()`; in place on z when `inplace`."""
+    if torch.compiler.is_compiling():
+        return z.exp_() if inplace else torch.exp(z)
+    return z.exp2_() if inplace else torch.exp2(z)
 
 
 def needs_grad(*tensors: Tensor) -> bool:

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from effbench.attention.base import (
     Attention,
+    exp_scale,
+    exp_scaled,
     matmul_flops,
     needs_grad,
     relative_error,
@@ -63,18 +65,20 @@ def positive_features(x: Tensor, ws_t: Tensor, *, is_query: bool, scale: float) 
     s (d^-1/4, for temperature 1/sqrt(d)) goes into w and into the squared norm instead of
     into a pass over x. The paper's 1/sqrt(m) factor and the stabiliser c cancel in the
     normalisation of `linear_attention`, so the factor is left out; c is each query row's own
-    maximum or, for keys, one maximum per (batch, head), shared by all rows.
+    maximum or, for keys, one maximum per (batch, head), shared by all rows. The exponent is
+    formed times `exp_scale()` for `exp_scaled`, the faster exponential in each mode.
     """
-    proj = x @ ws_t  # (B, H, N, m)
-    sq = x.square().sum(dim=-1, keepdim=True) * (scale * scale / 2)  # (B, H, N, 1)
+    base = exp_scale()
+    proj = x @ (ws_t * base)  # (B, H, N, m)
+    sq = x.square().sum(dim=-1, keepdim=True) * (scale * scale / 2 * base)  # (B, H, N, 1)
     # The stabiliser only guards exp against overflow and cancels in the normalisation, so no
     # gradient flows through it (which also spares autograd the max's sparse backward).
     dims = -1 if is_query else (-2, -1)
     stab = proj.detach().amax(dim=dims, keepdim=True)
     shift = sq + stab  # (B, H, N, 1): one broadcast subtraction over the features
     if not needs_grad(x, ws_t):
-        return proj.sub_(shift).exp_().add_(SOFTMAX_EPS)
-    return torch.exp(proj - shift) + SOFTMAX_EPS
+        return exp_scaled(proj.sub_(shift), inplace=True).add_(SOFTMAX_EPS)
+    return exp_scaled(proj - shift) + SOFTMAX_EPS
 
 
 def relu_features(x: Tensor, ws_t: Tensor) -> Tensor:
