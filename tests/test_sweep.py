@@ -11,11 +11,13 @@ import torch
 from specs import MINI, TINY_MODELS, needs_mini, run_cli
 from torch import Tensor
 
+from effbench.attention import build_attention
 from effbench.attention.linformer import resize_sequence_projection
 from effbench.attention.sdpa import SdpaAttention
 from effbench.config.attention import (
     BASELINE_KIND,
     KINDS,
+    AgentConfig,
     LinformerConfig,
     NystromConfig,
     SdpaConfig,
@@ -87,6 +89,15 @@ def test_options_are_capped_at_the_token_count() -> None:
     assert cfg.k == 17 and note == "k 64 -> 17 (only 17 tokens)"
     cfg, note = fit_to_tokens(NystromConfig(landmarks=32), 65)
     assert cfg.landmarks == 32 and note is None
+
+
+def test_agents_are_capped_at_a_square_that_builds() -> None:
+    # 32 px at patch 8: 16 patches + CLS. 17 agents would not pool to a grid.
+    cfg, note = fit_to_tokens(AgentConfig(agents=49), 17)
+    assert cfg.agents == 16 and note == "agents 49 -> 16 (only 17 tokens)"
+    layer = build_attention(cfg, dim=32, num_heads=2, seq_len=17)
+    assert layer(torch.randn(2, 17, 32)).shape == (2, 17, 32)
+    assert fit_to_tokens(AgentConfig(agents=49), 50) == (AgentConfig(agents=49), None)
 
 
 def test_the_baselines_are_the_models_of_the_baseline_kind() -> None:

@@ -29,6 +29,11 @@ class _AttentionConfig(BaseModel):
         """Options that may not exceed the token count, by name."""
         return {}
 
+    def fitted_to(self, tokens: int) -> dict[str, int]:
+        """The token-limited options above `tokens`, each at the largest value that many
+        tokens allow (`tokens` itself unless the option has further constraints)."""
+        return {k: tokens for k, v in self.token_limits().items() if v > tokens}
+
     @classmethod
     def tiny(cls) -> Self:
         """Small valid options for tests and examples: fit a 17-token sequence (CLS + a 4x4
@@ -301,6 +306,10 @@ class AgentConfig(_AttentionConfig):
 
     def token_limits(self) -> dict[str, int]:
         return {"agents": self.agents}
+
+    def fitted_to(self, tokens: int) -> dict[str, int]:
+        """Agents stay a square: the largest square up to `tokens`."""
+        return {k: math.isqrt(tokens) ** 2 for k in super().fitted_to(tokens)}
 
 
 AttentionConfig = Annotated[

@@ -66,13 +66,16 @@ def baseline_names(spec: BenchSpec) -> list[str]:
 
 
 def fit_to_tokens(cfg: AttentionConfig, tokens: int) -> tuple[AttentionConfig, str | None]:
-    """The options capped at the token count (Linformer's k, Nystrom's landmarks) and a note
-    saying so; unchanged options give no note."""
-    over = {k: v for k, v in cfg.token_limits().items() if v > tokens}
-    if not over:
+    """The options capped at the token count (Linformer's k, Nystrom's landmarks; agents at
+    the largest square) and a note saying so; unchanged options give no note. The capped
+    options are validated like the spec's own."""
+    fitted = cfg.fitted_to(tokens)
+    if not fitted:
         return cfg, None
-    changes = ", ".join(f"{k} {v} -> {tokens}" for k, v in over.items())
-    return cfg.model_copy(update=dict.fromkeys(over, tokens)), f"{changes} (only {tokens} tokens)"
+    limits = cfg.token_limits()
+    changes = ", ".join(f"{k} {limits[k]} -> {v}" for k, v in fitted.items())
+    capped = type(cfg).model_validate({**cfg.model_dump(), **fitted})
+    return capped, f"{changes} (only {tokens} tokens)"
 
 
 def precision_name(dtype: str) -> str:
