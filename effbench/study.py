@@ -73,6 +73,22 @@ def spec_file(spec: Path, recipe: str | None, *, default: Path) -> Path:
     return recipe_path(recipe)
 
 
+def compare_spec_file(spec: Path, recipe: str | None, *, quick: bool, default: Path) -> Path:
+    """The spec file `compare` reads: `spec_file`, with --quick as the cpu-mini recipe.
+
+    Raises:
+        UsageError: for --quick beside another recipe or beside a --spec of the user's.
+    """
+    if quick and recipe not in (None, QUICK_RECIPE):
+        raise UsageError(f"--quick is the {QUICK_RECIPE} recipe; drop --recipe {recipe}")
+    if quick and spec != default:
+        raise UsageError(
+            f"--quick is the {QUICK_RECIPE} recipe, which brings its own spec; drop --spec "
+            f"{spec}, or drop --quick and make the spec small with --set"
+        )
+    return spec_file(spec, QUICK_RECIPE if quick else recipe, default=default)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One command of the study: its key in study.json, a title, the effbench arguments."""

@@ -143,6 +143,18 @@ def test_an_unknown_recipe_lists_the_recipes(tmp_path: Path) -> None:
     assert "unknown recipe; choose one of cifar10-gpu, cpu-mini, imagenet100-gpu" in out
 
 
+def test_quick_beside_a_spec_or_recipe_says_what_to_drop(tmp_path: Path) -> None:
+    spec = tmp_path / "mine.toml"
+    spec.write_text(SPEC.format(data=MINI, epochs=1), encoding="utf-8")
+    code, out = run_cli("compare", "--quick", "-s", str(spec), "-o", str(tmp_path / "s"))
+    assert code == 2
+    assert "--quick is the cpu-mini recipe, which brings its own spec; drop --spec" in out
+    code, out = run_cli("compare", "--quick", "--recipe", "cifar10-gpu", "-o", str(tmp_path / "s"))
+    assert code == 2
+    assert "--quick is the cpu-mini recipe; drop --recipe cifar10-gpu" in out
+    assert not (tmp_path / "s").exists()
+
+
 def test_every_stage_is_checked_before_the_first_runs(tmp_path: Path) -> None:
     spec = tmp_path / "bench.toml"
     text = SPEC.format(data=MINI, epochs=1).replace("seq_lens = [17, 65]", "seq_lens = [5]")

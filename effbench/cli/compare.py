@@ -56,11 +56,9 @@ def compare(
     training resumes from its checkpoints, and the report is rendered again. A changed spec
     is refused with the keys that differ, unless --fresh.
     """
-    from effbench.study import QUICK_RECIPE, open_study, spec_file, study_sets
+    from effbench.study import compare_spec_file, open_study, study_sets
 
-    if quick and recipe not in (None, QUICK_RECIPE):
-        raise typer.BadParameter(f"--quick is the {QUICK_RECIPE} recipe; drop --recipe {recipe}")
-    spec_path = spec_file(spec, QUICK_RECIPE if quick else recipe, default=DEFAULT_SPEC_PATH)
+    spec_path = compare_spec_file(spec, recipe, quick=quick, default=DEFAULT_SPEC_PATH)
     items = study_sets(
         seeds=seeds, budget=budget, dataset=dataset, data_dir=data_dir, device=device,
         sets=sets or [],
