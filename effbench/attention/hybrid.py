@@ -30,8 +30,10 @@ from effbench.attention.linear import (
     linear_weights,
 )
 from effbench.attention.local import (
+    dense_rows,
     flex_local,
     gather_local,
+    gathered_weights,
     grid_shape,
     local_attention,
     local_attention_flops,
@@ -107,23 +109,13 @@ class HybridAttention(Attention):
         torch.lerp(glob, local.to(glob.dtype), g, out=out[:, :, 1:])
         return out
 
-    def _gather(self, table: Tensor) -> Tensor:
-        """Window + CLS entries of a pad-extended (B, H, N+1, e) table for every patch
-        query: (B, H, P, W+1, e)."""
-        B, H, _, e = table.shape
-        return table.index_select(2, self.idx.reshape(-1)).view(B, H, *self.idx.shape, e)
-
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
         self._check(q.shape[-2])
-        B, H, N, d = q.shape
         qc, qp = q[:, :, :1], q[:, :, 1:]
-        kn = self._gather(F.pad(k, (0, 0, 0, 1)))
-        logits = (qp.unsqueeze(-2) @ kn.transpose(-2, -1)).squeeze(-2) * self.scale
-        attn = torch.softmax(logits.masked_fill(~self.valid, float("-inf")), dim=-1)
-        local = q.new_zeros(B, H, N - 1, N + 1)
-        local.scatter_add_(-1, self.idx.expand(B, H, -1, -1), attn)
+        attn = gathered_weights(qp, F.pad(k, (0, 0, 0, 1)), self.idx, self.valid, self.scale)
+        local = dense_rows(attn, self.idx, q.shape[-2])  # (B, H, P, N)
         g = torch.sigmoid(self.gate.float()).view(1, -1, 1, 1)
-        patches = g * local[..., :N] + (1 - g) * linear_weights(self.phi(qp), self.phi(k))
+        patches = g * local + (1 - g) * linear_weights(self.phi(qp), self.phi(k))
         return torch.cat([softmax_weights(qc, k, self.scale), patches], dim=2)
 
     def attend_flops(self, n: int) -> int:

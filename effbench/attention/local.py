@@ -385,6 +385,15 @@ def gathered_weights(
     return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
 
+def dense_rows(attn: Tensor, idx: Tensor, n: int) -> Tensor:
+    """Weights over gathered keys (B, H, c, T), keys `idx` (c, T) into [CLS, patches..., pad],
+    as dense rows over the n tokens (B, H, c, n): repeated keys summed, the pad slot dropped."""
+    B, H, c, _ = attn.shape
+    dense = attn.new_zeros(B, H, c, n + 1)
+    dense.scatter_add_(-1, idx.expand(B, H, -1, -1), attn)
+    return dense[..., :n]
+
+
 def _gathered_chunk(
     q: Tensor, kt: Tensor, vt: Tensor, idx: Tensor, valid: Tensor | None, scale: float
 ) -> Tensor:

@@ -31,6 +31,7 @@ from effbench.attention.local import (
     TileTables,
     clamped_neighbourhoods,
     clamped_taps,
+    dense_rows,
     flex_clamped,
     gather_attention,
     gather_attention_flops,
@@ -110,9 +111,7 @@ class NeighborhoodAttention(Attention):
             mask = None if valid is None else valid[p0 : p0 + MAP_ROW_CHUNK]
             qc = q[:, :, 1 + p0 : 1 + p0 + idx.shape[0]]
             attn = gathered_weights(qc, kt, idx, mask, self.scale)  # (B, H, c, taps)
-            dense = attn.new_zeros(B, H, idx.shape[0], N + 1)
-            dense.scatter_add_(-1, idx.expand(B, H, -1, -1), attn)
-            rows.append(dense[..., :N].to(q.dtype))
+            rows.append(dense_rows(attn, idx, N).to(q.dtype))
         return torch.cat(rows, dim=2)
 
     def _tables(self) -> TileTables:
