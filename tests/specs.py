@@ -11,6 +11,16 @@ from effbench.cli import app
 from effbench.config.attention import CONFIGS, KINDS
 
 # The real CIFAR-10 subset beside the checkout.
+# The smallest backbone the end-to-end tests train and measure: 16 patches of 8 px, one block.
+TINY_BACKBONE = """
+[backbone]
+image_size = 32
+patch_size = 8
+dim = 32
+depth = 1
+heads = 2
+mlp_ratio = 2.0
+"""
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"{MINI} is absent")
 

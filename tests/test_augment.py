@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from specs import run_cli
+from specs import TINY_BACKBONE, run_cli
 from torchvision.transforms import InterpolationMode, TrivialAugmentWide
 from torchvision.transforms.v2 import functional as TF
 
@@ -183,15 +183,9 @@ def test_loader_applies_it_reproducibly_between_flip_and_erasing() -> None:
         _loader(four, trivial_augment=True)
 
 
-SPEC = """
-[backbone]
-image_size = 32
-patch_size = 8
-dim = 32
-depth = 1
-heads = 2
-mlp_ratio = 2.0
-
+SPEC = (
+    TINY_BACKBONE
+    + """
 [[models]]
 name = "sdpa"
 attention = { kind = "sdpa" }
@@ -203,6 +197,7 @@ eval_batch_size = 128
 device = "cpu"
 synthetic_samples = 128
 """
+)
 
 
 def test_training_runs_end_to_end_with_it_on(

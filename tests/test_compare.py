@@ -14,19 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from specs import MINI, needs_mini, run_cli
+from specs import MINI, TINY_BACKBONE, needs_mini, run_cli
 
 from effbench.config.spec import load_spec
 from effbench.study import recipe_names, recipe_path
 
-SPEC = """
-[backbone]
-image_size = 32
-patch_size = 8
-dim = 32
-depth = 1
-heads = 2
-
+SPEC = (
+    TINY_BACKBONE
+    + """
 [[models]]
 name = "sdpa"
 attention = {{ kind = "sdpa" }}
@@ -64,6 +59,7 @@ min_run_time = 0.01
 backward = false
 count_flops = false
 """
+)
 
 
 def compare(spec: Path, out: Path, *extra: str) -> subprocess.Popen[str]:

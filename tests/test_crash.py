@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from specs import TINY_MODELS, run_cli
+from specs import TINY_BACKBONE, TINY_MODELS, run_cli
 
 from effbench.plan import plan_train
 from effbench.results import ProfileRecord, TrainEpochRecord, TrainRecord, read_jsonl
@@ -27,15 +27,9 @@ WAIT_S = 120.0  # generous: the machine may be shared
 EPOCHS = 8
 MODEL = "performer"  # random features redrawn during training: the RNG state must resume too
 
-TRAIN_SPEC = """
-[backbone]
-image_size = 32
-patch_size = 8
-dim = 32
-depth = 1
-heads = 2
-mlp_ratio = 2.0
-{models}
+TRAIN_SPEC = (
+    TINY_BACKBONE
+    + """{models}
 [train]
 dataset = "synthetic"
 synthetic_samples = 1024
@@ -51,6 +45,7 @@ device = "cpu"
 checkpoint_every = 1
 output_dir = "{out}"
 """
+)
 
 PROFILE_SPEC = """
 [backbone]

@@ -13,7 +13,7 @@ import pytest
 import report_records as rec
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from specs import run_cli
+from specs import TINY_BACKBONE, run_cli
 
 from effbench.config.spec import parse_set
 from effbench.errors import EffbenchError
@@ -27,14 +27,9 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-BASE = """
-[backbone]
-image_size = 32
-patch_size = 8
-dim = 32
-depth = 1
-heads = 2
-
+BASE = (
+    TINY_BACKBONE
+    + """
 [[models]]
 name = "sdpa"
 attention = { kind = "sdpa" }
@@ -49,6 +44,7 @@ seq_lens = [17, 65]
 [train]
 epochs = 1
 """
+)
 
 KEYS = [
     "backbone.image_size", "backbone.patch_size", "backbone.dim", "backbone.depth",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from agree import assert_agree
 from torch.testing import assert_close
 
 from effbench.attention import build_attention, local
@@ -143,12 +144,7 @@ def test_kernel_covering_the_grid_is_exact(rows: int, cols: int, kernel: int) ->
     m.load_projection_state(ref.projection_state())
     x = torch.randn(2, n, DIM)
     xr, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_ref, out = ref(xr), m(xm)
-    assert_close(out, out_ref, atol=1e-5, rtol=0)
-    g = torch.randn_like(out)
-    (out_ref * g).sum().backward()
-    (out * g).sum().backward()
-    assert_close(xm.grad, xr.grad, atol=1e-5, rtol=0)
+    assert_agree(m(xm), ref(xr), [xm], [xr], atol=1e-5)
     with torch.no_grad():
         assert_close(m(x), ref(x), atol=1e-5, rtol=0)
     assert_close(m.attention_map(x), ref.attention_map(x), atol=1e-6, rtol=0)
@@ -318,13 +314,7 @@ def test_tiles_match_the_gathered_reference_forward_and_backward(
     a = [t.double().requires_grad_() for t in qkv(rows, cols)]
     b = [t.detach().clone().requires_grad_() for t in a]
     out = tiled_attention(*a, tables, 8**-0.5)
-    ref = gather_attention(*b, idx, valid, 8**-0.5)
-    assert_close(out, ref, atol=1e-10, rtol=0)
-    w = torch.randn_like(out)
-    (out * w).sum().backward()
-    (ref * w).sum().backward()
-    for x, y in zip(a, b, strict=True):
-        assert_close(x.grad, y.grad, atol=1e-10, rtol=0)
+    assert_agree(out, gather_attention(*b, idx, valid, 8**-0.5), a, b, atol=1e-10)
 
 
 def test_tiles_do_linear_work_on_a_large_grid() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from specs import TINY_BACKBONE
 from typer.testing import CliRunner
 
 from effbench import results as results_mod
@@ -26,15 +27,9 @@ from effbench.results import JsonlWriter, replace_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SPEC = """
-[backbone]
-image_size = 32
-patch_size = 8
-dim = 32
-depth = 1
-heads = 2
-mlp_ratio = 2.0
-
+SPEC = (
+    TINY_BACKBONE
+    + """
 [[models]]
 name = "sdpa"
 attention = {{ kind = "sdpa" }}
@@ -65,6 +60,7 @@ device = "cpu"
 output_dir = "{out}"
 synthetic_samples = 128
 """
+)
 
 
 def write_spec(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from specs import MINI, TINY_MODELS, needs_mini
+from specs import MINI, TINY_BACKBONE, TINY_MODELS, needs_mini
 from typer.testing import CliRunner
 
 from effbench.cli import app
@@ -39,15 +39,9 @@ from effbench.train import (
 )
 from effbench.train.checkpoint import restore, save_checkpoint, zero_acc
 
-SPEC = """
-[backbone]
-image_size = 32
-patch_size = 8
-dim = 32
-depth = 1
-heads = 2
-mlp_ratio = 2.0
-
+SPEC = (
+    TINY_BACKBONE
+    + """
 {models}
 [profile]
 seq_lens = [17]
@@ -66,6 +60,7 @@ output_dir = "{out}"
 synthetic_samples = 256
 {extra}
 """
+)
 
 
 def write_spec(
