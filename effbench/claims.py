@@ -9,9 +9,11 @@ process is taken over, with a note; a live holder gets the claimant refused at o
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ except ImportError:  # pragma: no cover - not POSIX: a lock file that names a ho
     fcntl = None  # type: ignore[assignment]
 
 LOCK = ".effbench.lock"
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class ClaimError(EffbenchError, RuntimeError):
@@ -39,13 +42,14 @@ class Claim:
 
     directory: Path
     fd: int
+    lock_name: str = LOCK
     created: list[Path] = field(default_factory=list)  # directories made for the claim
     stale: str | None = None
 
     def release(self) -> None:
         """Drop the claim: the lock file goes, and so do the directories made for the claim
         when nothing was written into them."""
-        lock = self.directory / LOCK
+        lock = self.directory / self.lock_name
         with contextlib.suppress(OSError):
             if os.path.samestat(os.fstat(self.fd), os.stat(lock)):
                 lock.unlink()
@@ -84,18 +88,42 @@ def _missing_parents(directory: Path) -> list[Path]:
     return list(reversed(missing))
 
 
-def claim(directory: Path, *, what: str = "output") -> Claim:
-    """Claim `directory` (made when absent) for this process.
+def _open_lock(lock: Path) -> int:
+    """Open (or create) a lock file without following a symbolic link: a link there would
+    make the holder's text overwrite whatever file it points to.
 
     Raises:
-        ClaimError: another live process holds it; the message names the directory and holder.
+        ClaimError: the lock path is a link (or not a regular file).
+    """
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
+    except OSError as err:
+        if lock.is_symlink() or err.errno == errno.ELOOP:
+            raise ClaimError(
+                f"{lock}: a symbolic link where effbench keeps its lock file; remove the link "
+                "(effbench never writes through one)"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ClaimError(f"{lock}: not a regular file; remove it so that effbench can lock here")
+    return fd
+
+
+def claim(directory: Path, *, what: str = "output", lock_name: str = LOCK) -> Claim:
+    """Claim `directory` (made when absent) for this process, through its lock file
+    `lock_name` (a study claims its directory with its own lock, beside the report's).
+
+    Raises:
+        ClaimError: another live process holds it (the message names the directory and
+            holder), or the lock path is a symbolic link.
         OSError: the directory cannot be made or written.
     """
     created = _missing_parents(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lock = directory / LOCK
+    lock = directory / lock_name
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(lock)
         try:
             held = _lock(fd)
             previous = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
@@ -118,7 +146,7 @@ def claim(directory: Path, *, what: str = "output") -> Claim:
     os.pwrite(fd, _holder_text().encode(), 0)
     remove_dead_temporaries(directory)
     stale = f"took over the claim of {describe_holder(previous)}, which is no longer running"
-    return Claim(directory, fd, created=created, stale=stale if previous else None)
+    return Claim(directory, fd, lock_name, created=created, stale=stale if previous else None)
 
 
 def remove_dead_temporaries(directory: Path) -> None:
@@ -155,12 +183,14 @@ def _lock(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def claimed(directories: list[Path], *, what: str = "output") -> Iterator[list[Claim]]:
+def claimed(
+    directories: list[Path], *, what: str = "output", lock_name: str = LOCK
+) -> Iterator[list[Claim]]:
     """Claim every directory (all or none) for the life of the block."""
     held: list[Claim] = []
     try:
         for d in directories:
-            held.append(claim(d, what=what))
+            held.append(claim(d, what=what, lock_name=lock_name))
         yield held
     finally:
         for c in reversed(held):

@@ -412,7 +412,10 @@ def load_predictions(directory: Path) -> tuple[Any, Any] | None:
 
 
 def spec_digest(data: dict[str, Any]) -> str:
-    """A short, stable hash of a resolved spec as JSON data (`BenchSpec.hash()`)."""
+    """A short, stable hash of a resolved spec as JSON data (`BenchSpec.hash()`). The
+    `cluster` table (how a study's jobs are asked for) is not part of what a spec computes."""
+    if isinstance(data, dict) and "cluster" in data:
+        data = {k: v for k, v in data.items() if k != "cluster"}
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -447,7 +450,14 @@ class JsonlWriter:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_EXCL if new else 0)
-        self._fd = os.open(path, flags, 0o666)
+        try:  # never through a symbolic link: it would append to a file outside the output
+            self._fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            raise RunError(
+                f"{path}: a symbolic link where effbench writes its records; remove the link"
+            ) from None
 
     def write(self, record: BaseModel | dict[str, Any]) -> None:
         data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record

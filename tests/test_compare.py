@@ -94,10 +94,11 @@ def test_a_study_runs_resumes_skips_and_refuses_another_spec(tmp_path: Path) -> 
     second = compare(spec, out)
     text, _ = second.communicate(timeout=600)
     assert second.returncode == 0, text
-    assert "train: done, skipped" not in text  # it went on with training
+    assert "train:sdpa/seed0: done, skipped" not in text  # it went on with training
     study = json.loads((out / "study.json").read_text())
-    assert {"train", "analyze", "scale", "profile"} <= set(study["done"])
-    assert {"resolution:sdpa/seed0", "resolution:linformer/seed0"} <= set(study["done"])
+    done = {k for k, u in study["units"].items() if u["state"] == "done"}
+    assert {"train:sdpa/seed0", "train:linformer/seed0", "analyze", "scale", "profile"} <= done
+    assert {"resolution:sdpa/seed0", "resolution:linformer/seed0"} <= done
     html = (out / "report.html").read_text(encoding="utf-8")
     for heading in ("Recommendation", "Accuracy", "Scaling with resolution", "Attention maps"):
         assert heading in html, heading
@@ -113,7 +114,7 @@ def test_a_study_runs_resumes_skips_and_refuses_another_spec(tmp_path: Path) -> 
     third = compare(spec, out)
     text, _ = third.communicate(timeout=300)
     assert third.returncode == 0, text
-    assert text.count("done, skipped") == 6  # train, analyze, 2 resolutions, scale, profile
+    assert text.count("done, skipped") == 7  # 2 runs, analyze, 2 resolutions, scale, profile
     assert time.monotonic() - t0 < 60
 
     spec.write_text(SPEC.format(data=MINI, epochs=4), encoding="utf-8")
@@ -168,7 +169,7 @@ def test_a_missing_dataset_names_data_dir_and_synthetic(tmp_path: Path) -> None:
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2, text
     assert "--data-dir" in text and "--dataset synthetic" in text
-    assert "stage train failed" in text
+    assert "train:sdpa/seed0 failed (exit 2)" in text
 
 
 def test_train_reads_a_recipe(tmp_path: Path) -> None:

@@ -288,6 +288,35 @@ class ScaleSection(_Section):
         return sorted(set(v))
 
 
+class ClusterSection(_Section):
+    """`[cluster]`: how `effbench compare --executor slurm` asks for its jobs. How the study
+    runs, not what it computes: it is left out of the spec's hash."""
+
+    partition: str | None = Field(None, description="SLURM partition (sbatch --partition)")
+    time_min: int = Field(
+        240, gt=0, le=60 * 24 * 365, description="each job's time limit in minutes"
+    )
+    gpus_per_run: int = Field(
+        0, ge=0, le=64, description="GPUs per training run (more than one: torchrun inside)"
+    )
+    cpus_per_run: int | None = Field(
+        None, gt=0, le=4096, description="CPUs per job; unset: 8 with GPUs, else 1"
+    )
+    mem: str | None = Field(
+        None, pattern=r"^[0-9]+[KMGT]?$", description="memory per job, as sbatch --mem (16G)"
+    )
+    account: str | None = Field(None, description="SLURM account (sbatch --account)")
+    array_parallelism: int = Field(
+        64, gt=0, le=100_000, description="training jobs of one array running at once"
+    )
+    max_requeues: int = Field(
+        3, ge=0, le=100, description="requeues after a time limit or preemption, then failed"
+    )
+    args: dict[str, str] = Field(
+        default_factory=dict, description="further sbatch options: {constraint = 'a100'}"
+    )
+
+
 def resolution_ladder(low: int, high: int, patch: int) -> list[int]:
     """The ends and every power of two between them that divides into patches.
 
@@ -319,6 +348,7 @@ class BenchSpec(_Section):
     profile: ProfileSection = Field(default_factory=ProfileSection)
     train: TrainSection = Field(default_factory=TrainSection)
     scale: ScaleSection = Field(default_factory=ScaleSection)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
 
     def scale_patch(self) -> int:
         """The patch size of `effbench scale`: its own, else the backbone's."""

@@ -1,0 +1,83 @@
+"""Running one unit, the same way wherever it runs: in `compare`'s process tree (the local
+executor) or inside a cluster job. The unit's command is a child `effbench` process; a unit
+with an attempt directory has its records committed to `results/` only once the command
+exited 0. Torch-free."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from effbench.results import write_json_atomic
+from effbench.study.state import now
+from effbench.study.units import MARK, Unit, inputs_of
+
+
+def command(unit: Unit, extra: Sequence[str] = (), *, torchrun: int = 0) -> list[str]:
+    """The command line of a unit; `torchrun` > 1 starts a training unit under torchrun with
+    that many processes (the DDP path of `effbench train`)."""
+    if torchrun > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={torchrun}", "-m", "effbench", *unit.argv, *extra]  # fmt: skip
+    return [sys.executable, "-m", "effbench", *unit.argv, *extra]
+
+
+def prepare(unit: Unit) -> dict[str, str | None]:
+    """Clear the unit's attempt directory (a killed attempt's leftovers) and return what it
+    reads, as it is when the command starts."""
+    if unit.attempt is not None:
+        shutil.rmtree(unit.attempt, ignore_errors=True)
+        unit.attempt.mkdir(parents=True)
+    return inputs_of(unit)
+
+
+def commit(unit: Unit, inputs: dict[str, str | None]) -> None:
+    """Replace the unit's results by its attempt's, whole, with the mark that makes it
+    finished. (A crash between the two renames leaves no results: the unit runs again.)"""
+    if unit.attempt is None:
+        return
+    write_json_atomic(unit.attempt / MARK, {"unit": unit.key, "inputs": inputs, "at": now()})
+    unit.dest.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if unit.dest.exists():
+        old = unit.attempt.with_name(f".old-{unit.attempt.name}-{uuid.uuid4().hex[:8]}")
+        unit.dest.rename(old)
+    unit.attempt.rename(unit.dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a unit's command as a child process."""
+    return subprocess.Popen(argv, env=None if env is None else {**os.environ, **env})
+
+
+def run_here(unit: Unit, argv: list[str]) -> int:
+    """Run a unit to its end in this process tree and commit it on success (what a cluster
+    job does). SIGTERM/SIGINT reach the child from the job's own signalling; its exit status
+    is returned."""
+    inputs = prepare(unit)
+    child = start(argv)
+    code = child.wait()
+    if code == 0:
+        commit(unit, inputs)
+    return code
+
+
+def last_lines(path: Path, n: int = 3) -> str:
+    """The last `n` non-empty lines of a log, for a one-line reason."""
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        return " | ".join(lines[-n:])[-400:]
+    return ""
+
+
+def unit_json(unit: Unit) -> str:
+    return json.dumps({"key": unit.key, "argv": unit.argv})
