@@ -27,6 +27,7 @@ import platform
 import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
+from typing import Any
 
 from effbench import __version__
 from effbench.results import Env
@@ -198,6 +199,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def scheduler(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The SLURM job a process runs in, from SLURM's variables ({} outside a job): the job id
+    as submitit names it (an array task `<array job>_<index>`), the array index, the node."""
+    env = os.environ if environ is None else environ
+    job = env.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    return {
+        "slurm_job_id": f"{array}_{task}" if array and task else job,
+        "slurm_array_task_id": int(task) if task and task.isdigit() else None,
+        "node": env.get("SLURMD_NODENAME") or platform.node(),
+    }
+
+
 def environment(device: str, dtype: str) -> Env:
     """The manifest carried by every record: software, hardware, threads, allocator, OpenMP
     wait policy, dtype."""
@@ -218,4 +234,5 @@ def environment(device: str, dtype: str) -> Env:
         dtype=dtype,
         cuda=torch.version.cuda if cuda else None,
         cudnn=torch.backends.cudnn.version() if cuda else None,
+        **scheduler(),
     )

@@ -13,6 +13,9 @@ class EffbenchError(Exception):
         return str(self).splitlines() or [type(self).__name__]
 
 
+MAX_LINES = 20  # problems of one spec printed, at most
+
+
 class UsageError(EffbenchError, ValueError):
     """A command-line option or argument that cannot be used, with what to pass instead."""
 
@@ -50,6 +53,8 @@ class SpecError(EffbenchError, ValueError):
                 out.append(f"{self.source}:{loc}: {msg}")
             else:
                 out.append(f"{self.source}: {msg}")
+        if len(out) > MAX_LINES:  # a huge sweep's thousand problems: the first ones say enough
+            out = [*out[:MAX_LINES], f"... and {len(out) - MAX_LINES} more problems like these"]
         return out
 
 

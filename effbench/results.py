@@ -46,6 +46,11 @@ class Env(BaseModel):
     openmp: str | None = None  # the OpenMP wait policy the threads ran with
     cuda: str | None = None
     cudnn: int | None = None
+    # where a scheduler ran it (`effbench.env.scheduler`): SLURM's job id (an array task as
+    # <array job>_<index>, as submitit and study.json name it), the array index, the node
+    slurm_job_id: str | None = None
+    slurm_array_task_id: int | None = None
+    node: str | None = None
 
 
 class Record(BaseModel):

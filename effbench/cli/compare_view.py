@@ -76,7 +76,9 @@ def cluster_options(base: ClusterSection, given: dict[str, Any]) -> ClusterSecti
         return type(base).model_validate({**base.model_dump(), **update, "args": args})
     except ValidationError as err:
         first = err.errors()[0]
-        raise UsageError(f"--slurm-{first['loc'][0]}: {first['msg']}") from None
+        key = str(first["loc"][0])
+        option = "--slurm-time" if key == "time_min" else f"--slurm-{key.replace('_', '-')}"
+        raise UsageError(f"{option}: {first['msg']}") from None
 
 
 def _devices(devices: str) -> tuple[list[str], int]:

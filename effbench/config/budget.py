@@ -61,6 +61,10 @@ class Budget:
         return f"{self.amount:g}flop"
 
 
+MAX_EPOCHS = 1_000_000  # beyond this a count is a typo, and floats would round it
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
 def parse_budget(text: str) -> Budget:
     """`Budget` of a string like '30ep', '5min', '300s', '2e15flop'.
 
@@ -81,6 +85,10 @@ def parse_budget(text: str) -> Budget:
         raise ValueError(f"budget {text!r} must be positive")
     if name == "ep" and amount != int(amount):
         raise ValueError(f"budget {text!r}: epochs must be a whole number")
+    if name == "ep" and amount > MAX_EPOCHS:
+        raise ValueError(f"budget {text!r}: at most {MAX_EPOCHS:,} epochs")
+    if name == "min" and amount > MAX_SECONDS:
+        raise ValueError(f"budget {text!r}: at most a year of training ({MAX_SECONDS:g}s)")
     return Budget(name, amount)
 
 

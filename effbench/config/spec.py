@@ -540,6 +540,17 @@ def _sweep_part(key: str, value: Any) -> str:
     return f"{key}{value}"
 
 
+def _repeated(values: list[Any]) -> str | None:
+    """The first value of a sweep equal to an earlier one (16.0 and 16 alike; a bool only
+    equals a bool), as text, or None."""
+    seen: list[Any] = []
+    for v in values:
+        if any(v == w and isinstance(v, bool) == isinstance(w, bool) for w in seen):
+            return repr(v)
+        seen.append(v)
+    return None
+
+
 def expand_sweeps(models: Any) -> tuple[Any, list[tuple[int, str]]]:
     """`[[models]]` entries whose attention options hold lists, expanded to one model per
     value (several lists: their product), each named from the entry's name and its values
@@ -570,6 +581,18 @@ def expand_sweeps(models: Any) -> tuple[Any, list[tuple[int, str]]]:
             raise SpecError(
                 [(f"models[{i}].attention.{empty[0]}", "an option sweep needs at least one value")]
             )
+        for key, values in swept.items():
+            twice = _repeated(values)
+            if twice is not None:
+                raise SpecError(
+                    [
+                        (
+                            f"models[{i}].attention.{key}",
+                            f"the sweep lists {twice} "
+                            "more than once (as equal values); list each value once",
+                        )
+                    ]
+                )
         base = str(entry.get("name", att.get("kind", "model")))
         for values in itertools.product(*swept.values()):
             chosen = dict(zip(swept, values, strict=True))

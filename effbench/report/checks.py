@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from effbench.crossover import metrics_for
 from effbench.results import (
+    SCHEMA_VERSION,
     AnalyzeRecord,
     ProfileRecord,
     Record,
@@ -51,6 +52,12 @@ def admit(record: dict[str, Any]) -> str | None:
     if not isinstance(kind, str):
         return "kind is not a string"
     what = f"{_short(kind)} record"
+    version = record.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        return (
+            f"{what}: schema_version {_short(str(version))}, but this effbench reads version "
+            f"{SCHEMA_VERSION}; report it with the effbench that wrote it"
+        )
     problem = _schema(record, SCHEMAS.get(kind, Record)) or _values(record) or _ranges(record)
     if problem is None and kind == "scale" and not metrics_for(record["mode"]):
         problem = f"mode {_short(record['mode'])!r} is not infer, train or both"

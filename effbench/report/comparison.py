@@ -14,7 +14,7 @@ import numpy as np
 
 from effbench import stats
 from effbench.errors import RunError
-from effbench.results import load_predictions
+from effbench.results import PREDICTIONS, load_predictions
 
 Record = dict[str, Any]
 
@@ -28,6 +28,7 @@ class RowStats:
     answers: np.ndarray | None  # (seeds, n) right/wrong per test image, when predictions exist
     paired: stats.Paired | None = None  # against the comparison's baseline
     baseline: str | None = None
+    unpaired: str | None = None  # why there are no per-image answers (which file, what)
 
 
 def budget_of(final: Record) -> str | None:
@@ -37,27 +38,28 @@ def budget_of(final: Record) -> str | None:
     return f"{final['epochs']}ep" if final.get("epochs") else None
 
 
-def answers(finals: Sequence[Record]) -> np.ndarray | None:
+def answers(finals: Sequence[Record]) -> tuple[np.ndarray | None, str | None]:
     """(seeds, n) right/wrong answers of runs whose directories keep their predictions
     (`results.PREDICTIONS` beside the records file), all on the same test labels and agreeing
-    with the records' accuracy; None when any run lacks them."""
-    rows, labels = [], None
+    with the records' accuracy; else (None, which file and why)."""
+    rows, labels, first = [], None, ""
     for r in finals:
-        source = Path(str(r.get("_source", "")))
+        directory = Path(str(r.get("_source", ""))).parent
+        where = directory / PREDICTIONS
         try:
-            pred = load_predictions(source.parent)
-        except RunError:
-            return None
+            pred = load_predictions(directory)
+        except RunError as err:
+            return None, str(err).split("; delete it")[0]
         if pred is None:
-            return None
+            return None, f"{where} is missing"
         predicted, label = pred
         if labels is not None and not np.array_equal(label, labels):
-            return None
+            return None, f"{where} is of another test set than {first}"
         if abs(float((predicted == label).mean()) - float(r["test_top1"])) > 1e-6:
-            return None  # the file is not of these weights
-        labels = label
+            return None, f"{where} does not give the run's test accuracy (other weights)"
+        labels, first = label, str(where)
         rows.append(predicted == label)
-    return np.stack(rows) if rows else None
+    return (np.stack(rows), None) if rows else (None, None)
 
 
 def row_stats(ok: Sequence[Record]) -> RowStats | None:
@@ -66,14 +68,14 @@ def row_stats(ok: Sequence[Record]) -> RowStats | None:
     if not ok:
         return None
     n = ok[0].get("n_test")
-    mine = answers(ok)
+    mine, why = answers(ok)
     if mine is not None:
         return RowStats(stats.accuracy_interval(mine), mine.shape[1], mine)
     if not n:
         return None
     acc = statistics.fmean(r["test_top1"] for r in ok)
     ci = stats.count_interval(round(acc * n * len(ok)), n * len(ok))
-    return RowStats(ci, int(n), None)
+    return RowStats(ci, int(n), None, unpaired=why)
 
 
 def with_baseline(row: RowStats, base: RowStats | None, baseline: str | None) -> RowStats:
@@ -83,7 +85,7 @@ def with_baseline(row: RowStats, base: RowStats | None, baseline: str | None) ->
     if row.answers.shape[1] != base.answers.shape[1]:
         return row
     paired = stats.paired_difference(row.answers, base.answers)
-    return RowStats(row.ci, row.n_test, row.answers, paired, baseline)
+    return RowStats(row.ci, row.n_test, row.answers, paired, baseline, row.unpaired)
 
 
 def tied_with_best(

@@ -65,6 +65,30 @@ def _first(err: BaseException) -> str:
     return shown((str(err).splitlines() or [type(err).__name__])[0][:200])
 
 
+def _once(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[BadLine]]:
+    """Each record once: a record identical to one read from another file (a run directory
+    or results file copied beside itself) is dropped, and each file's copies become one
+    skipped line naming the file it repeats, so that a copy is never counted as a second
+    seed or point."""
+    first: dict[str, str] = {}
+    kept, dropped = [], {}
+    for r in records:
+        source = r.pop("_source")
+        key = json.dumps(r, sort_keys=True, default=str)
+        r["_source"] = source
+        original = first.setdefault(key, source)
+        if original == source:
+            kept.append(r)
+        else:
+            dropped[(source, original)] = dropped.get((source, original), 0) + 1
+    said = "record(s) identical to those in {} (a copy): counted once"
+    lines = [
+        BadLine(path=shown(copy), line=0, reason=f"{n} {said.format(shown(original))}")
+        for (copy, original), n in dropped.items()
+    ]
+    return kept, lines
+
+
 def collect(paths: Iterable[Path]) -> Results:
     """Read every `*.jsonl` result file and `*spec.json` under `paths`. A line that is not a
     record the report can use is kept in `bad` with the reason, never raised."""
@@ -81,6 +105,8 @@ def collect(paths: Iterable[Path]) -> Results:
         for r in good:
             r["_source"] = str(path)
             out.records.append(r)
+    out.records, copies = _once(out.records)
+    out.bad += copies
     for path in specs:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

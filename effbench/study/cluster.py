@@ -25,7 +25,7 @@ from typing import Any
 from effbench.config.spec import ClusterSection
 from effbench.errors import UsageError
 from effbench.study.local import Failure, OnEvent
-from effbench.study.runner import command, last_lines
+from effbench.study.runner import command
 from effbench.study.state import LIVE, now
 from effbench.study.units import ACCURACY, TIMING, TRAIN, Study, Unit, finished
 
@@ -64,8 +64,8 @@ def check_slurm(partition: str | None) -> None:
 def squeue() -> dict[str, tuple[str, str]]:
     """Every job in the queue: id -> (name, state); array tasks one by one (`123_4`)."""
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%j|%T"], capture_output=True,
-                             text=True, timeout=120, check=True).stdout  # fmt: skip
+        argv = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j|%T"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True).stdout
     except (subprocess.SubprocessError, OSError) as err:
         raise UsageError(f"squeue failed ({err}); is slurmctld up? run compare again") from None
     jobs = {}
@@ -231,7 +231,7 @@ class ClusterExecutor:
         records are there, else failed with the job's last words."""
         by_key = {u.key: u for u in units}
         failures: list[Failure] = []
-        seen: dict[str, str] = {}
+        seen = {key: self.study.record(by_key[key]).state for key in live}
         while live:
             states = self._states()
             for key, jid in list(live.items()):
@@ -250,11 +250,9 @@ class ClusterExecutor:
         return failures
 
     def _ended(self, unit: Unit, jid: str, state: str | None, on: OnEvent) -> list[Failure]:
-        rec = self.study.record(unit)
-        since = rec.since
         if finished(unit):
             self.study.update(unit, state="done", reason=None)
-            on("done", unit, f"job {jid}" + (f", since {since}" if since else ""))
+            on("done", unit, f"job {jid}")
             return []
         reason = self.reason(jid, state)
         self.study.update(unit, state="failed", reason=reason)
@@ -262,16 +260,29 @@ class ClusterExecutor:
         return [Failure(unit.key, reason)]
 
     def reason(self, jid: str, state: str | None) -> str:
-        """Why a job ended without its unit's records, in one line."""
+        """Why a job ended without its unit's records, in one line: the unit command's own
+        last words (what effbench printed before the job's wrapper reported it), the exit."""
         from submitit.core.utils import JobPaths
 
         paths = JobPaths(self.folder, job_id=jid, task_id=0)
-        words = last_lines(paths.stderr, 2)
         how = f"job {jid} ended" + (f" {state.lower()}" if state and state != "DONE" else "")
         if not paths.stdout.exists() and not paths.stderr.exists():
             return (f"{how} without a log in {self.folder}: is {self.study.out} on a "
                     "filesystem the nodes share?")  # fmt: skip
-        return f"{how}: {words}" if words else f"{how}; its log: {paths.stderr}"
+        return f"{how}: {job_words(paths.stderr)} (log: {paths.stderr})"
+
+
+def job_words(log: Path) -> str:
+    """The unit command's last line in a job's stderr, and how it exited."""
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "no log"
+    own, _, wrapper = text.partition("submitit ERROR")
+    lines = [ln.strip() for ln in own.splitlines() if ln.strip()]
+    exits = [ln.split(": ", 1)[1] for ln in wrapper.splitlines() if "UnitFailed: " in ln]
+    words = lines[-1][:300] if lines else "nothing on stderr"
+    return f"{words}; {exits[-1]}" if exits else words
 
 
 def plan_lines(study: Study, options: ClusterSection, units: list[Unit]) -> list[str]:

@@ -41,7 +41,10 @@ class UnitJob(submitit.helpers.Checkpointable):
         self._child = start(self.argv)
         code = self._child.wait()
         if code != 0:
-            raise UnitFailed(f"{self.unit.key}: effbench exited {code}")
+            how = f"exited {code}"
+            if code > 128 and code - 128 in signal.valid_signals():
+                how += f" (stopped by {signal.Signals(code - 128).name})"
+            raise UnitFailed(f"{self.unit.key}: effbench {how}")
         commit(self.unit, inputs)
         return self.unit.key
 

@@ -6,18 +6,20 @@ exited 0. Torch-free."""
 from __future__ import annotations
 
 import contextlib
-import json
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
 from effbench.results import write_json_atomic
 from effbench.study.state import now
 from effbench.study.units import MARK, Unit, inputs_of
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def command(unit: Unit, extra: Sequence[str] = (), *, torchrun: int = 0) -> list[str]:
@@ -54,30 +56,18 @@ def commit(unit: Unit, inputs: dict[str, str | None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _end_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGTERM this process when its parent dies (a `compare` killed with SIGKILL), so
+    that a unit stops as on SIGTERM (a training writes its checkpoint) instead of running on
+    as an orphan that holds its output."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a unit's command as a child process."""
-    return subprocess.Popen(argv, env=None if env is None else {**os.environ, **env})
-
-
-def run_here(unit: Unit, argv: list[str]) -> int:
-    """Run a unit to its end in this process tree and commit it on success (what a cluster
-    job does). SIGTERM/SIGINT reach the child from the job's own signalling; its exit status
-    is returned."""
-    inputs = prepare(unit)
-    child = start(argv)
-    code = child.wait()
-    if code == 0:
-        commit(unit, inputs)
-    return code
-
-
-def last_lines(path: Path, n: int = 3) -> str:
-    """The last `n` non-empty lines of a log, for a one-line reason."""
-    with contextlib.suppress(OSError):
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-        return " | ".join(lines[-n:])[-400:]
-    return ""
-
-
-def unit_json(unit: Unit) -> str:
-    return json.dumps({"key": unit.key, "argv": unit.argv})
+    """Start a unit's command as a child process, ended with its parent where the OS can."""
+    linux = sys.platform.startswith("linux")
+    return subprocess.Popen(
+        argv, env=None if env is None else {**os.environ, **env},
+        preexec_fn=_end_with_parent if linux else None,
+    )  # fmt: skip

@@ -67,7 +67,10 @@ def read_state(path: Path) -> StudyFile | None:
     """
     if not path.exists():
         return None
-    way_out = "pass --fresh to move the study aside and start again, or choose another --output"
+    way_out = (
+        "delete it to rebuild it from the study's records (finished runs and results are "
+        "kept; on a cluster, cancel the study's jobs first), or pass --fresh to start again"
+    )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

@@ -32,10 +32,12 @@ from typing import Any
 
 from effbench.config.spec import BenchSpec, parse_set, parse_spec, read_toml, select_models
 from effbench.errors import SpecError, UsageError
+from effbench.results import write_json_atomic
 from effbench.runs import completed, fingerprint_diff
 from effbench.study.state import STUDY, StudyFile, UnitRecord, read_state, write_state
 
 RUNS, RESULTS, ATTEMPTS = "runs", "results", ".attempts"
+MARKER = ".effbench-study"  # {"spec_hash": ...}: this directory is a study's
 MARK = ".unit.json"
 TRAIN, ACCURACY, TIMING, REPORT = 0, 1, 2, 3
 PHASES = {TRAIN: "training", ACCURACY: "accuracy", TIMING: "timing", REPORT: "report"}
@@ -182,6 +184,8 @@ class Study:
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        if not (self.out / MARKER).is_file():
+            write_json_atomic(self.out / MARKER, {"spec_hash": self.state.spec_hash})
         write_state(self.out / STUDY, self.state)
 
 
@@ -235,12 +239,19 @@ def open_study(
     if problems:
         raise SpecError(problems, source)
     study = Study(out, spec_path, sets, attention, spec)
+    _check_directories(out)
     old = read_state(out / STUDY)
     if old is None:
-        _check_not_foreign(out, fresh=fresh)
         if fresh:
             move_aside(out)
-        return study
+        elif _marked(out) not in (None, spec.hash()):
+            raise UsageError(
+                f"{out}: this study was run with other settings (its {STUDY} is gone, so "
+                "which ones cannot be said); choose another --output, or pass --fresh"
+            )
+        elif _marked(out) is None:
+            _check_not_foreign(out)
+        return study  # (a study whose study.json was deleted: its records say what is done)
     if fresh:
         move_aside(out)
         return study
@@ -258,11 +269,31 @@ def open_study(
 FOREIGN = ("report.html", "report.md", RUNS, RESULTS)
 
 
-def _check_not_foreign(out: Path, *, fresh: bool) -> None:
-    """Refuse an output that holds a report or runs but no study.json (they would be mixed
-    with the study's or overwritten), unless `fresh` moves them aside."""
+def _check_directories(out: Path) -> None:
+    """The output and its runs/ and results/ are directories (or absent), checked before
+    anything runs rather than after hours of training."""
+    for path in (out, out / RUNS, out / RESULTS, out / ATTEMPTS):
+        if path.exists() and not path.is_dir():
+            raise UsageError(
+                f"{path}: a file where the study needs a directory; move it away or choose "
+                "another --output"
+            )
+
+
+def _marked(out: Path) -> str | None:
+    """The spec hash of the study that made `out` (its marker, kept beside study.json)."""
+    try:
+        data = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(data.get("spec_hash")) if isinstance(data, dict) else None
+
+
+def _check_not_foreign(out: Path) -> None:
+    """Refuse an output that holds a report or runs but was not made by a study (they would
+    be mixed with the study's or overwritten); --fresh moves them aside."""
     found = [name for name in FOREIGN if (out / name).exists()]
-    if found and not fresh:
+    if found:
         raise UsageError(
             f"{out}: holds {', '.join(found)} but no {STUDY}, so it is not a study; choose "
             "another --output, or pass --fresh to move them aside"
@@ -276,7 +307,8 @@ def move_aside(out: Path) -> Path:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-%f")
     aside = out / f"previous-{stamp}"
     aside.mkdir(parents=True)
-    for name in (STUDY, RUNS, RESULTS, ATTEMPTS, "report.html", "report.md", "report_files"):
+    for name in (STUDY, MARKER, RUNS, RESULTS, ATTEMPTS, "report.html", "report.md",
+                 "report_files"):  # fmt: skip
         if (out / name).exists():
             (out / name).rename(aside / name)
     return aside

@@ -128,4 +128,10 @@ def section(data: ReportData) -> Part:
         if line:
             summary.append(line)
     resolution = _resolution(rows)
+    unpaired = [f"{r.model}: {r.stats.unpaired}" for r in rows if r.stats and r.stats.unpaired]
+    if unpaired:
+        summary.append(
+            "Unpaired (no per-image predictions, so intervals from the records and z-tests): "
+            + "; ".join(unpaired) + "."
+        )  # fmt: skip
     return sec, summary + ([resolution] if resolution else [])
