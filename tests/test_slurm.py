@@ -219,3 +219,22 @@ def test_a_job_that_fails_at_start_names_the_fix(tmp_path: Path) -> None:
     assert proc.returncode == 1, out
     assert "train:sdpa/seed0 failed (job" in out and "--data-dir" in out
     assert "effbench exited 2" in out
+
+
+@pytest.mark.slurm
+def test_a_job_at_its_time_limit_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
+    spec, out = write_spec(tmp_path, samples=6000, epochs=3), tmp_path / "study"
+    proc = compare(spec, out, "-a", "sdpa", "--seeds", "0", "--executor", "slurm")
+    run = out / "runs" / "sdpa" / "seed0"
+    wait_until((run / "train.jsonl").exists, 300, "the first epoch")
+    job = units(out)["train:sdpa/seed0"]["job_id"]
+    # what SLURM sends 90 s before a time limit (--signal=USR2@90): submitit's signal
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    text = finished_ok(proc)
+    state = units(out)["train:sdpa/seed0"]
+    assert state["job_id"] == job and state["attempts"] == 1  # the same job, requeued
+    log = (out / "jobs" / f"{job}_0_log.out").read_text(encoding="utf-8")
+    assert "resuming sdpa seed 0 from" in log
+    recs = records(run / "train.jsonl")
+    assert [r["epoch"] for r in recs if r["kind"] == "train_epoch"] == [1, 2, 3]
+    assert "Report:" in text

@@ -374,3 +374,17 @@ def test_small_spec_faults_are_refused_in_a_few_lines() -> None:
         parse_spec({"models": [huge]})
     lines = err.value.lines()
     assert len(lines) == 21 and lines[-1].startswith("... and ")
+
+
+def test_devices_run_training_units_at_once_each_pinned(study) -> None:  # type: ignore[no-untyped-def]
+    from effbench.study.units import TRAIN
+
+    units = [Unit(f"t{i}", "t", TRAIN, ["train", "--help"], study.out / f"t{i}") for i in range(3)]
+    executor = LocalExecutor(devices=["cuda:0", "cuda:1"], threads=4)
+    assert executor.extra(units[0], "cuda:1") == ["--device", "cuda:1", "--threads", "4"]
+    events: list[tuple[str, str, str]] = []
+    executor.run(study, units, lambda e, u, d: events.append((e, u.key, d)))
+    starts = [(k, d) for e, k, d in events if e == "start"]
+    assert starts[:2] == [("t0", "cuda:0"), ("t1", "cuda:1")]
+    assert [e for e, _, _ in events][:2] == ["start", "start"]  # both ran at once
+    assert ("start", "t2") in [(e, k) for e, k, _ in events]

@@ -301,13 +301,11 @@ def plan_lines(study: Study, options: ClusterSection, units: list[Unit]) -> list
         gpus = params.get("gpus_per_node", 0)
         name = "train" if first.phase == TRAIN else "accuracy" if first.phase == ACCURACY \
             else first.slug  # fmt: skip
-        cmds = "\n".join(shlex.join(unit_argv(study, options, u)) for u in group)
-        script = _make_sbatch_string(
-            command=f"# one job per line below{' (an array)' if len(group) > 1 else ''}",
-            folder=str(study.out / JOBS), job_name=f"effbench-{name}",
+        header = _make_sbatch_string(
+            command="true", folder=str(study.out / JOBS), job_name=f"effbench-{name}",
             map_count=len(group) if len(group) > 1 else None, **params,
-        )  # fmt: skip
-        (plan / f"{name}.sh").write_text(script + "\n" + cmds + "\n", encoding="utf-8")
+        ).split("\n# command\n")[0]  # fmt: skip
+        (plan / f"{name}.sh").write_text(header + _commands(study, options, group), "utf-8")
         hours = len(group) * options.time_min / 60
         gpu_hours += hours * gpus
         lines.append(
@@ -318,6 +316,18 @@ def plan_lines(study: Study, options: ClusterSection, units: list[Unit]) -> list
     lines.append(budget_line(study, options, gpu_hours))
     lines.append(f"scripts: {plan}")
     return lines
+
+
+def _commands(study: Study, options: ClusterSection, group: list[Unit]) -> str:
+    """The script's body: each unit's command, the array task picking its own."""
+    lines = "\n".join(f"  {shlex.quote(shlex.join(unit_argv(study, options, u)))}" for u in group)
+    return (
+        "\n# command: what compare submits through submitit, which adds the requeue on a time\n"
+        "# limit and moves a unit's results from .attempts/ into results/ once it succeeded;\n"
+        "# sbatch runs this script by hand (array task i runs command i)\n"
+        f"COMMANDS=(\n{lines}\n)\n"
+        'srun --unbuffered bash -c "${COMMANDS[${SLURM_ARRAY_TASK_ID:-0}]}"\n'
+    )
 
 
 def budget_line(study: Study, options: ClusterSection, upper: float) -> str:

@@ -59,7 +59,10 @@ def commit(unit: Unit, inputs: dict[str, str | None]) -> None:
 def _end_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: SIGTERM this process when its parent dies (a `compare` killed with SIGKILL), so
     that a unit stops as on SIGTERM (a training writes its checkpoint) instead of running on
-    as an orphan that holds its output."""
+    as an orphan that holds its output. SIGUSR2 is ignored: SLURM sends it to every process
+    of a job before its time limit, and it is for the job's wrapper (`UnitJob.checkpoint`),
+    which then stops the unit with SIGTERM."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
