@@ -21,6 +21,49 @@ depth = 1
 heads = 2
 mlp_ratio = 2.0
 """
+
+
+def tiny_study(train: str, *, seq_lens: str = "[17, 65]") -> str:
+    """The spec of a tiny whole study (compare's tests), as a `str.format` template (the
+    `[train]` lines may hold fields): the tiny backbone, `sdpa` and `linformer`, two
+    resolutions and the shortest profile grid, one repeat of each timing."""
+    return (
+        TINY_BACKBONE
+        + f"""
+[[models]]
+name = "sdpa"
+attention = {{{{ kind = "sdpa" }}}}
+
+[[models]]
+name = "linformer"
+attention = {{{{ kind = "linformer", k = 8 }}}}
+
+[train]
+{train.strip()}
+
+[scale]
+resolutions = [16, 32]
+batch_size = 2
+device = "cpu"
+repeats = 1
+warmup = 0
+min_run_time = 0.01
+breakdown = false
+count_flops = false
+
+[profile]
+seq_lens = {seq_lens}
+batch_size = 2
+device = "cpu"
+repeats = 1
+warmup = 0
+min_run_time = 0.01
+backward = false
+count_flops = false
+"""
+    )
+
+
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason=f"{MINI} is absent")
 

@@ -14,23 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from specs import MINI, TINY_BACKBONE, needs_mini, run_cli
+from specs import MINI, needs_mini, run_cli, tiny_study
 
 from effbench.config.spec import load_spec
 from effbench.study import recipe_names, recipe_path
 
-SPEC = (
-    TINY_BACKBONE
-    + """
-[[models]]
-name = "sdpa"
-attention = {{ kind = "sdpa" }}
-
-[[models]]
-name = "linformer"
-attention = {{ kind = "linformer", k = 8 }}
-
-[train]
+SPEC = tiny_study(
+    """
 data_dir = "{data}"
 download = false
 epochs = {epochs}
@@ -38,26 +28,6 @@ batch_size = 256
 eval_batch_size = 512
 warmup_epochs = 0.5
 device = "cpu"
-
-[scale]
-resolutions = [16, 32]
-batch_size = 2
-device = "cpu"
-repeats = 1
-warmup = 0
-min_run_time = 0.01
-breakdown = false
-count_flops = false
-
-[profile]
-seq_lens = [17, 65]
-batch_size = 2
-device = "cpu"
-repeats = 1
-warmup = 0
-min_run_time = 0.01
-backward = false
-count_flops = false
 """
 )
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from specs import TINY_BACKBONE
+from specs import tiny_study
 
 from effbench.config.spec import ClusterSection
 from effbench.study import open_study
@@ -44,18 +44,8 @@ pytestmark = pytest.mark.skipif(
     not UP, reason="no SLURM cluster here (sinfo fails); `bash .ci/slurm-up.sh` starts one"
 )
 
-SPEC = (
-    TINY_BACKBONE
-    + """
-[[models]]
-name = "sdpa"
-attention = {{ kind = "sdpa" }}
-
-[[models]]
-name = "linformer"
-attention = {{ kind = "linformer", k = 8 }}
-
-[train]
+SPEC = tiny_study(
+    """
 dataset = "synthetic"
 synthetic_samples = {samples}
 epochs = {epochs}
@@ -64,27 +54,8 @@ eval_batch_size = 512
 warmup_epochs = 0.5
 device = "cpu"
 threads = 1
-
-[scale]
-resolutions = [16, 32]
-batch_size = 2
-device = "cpu"
-repeats = 1
-warmup = 0
-min_run_time = 0.01
-breakdown = false
-count_flops = false
-
-[profile]
-seq_lens = [17]
-batch_size = 2
-device = "cpu"
-repeats = 1
-warmup = 0
-min_run_time = 0.01
-backward = false
-count_flops = false
-"""
+""",
+    seq_lens="[17]",
 )
 ENV = {**os.environ, "COLUMNS": "200", "EFFBENCH_POLL_S": "0.5"}
 

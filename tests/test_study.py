@@ -102,7 +102,7 @@ def test_a_unit_is_finished_by_its_records_made_from_the_runs_there_now(study) -
     assert finished(analyze)
 
 
-def test_a_training_unit_is_finished_by_an_ok_final_record(study) -> None:  # type: ignore[no-untyped-def]
+def test_a_training_unit_is_finished_by_its_final_record(study) -> None:  # type: ignore[no-untyped-def]
     train = next(iter(study.units()))
     assert not finished(train)
     finals(train.dest, "r")
@@ -388,3 +388,25 @@ def test_devices_run_training_units_at_once_each_pinned(study) -> None:  # type:
     assert starts[:2] == [("t0", "cuda:0"), ("t1", "cuda:1")]
     assert [e for e, _, _ in events][:2] == ["start", "start"]  # both ran at once
     assert ("start", "t2") in [(e, k) for e, k, _ in events]
+
+
+def test_a_second_compare_into_a_study_in_use_is_refused(study) -> None:  # type: ignore[no-untyped-def]
+    held = claim(study.out, what="study", lock_name=".effbench-study.lock")
+    try:
+        code, text = run_cli("compare", "-s", str(study.spec_path), "-o", str(study.out))
+    finally:
+        held.release()
+    assert code == 2 and "this study is in use by pid" in text
+
+
+def test_an_unpaired_row_names_the_predictions_file_and_why(tmp_path: Path) -> None:
+    from effbench.report.comparison import answers
+
+    run = tmp_path / "runs" / "sdpa" / "seed0"
+    run.mkdir(parents=True)
+    final = {"_source": str(run / "train.jsonl"), "test_top1": 0.5}
+    mine, why = answers([final])
+    assert mine is None and why == f"{run / 'predictions.safetensors'} is missing"
+    (run / "predictions.safetensors").write_bytes(b"\x00\x01truncated")
+    mine, why = answers([final])
+    assert mine is None and "is not a readable predictions file" in str(why)

@@ -23,22 +23,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from specs import TINY_BACKBONE
+from specs import tiny_study
 
 from effbench.report.inputs import collect
 
-SPEC = (
-    TINY_BACKBONE
-    + """
-[[models]]
-name = "sdpa"
-attention = { kind = "sdpa" }
-
-[[models]]
-name = "linformer"
-attention = { kind = "linformer", k = 8 }
-
-[train]
+SPEC = tiny_study(
+    """
 dataset = "synthetic"
 synthetic_samples = 1024
 epochs = 2
@@ -46,28 +36,9 @@ batch_size = 128
 warmup_epochs = 0.5
 device = "cpu"
 seeds = [0]
-
-[scale]
-resolutions = [16, 32]
-batch_size = 2
-device = "cpu"
-repeats = 1
-warmup = 0
-min_run_time = 0.01
-breakdown = false
-count_flops = false
-
-[profile]
-seq_lens = [17]
-batch_size = 2
-device = "cpu"
-repeats = 1
-warmup = 0
-min_run_time = 0.01
-backward = false
-count_flops = false
-"""
-)
+""",
+    seq_lens="[17]",
+).format()
 ENV = {**os.environ, "COLUMNS": "200"}
 
 
@@ -139,7 +110,11 @@ def check_once(out: Path) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=int(os.environ.get("EFFBENCH_FAULT_EXAMPLES", "4")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 @given(
     signum=st.sampled_from([signal.SIGKILL, signal.SIGTERM, signal.SIGINT]),
     after_s=st.floats(min_value=1.0, max_value=40.0),

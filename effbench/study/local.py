@@ -12,7 +12,7 @@ from typing import Any
 
 from effbench.study.runner import command, commit, prepare, start
 from effbench.study.state import now
-from effbench.study.units import TRAIN, Study, Unit
+from effbench.study.units import TRAIN, Study, Unit, finished
 
 # (event, unit, detail): "start", "done", "failed", "submitted", "running", "attached"
 OnEvent = Callable[[str, Unit, str], None]
@@ -105,7 +105,7 @@ class LocalExecutor:
                 continue
             del running[slot]
             seconds = round(time.perf_counter() - t0, 1)
-            if code == 0:
+            if code == 0 or (unit.phase == TRAIN and finished(unit)):  # (a run ended nan: kept)
                 commit(unit, inputs)
                 study.update(unit, state="done", seconds=seconds)
                 on("done", unit, f"{seconds:.0f} s")

@@ -82,13 +82,13 @@ def inputs_of(unit: Unit) -> dict[str, str | None]:
 
 
 def finished(unit: Unit) -> bool:
-    """Whether the unit's records are there: a training run's final `ok` record, or a unit's
-    committed results made from the runs as they are now. The report is never finished."""
+    """Whether the unit's records are there: a training run's final record (`ok`, or the
+    `nan`/`oom` it ended with, which the report shows as such), or a unit's committed results
+    made from the runs as they are now. The report is never finished."""
     if unit.phase == REPORT:
         return False
     if unit.phase == TRAIN:
-        final = completed(unit.dest)
-        return final is not None and final.get("status") == "ok"
+        return completed(unit.dest) is not None
     try:
         mark = json.loads((unit.dest / MARK).read_text(encoding="utf-8"))
     except (OSError, ValueError):
