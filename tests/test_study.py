@@ -410,3 +410,23 @@ def test_an_unpaired_row_names_the_predictions_file_and_why(tmp_path: Path) -> N
     (run / "predictions.safetensors").write_bytes(b"\x00\x01truncated")
     mine, why = answers([final])
     assert mine is None and "is not a readable predictions file" in str(why)
+
+
+def test_a_signal_while_waiting_leaves_the_jobs_queued_for_the_rerun(
+    study,
+    fake_queue: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    import signal
+    import threading
+
+    from effbench.study.local import StudyInterrupted
+
+    unit = quick_unit(study, "a", ["--version"])
+    study.update(unit, state="submitted", job_id="41", executor="slurm")
+    fake_queue.write_text("41|effbench-x-a|RUNNING\n", encoding="utf-8")
+    executor = ClusterExecutor(study, ClusterSection(), poll_s=0.05)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(StudyInterrupted, match="SIGINT during waiting for the jobs"):
+        executor.run(study, [unit], lambda *_: None)
+    assert study.record(unit).job_id == "41" and study.record(unit).state == "running"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -159,7 +159,10 @@ def run_study(study: Study, runner: Executor) -> None:
             failures = drive(study, runner, on_event)
         except StudyInterrupted as err:
             local = runner.name == "local"
-            jobs = "" if local else ", jobs still queued or running are attached to"
+            jobs = "" if local else (
+                "; the study's jobs go on in the queue and the rerun attaches to them (scancel "
+                "stops them)"
+            )  # fmt: skip
             err_console.print(
                 f"{err}; run the same command again to go on from there (finished units are "
                 f"kept{jobs})"

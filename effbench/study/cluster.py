@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -24,7 +25,7 @@ from typing import Any
 
 from effbench.config.spec import ClusterSection
 from effbench.errors import UsageError
-from effbench.study.local import Failure, OnEvent
+from effbench.study.local import Failure, OnEvent, StudyInterrupted
 from effbench.study.runner import command
 from effbench.study.state import LIVE, now
 from effbench.study.units import ACCURACY, TIMING, TRAIN, Study, Unit, finished
@@ -211,7 +212,24 @@ class ClusterExecutor:
 
     def run(self, study: Study, units: list[Unit], on: OnEvent) -> list[Failure]:
         """Run one phase: attach to its live jobs, submit the rest (training and accuracy
-        units at once, timing units one after another), wait for all."""
+        units at once, timing units one after another), wait for all.
+
+        Raises:
+            StudyInterrupted: SIGINT or SIGTERM reached `compare`; its jobs go on in the queue,
+                and a rerun attaches to them.
+        """
+
+        def stop(signum: int, _frame: Any) -> None:
+            raise StudyInterrupted(signum, "waiting for the jobs")
+
+        before = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._run(units, on)
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
+
+    def _run(self, units: list[Unit], on: OnEvent) -> list[Failure]:
         live = self.attach(units, on)
         todo = [u for u in units if u.key not in live]
         failures: list[Failure] = []
