@@ -124,10 +124,15 @@ def profile_call(
 def write_traces(prof: profile, trace_dir: Path, *, worker: str) -> None:
     """One Chrome trace, saved as `trace.json` and again where TensorBoard's plugin looks:
     `tb/<worker>.pt.trace.json` (`tensorboard --logdir <trace_dir>/tb`)."""
+    from effbench.results import replace_atomically
+
     (trace_dir / "tb").mkdir(parents=True, exist_ok=True)
     trace = trace_dir / "trace.json"
-    prof.export_chrome_trace(str(trace))
-    shutil.copyfile(trace, trace_dir / "tb" / f"{worker}.pt.trace.json")
+    # whole or absent, and never written through a link left where a trace goes
+    with replace_atomically(trace) as tmp:
+        prof.export_chrome_trace(str(tmp))
+    with replace_atomically(trace_dir / "tb" / f"{worker}.pt.trace.json") as tmp:
+        shutil.copyfile(trace, tmp)
 
 
 # ---------------------------------------------------------------------------- breakdown

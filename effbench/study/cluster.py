@@ -25,6 +25,7 @@ from typing import Any
 
 from effbench.config.spec import ClusterSection
 from effbench.errors import UsageError
+from effbench.results import replace_atomically
 from effbench.study.local import Failure, OnEvent, StudyInterrupted
 from effbench.study.runner import command
 from effbench.study.state import LIVE, now
@@ -323,7 +324,8 @@ def plan_lines(study: Study, options: ClusterSection, units: list[Unit]) -> list
             command="true", folder=str(study.out / JOBS), job_name=f"effbench-{name}",
             map_count=len(group) if len(group) > 1 else None, **params,
         ).split("\n# command\n")[0]  # fmt: skip
-        (plan / f"{name}.sh").write_text(header + _commands(study, options, group), "utf-8")
+        with replace_atomically(plan / f"{name}.sh") as tmp:  # never through a link
+            tmp.write_text(header + _commands(study, options, group), "utf-8")
         hours = len(group) * options.time_min / 60
         gpu_hours += hours * gpus
         lines.append(
