@@ -123,10 +123,29 @@ def _one_seed(answers: np.ndarray) -> bool:
 def unpaired_tie(acc_a: float, n_a: int, acc_b: float, n_b: int) -> bool:
     """Whether two accuracies on (possibly) different test images are within the noise of a
     two-sided z-test at ALPHA (used where per-image answers are missing)."""
+    return unpaired_p_value(acc_a, n_a, acc_b, n_b) >= ALPHA
+
+
+def unpaired_p_value(acc_a: float, n_a: int, acc_b: float, n_b: int) -> float:
+    """The two-sided z-test's p-value for two accuracies on (possibly) different test images."""
     se = math.hypot(standard_error(acc_a, n_a), standard_error(acc_b, n_b))
     if se == 0:
-        return acc_a == acc_b
-    return abs(acc_a - acc_b) < stats.norm.ppf(1 - ALPHA / 2) * se
+        return 1.0 if acc_a == acc_b else 0.0
+    return float(2 * stats.norm.sf(abs(acc_a - acc_b) / se))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given: the i-th smallest p times the
+    number of tests not yet rejected (m - i), made monotone and capped at 1. A claim resting
+    on all of them holds where every adjusted p is below ALPHA, with the family-wise error
+    at most ALPHA (Holm 1979)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def _bootstrap(data: tuple[np.ndarray, ...], *, paired: bool = False) -> Any:

@@ -352,3 +352,17 @@ def test_every_section_module_is_in_the_order() -> None:
 
     modules = {m.name for m in pkgutil.iter_modules(sections.__path__)}
     assert modules == set(sections.ORDER) and len(sections.ORDER) == len(sections.SECTIONS)
+
+
+def test_records_that_time_nothing_add_no_environment(tmp_path: Path) -> None:
+    from report_records import ENV, analyze, profile
+
+    from effbench.report.build import build_report
+    from effbench.report.inputs import collect
+    from effbench.results import write_jsonl_atomic
+
+    other = ENV.model_copy(update={"allocator": "glibc malloc (huge pages)"}).model_dump()
+    write_jsonl_atomic(tmp_path / "p.jsonl", [profile("sdpa", 65)])
+    write_jsonl_atomic(tmp_path / "a.jsonl", [{**analyze("sdpa"), "env": other}])
+    summary = "\n".join(build_report(collect([tmp_path])).summary)
+    assert "Measured on: E1 = " in summary and "E2" not in summary

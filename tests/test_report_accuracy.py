@@ -44,7 +44,10 @@ def test_a_tie_is_named_and_a_clear_winner_is_not_called_tied(tmp_path: Path) ->
     best = "sdpa" if base.mean() >= _flips(base, 0.03, 2).mean() else "linformer"
     other = "linformer" if best == "sdpa" else "sdpa"
     assert f"Most accurate (cifar10, 32 px, budget 80ep): {best}" in text
-    assert f"statistically tied with it (paired test, p ≥ 0.05): {other}." in text
+    assert (
+        f"statistically tied with it (paired test, Holm-adjusted over 2 tests, p ≥ 0.05): {other}."
+        in text
+    )
     assert "performer." not in text.split("tied with it")[1]
     assert "Test-set resolution: 932 images" in text and "standard error of 1.6 points" in text
 
@@ -92,3 +95,28 @@ def test_report_baseline_option(tmp_path: Path) -> None:
     rows = {r[0]: r for r in table.rows}
     assert rows["standard"][table.columns.index("Δ vs baseline (95 % CI)")] == "baseline"
     assert rows["sdpa"][table.columns.index("p")] != "—"
+
+
+def test_ahead_of_every_other_needs_every_holm_adjusted_p_below_005(tmp_path: Path) -> None:
+    from effbench import stats
+
+    best = np.zeros(N, dtype=bool)
+    best[:500] = True
+    others = []
+    for k in range(2):  # each loses 18 of best's images and wins 7 others: p about 0.04 alone
+        other = best.copy()
+        other[100 * k : 100 * k + 18] = False
+        other[600 + 50 * k : 600 + 50 * k + 7] = True
+        others.append(other)
+        assert 0.01 < stats.mcnemar(other, best) < 0.05
+    _run(tmp_path, "sdpa", best)
+    _run(tmp_path, "linformer", others[0])
+    _run(tmp_path, "performer", others[1])
+    text = _summary(tmp_path)
+    assert "Most accurate (cifar10, 32 px, budget 80ep): sdpa" in text
+    assert "statistically tied with it (paired test, Holm-adjusted over 2 tests, p ≥ 0.05)" in text
+    report = build_report(collect([tmp_path]))
+    (table,) = [b for b in report.sections[0].blocks if b.kind == "table"]
+    rows = {r[0]: dict(zip(table.columns, r, strict=True)) for r in table.rows}
+    raw, adj = float(rows["linformer"]["p"]), float(rows["linformer"]["p (Holm)"])
+    assert raw < 0.05 <= adj

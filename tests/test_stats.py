@@ -69,3 +69,23 @@ def test_unpaired_tie_uses_the_test_set_resolution() -> None:
     assert stats.unpaired_tie(0.55, 932, 0.53, 932)  # 2 points: within 1.96 * 2.3 points
     assert not stats.unpaired_tie(0.60, 932, 0.50, 932)
     assert stats.standard_error(0.5, 1000) == pytest.approx(0.0158, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("raw", "adjusted"),
+    [
+        ([0.01, 0.04, 0.03, 0.005], [0.03, 0.06, 0.06, 0.02]),  # Holm 1979's step-down
+        ([0.01, 0.02, 0.03, 0.04, 0.05], [0.05, 0.08, 0.09, 0.09, 0.09]),  # made monotone
+        ([0.5, 0.6], [1.0, 1.0]),  # capped at 1
+        ([0.2], [0.2]),  # one test: unchanged
+        ([], []),
+    ],
+)
+def test_holm_adjusts_like_the_published_procedure(raw: list[float], adjusted: list[float]) -> None:
+    assert stats.holm(raw) == pytest.approx(adjusted)
+
+
+def test_unpaired_p_value_agrees_with_the_tie_rule() -> None:
+    p = stats.unpaired_p_value(0.60, 932, 0.55, 932)
+    assert 0.02 < p < 0.05 and not stats.unpaired_tie(0.60, 932, 0.55, 932)
+    assert stats.unpaired_p_value(0.5, 100, 0.5, 100) == pytest.approx(1.0)

@@ -88,29 +88,37 @@ def with_baseline(row: RowStats, base: RowStats | None, baseline: str | None) ->
     return RowStats(row.ci, row.n_test, row.answers, paired, baseline, row.unpaired)
 
 
+def _test_first(part: str) -> tuple[bool, str]:
+    return (part.startswith("Holm"), part)
+
+
 def tied_with_best(
     entries: Iterable[tuple[str, RowStats]],
 ) -> tuple[str, list[str], str] | None:
     """(best model, the models statistically tied with it, how ties were decided) among
-    (model, stats) entries of one comparison: paired test on the same images (p >= 0.05)
-    when both have per-image answers, else a two-proportion z-test."""
+    (model, stats) entries of one comparison: the best against each other model, by a paired
+    test on the same images when both have per-image answers, else a two-proportion z-test;
+    "ahead of" a model needs its p, Holm-adjusted over all those tests, below 0.05, so that
+    "ahead of every other model" holds with a family-wise error of at most 5 %."""
     entries = list(entries)
     if not entries:
         return None
     best, top = max(entries, key=lambda e: e[1].ci.estimate)
-    tied, how = [], set()
+    others, ps, how = [], [], set()
     for model, st in entries:
         if model == best:
             continue
         a, b = st.answers, top.answers
         if a is not None and b is not None and a.shape[1] == b.shape[1]:
-            same = stats.paired_p_value(a, b) >= stats.ALPHA
+            ps.append(stats.paired_p_value(a, b))
             how.add("paired test")
         else:
-            same = stats.unpaired_tie(
+            ps.append(stats.unpaired_p_value(
                 st.ci.estimate, st.n_test or 1, top.ci.estimate, top.n_test or 1
-            )
+            ))  # fmt: skip
             how.add("unpaired z-test")
-        if same:
-            tied.append(model)
-    return best, tied, " and ".join(sorted(how)) or "—"
+        others.append(model)
+    tied = [m for m, q in zip(others, stats.holm(ps), strict=True) if q >= stats.ALPHA]
+    if len(ps) > 1:
+        how.add(f"Holm-adjusted over {len(ps)} tests")
+    return best, tied, ", ".join(sorted(how, key=_test_first)) or "—"

@@ -30,6 +30,15 @@ def env_key(r: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
+UNTIMED = frozenset({"analyze"})  # record kinds that time nothing: no environment of their own
+
+
+def measures(r: Mapping[str, Any]) -> bool:
+    """Whether a record's figures depend on where it ran (timings, memory, training speed):
+    an `analyze` record's errors and maps do not, so it adds no environment to the list."""
+    return r.get("kind") not in UNTIMED
+
+
 def env_label(key: tuple[str, ...]) -> str:
     """'device, torch X, N threads, allocator' (and ', compiled MODE' when compiled)."""
     device, torch_version, threads, allocator, execution = key
@@ -204,7 +213,8 @@ def build_data(results: Results, *, baseline: str | None = None) -> ReportData:
     accuracies are paired against `baseline` (a model name), else the baseline kind's model."""
     envs = Envs()
     for r in results.records:
-        envs.id(r)
+        if measures(r):
+            envs.id(r)
     kinds = {
         r["model"]: str((r.get("attention") or {}).get("kind", ""))
         for r in results.records

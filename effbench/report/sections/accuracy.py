@@ -14,8 +14,8 @@ from effbench.report.format import contended_mark, mean_std, num
 
 COLUMNS = [
     "model", "budget", "seeds ok", "top-1 %", "95 % CI", "Δ vs baseline (95 % CI)", "p",
-    "P(beats)", "top-5 %", "params (M)", "GFLOPs / image", "latency ms", "train s / epoch",
-    "train peak MiB", "env",
+    "p (Holm)", "P(beats)", "top-5 %", "params (M)", "GFLOPs / image", "latency ms",
+    "train s / epoch", "train peak MiB", "env",
 ]  # fmt: skip
 TEXT = (
     "Test accuracy of the weights with the best validation accuracy: mean ± standard "
@@ -25,7 +25,9 @@ TEXT = (
     "compute). Δ is the accuracy difference from the baseline model ({baseline}) on the same "
     "test images, in points, with its paired-bootstrap 95 % interval; p is McNemar's exact "
     "test (one seed) or the paired bootstrap's (several seeds); P(beats) is the share of "
-    "bootstrap resamples in which the model is the more accurate. Runs trained before "
+    "bootstrap resamples in which the model is the more accurate; p (Holm) is p adjusted by "
+    "Holm's method over every model compared with that baseline, and the summary's verdicts "
+    "use p Holm-adjusted over the tests behind each sentence. Runs trained before "
     "effbench kept per-image predictions have an interval from their accuracy and test-set "
     "size, and no paired figures. A run that ended `nan` or `oom` is counted in the seeds "
     "column and named there. Latency is one inference batch of `effbench scale` at the "
@@ -38,23 +40,39 @@ CONTENDED = (
 )
 
 
-def _paired_cells(r: ModelRow) -> list[str]:
+def _paired_cells(r: ModelRow, adjusted: float | None) -> list[str]:
     p = r.stats.paired if r.stats else None
     if p is None:
-        return ["baseline" if _is_baseline(r) else "—", "—", "—"]
+        return ["baseline" if _is_baseline(r) else "—", "—", "—", "—"]
     d = p.diff
     return [
         f"{100 * d.estimate:+.1f} ({100 * d.low:+.1f} to {100 * d.high:+.1f})",
         f"{p.p_value:.2g}",
+        "—" if adjusted is None else f"{adjusted:.2g}",
         f"{p.p_beats:.2f}",
     ]
+
+
+def holm_adjusted(rows: Sequence[ModelRow]) -> list[float | None]:
+    """Each row's paired p against its baseline, Holm-adjusted over the rows of its
+    comparison that were paired with that baseline (None for rows without a paired test)."""
+    out: list[float | None] = [None] * len(rows)
+    families: dict[tuple[object, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.stats is not None and r.stats.paired is not None:
+            families.setdefault((*r.comparison, r.env, r.stats.baseline), []).append(i)
+    for members in families.values():
+        ps = [rows[i].stats.paired.p_value for i in members]  # type: ignore[union-attr]
+        for i, q in zip(members, stats.holm(ps), strict=True):
+            out[i] = q
+    return out
 
 
 def _is_baseline(r: ModelRow) -> bool:
     return r.stats is not None and r.stats.paired is None and r.stats.answers is not None
 
 
-def _cells(r: ModelRow, data: ReportData) -> list[str]:
+def _cells(r: ModelRow, data: ReportData, adjusted: float | None) -> list[str]:
     failed = [f"seed {x['seed']}: {x['status']}" for x in r.runs if x not in r.ok]
     lat = r.latency
     ci = r.stats.ci if r.stats else None
@@ -64,7 +82,7 @@ def _cells(r: ModelRow, data: ReportData) -> list[str]:
         f"{len(r.ok)}/{len(r.runs)}" + (f" ({'; '.join(failed)})" if failed else ""),
         mean_std(r.top1),
         f"{100 * ci.low:.1f}–{100 * ci.high:.1f}" if ci else "—",
-        *_paired_cells(r),
+        *_paired_cells(r, adjusted),
         mean_std(r.top5),
         num(r.params and r.params / 1e6),
         num(r.flops and r.flops / 1e9),
@@ -121,7 +139,8 @@ def section(data: ReportData) -> Part:
     baseline = data.baseline_model or data.baseline(r.runs[0] for r in rows) or "none"
     contended = any(r.epochs_contended or contended_mark(r.latency) for r in rows)
     sec.text(TEXT.format(baseline=baseline) + (CONTENDED if contended else ""))
-    sec.table(COLUMNS, [_cells(r, data) for r in rows])
+    adjusted = holm_adjusted(rows)
+    sec.table(COLUMNS, [_cells(r, data, q) for r, q in zip(rows, adjusted, strict=True)])
     summary = []
     for key in dict.fromkeys(r.comparison for r in rows):
         line = _verdict([r for r in rows if r.comparison == key])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from effbench.report.data import ReportData, env_label
+from effbench.report.data import ReportData, env_label, measures
 from effbench.report.document import Part, Section
 
 COLUMNS = ["id", "device", "software", "threads", "allocator", "platform", "version", "records"]
@@ -32,13 +32,16 @@ def section(data: ReportData) -> Part:
     sec = Section("environment", "Where this was measured")
     counts: dict[str, dict[str, int]] = {}
     first: dict[str, dict[str, Any]] = {}
-    for r in records:
+    for r in (r for r in records if measures(r)):
         e = data.env(r)
         counts.setdefault(e, {})
         counts[e][r["kind"]] = counts[e].get(r["kind"], 0) + 1
         first.setdefault(e, r.get("env") or {})
-    sec.table(COLUMNS, [_cells(e, env, counts[e]) for e, env in first.items()])
+    if first:
+        sec.table(COLUMNS, [_cells(e, env, counts[e]) for e, env in first.items()])
     labels = {e: env_label(k) for k, e in data.envs.keys.items()}
     for digest, (path, spec) in sorted(data.results.specs.items()):
         sec.details(f"Resolved spec {digest} ({path})", json.dumps(spec, indent=2))
+    if not first:
+        return sec, []
     return sec, ["Measured on: " + "; ".join(f"{e} = {labels[e]}" for e in first) + "."]
