@@ -368,6 +368,8 @@ class TrainRecord(Record):
     peak_mib: float | None = None  # this run's own peak (`mem_source` says how it was read)
     mem_source: str | None = None
     stopped_early: bool = False
+    # still learning when the budget ended, by `effbench.convergence`'s rule (None: too short)
+    still_learning: bool | None = None
     weights: str | None = None  # safetensors file of the selected weights, relative to the run
 
 

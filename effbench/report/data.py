@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from effbench.config.attention import BASELINE_KIND, EXACT_KINDS, KINDS
+from effbench.convergence import still_learning
 from effbench.report.comparison import RowStats, budget_of, row_stats, with_baseline
 from effbench.report.figures import DASHES, MARKERS, colour_of, literal
 from effbench.report.inputs import Results
@@ -93,6 +94,7 @@ class ModelRow:
     env: str
     budget: str | None = None  # what each run could spend ("80ep", "5min", ...)
     stats: RowStats | None = None  # interval, and paired difference from the baseline
+    learning: int = 0  # runs still learning when the budget ended (`effbench.convergence`)
 
     @property
     def comparison(self) -> tuple[Any, ...]:
@@ -269,6 +271,15 @@ def _latency_at(results: Results, envs: Envs, final: Record) -> Record | None:
     return max(points, key=lambda r: (envs.id(r) == env, r.get("time", ""))) if points else None
 
 
+def _learning(final: Record, epochs: list[Record]) -> bool | None:
+    """Whether a run was still learning: its record's word, else the rule on its epoch records
+    (runs trained before the record said so)."""
+    if final.get("still_learning") is not None:
+        return bool(final["still_learning"])
+    curve = {e["epoch"]: e["train_loss"] for e in epochs if e.get("seed") == final.get("seed")}
+    return still_learning([curve[k] for k in sorted(curve)], final.get("best_epoch"))
+
+
 def _model_row(results: Results, envs: Envs, model: str, runs: list[Record]) -> ModelRow:
     ok = [r for r in runs if r.get("status") == "ok" and r.get("test_top1") is not None]
     first = runs[0]
@@ -299,6 +310,7 @@ def _model_row(results: Results, envs: Envs, model: str, runs: list[Record]) -> 
         env=envs.id(first),
         budget=budget_of(first),
         stats=row_stats(ok),
+        learning=sum(bool(_learning(r, mine)) for r in ok),
     )
 
 

@@ -63,6 +63,12 @@ def _accuracy_line(rows: Sequence[ModelRow]) -> str:
             if tied
             else f" Most accurate {best}, ahead of every other model ({how})."
         )
+        still = [r.model for r in rows if r.learning]
+        if still:
+            text += (
+                f" Still learning when the budget ended: {', '.join(still)}, so this ranks "
+                "learning speed within the budget, not what each reaches."
+            )
     return text
 
 

@@ -9,6 +9,7 @@ import torch
 
 from effbench.config.budget import TRAIN_FLOP_PER_FORWARD
 from effbench.config.spec import BenchSpec, ModelEntry
+from effbench.convergence import still_learning
 from effbench.measure import param_count, peak_memory
 from effbench.results import CpuCheck, Env, TrainEpochRecord, TrainRecord
 from effbench.results import record_base as base_fields
@@ -151,5 +152,6 @@ def final_record(
         peak_mib=peak,
         mem_source=mem_source,
         stopped_early=st.stopped_early,
+        still_learning=still_learning([h["train_loss"] for h in st.history], st.best_epoch),
         weights=FINAL if status == "ok" else None,
     )

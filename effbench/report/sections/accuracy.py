@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from effbench import stats
+from effbench import convergence, stats
 from effbench.report.comparison import tied_with_best
 from effbench.report.data import ModelRow, ReportData
 from effbench.report.document import Part, Section
@@ -32,6 +32,10 @@ TEXT = (
     "size, and no paired figures. A run that ended `nan` or `oom` is counted in the seeds "
     "column and named there. Latency is one inference batch of `effbench scale` at the "
     "trained resolution; training time is per epoch; peak memory is that of the run itself."
+)
+LEARNING = (
+    " † marks a model with runs still learning when their budget ended ({rule}): its "
+    "accuracy is what it reached within the budget, not what it reaches."
 )
 CONTENDED = (
     " * marks a figure timed while other work held the CPU (contended: a latency, "
@@ -77,7 +81,7 @@ def _cells(r: ModelRow, data: ReportData, adjusted: float | None) -> list[str]:
     lat = r.latency
     ci = r.stats.ci if r.stats else None
     return [
-        r.model,
+        r.model + (" †" if r.learning else ""),
         r.budget or "—",
         f"{len(r.ok)}/{len(r.runs)}" + (f" ({'; '.join(failed)})" if failed else ""),
         mean_std(r.top1),
@@ -116,6 +120,19 @@ def _verdict(rows: Sequence[ModelRow]) -> str | None:
     return f"{head}; ahead of every other model ({how}, p < {stats.ALPHA:.2f})."
 
 
+def learning_line(rows: Sequence[ModelRow]) -> str | None:
+    """What a ranking of runs that were still learning measures, for one comparison."""
+    still = [r.model for r in rows if r.learning]
+    if not still:
+        return None
+    r = rows[0]
+    return (
+        f"Still learning when the budget ended ({r.dataset}, {r.image_size} px, budget "
+        f"{r.budget or '?'}; {convergence.RULE}): {', '.join(still)}. A ranking of these runs "
+        "is one of learning speed within the budget, not of what each mechanism reaches."
+    )
+
+
 def _resolution(rows: Sequence[ModelRow]) -> str | None:
     """The test set's resolution: the standard error of an accuracy at its size."""
     sized = [r for r in rows if r.stats and r.stats.n_test]
@@ -138,7 +155,8 @@ def section(data: ReportData) -> Part:
     sec = Section("accuracy", "Accuracy and cost")
     baseline = data.baseline_model or data.baseline(r.runs[0] for r in rows) or "none"
     contended = any(r.epochs_contended or contended_mark(r.latency) for r in rows)
-    sec.text(TEXT.format(baseline=baseline) + (CONTENDED if contended else ""))
+    learning = LEARNING.format(rule=convergence.RULE) if any(r.learning for r in rows) else ""
+    sec.text(TEXT.format(baseline=baseline) + (CONTENDED if contended else "") + learning)
     adjusted = holm_adjusted(rows)
     sec.table(COLUMNS, [_cells(r, data, q) for r, q in zip(rows, adjusted, strict=True)])
     summary = []
@@ -146,6 +164,8 @@ def section(data: ReportData) -> Part:
         line = _verdict([r for r in rows if r.comparison == key])
         if line:
             summary.append(line)
+    summary += [line for key in dict.fromkeys(r.comparison for r in rows)
+                if (line := learning_line([r for r in rows if r.comparison == key]))]  # fmt: skip
     resolution = _resolution(rows)
     unpaired = [f"{r.model}: {r.stats.unpaired}" for r in rows if r.stats and r.stats.unpaired]
     if unpaired:
