@@ -22,8 +22,11 @@ def unit_states(study: Study) -> list[tuple[Unit, str]]:
     for unit in study.units():
         if unit.phase == REPORT:
             continue
-        state = "done" if finished(unit) else study.record(unit).state
-        out.append((unit, "pending" if state == "done" and not finished(unit) else state))
+        if finished(unit):
+            out.append((unit, "done"))
+        else:  # study.json's word, but never "done" without the records
+            state = study.record(unit).state
+            out.append((unit, "pending" if state == "done" else state))
     return out
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import shutil
 import signal
 import subprocess
@@ -67,10 +66,7 @@ def _end_with_parent() -> None:  # pragma: no cover - runs in the child before e
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(argv: list[str]) -> subprocess.Popen[bytes]:
     """Start a unit's command as a child process, ended with its parent where the OS can."""
     linux = sys.platform.startswith("linux")
-    return subprocess.Popen(
-        argv, env=None if env is None else {**os.environ, **env},
-        preexec_fn=_end_with_parent if linux else None,
-    )  # fmt: skip
+    return subprocess.Popen(argv, preexec_fn=_end_with_parent if linux else None)

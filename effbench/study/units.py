@@ -24,6 +24,7 @@ Torch-free: the units run as child `effbench` processes.
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -302,8 +303,6 @@ def _check_not_foreign(out: Path) -> None:
 
 def move_aside(out: Path) -> Path:
     """Move the old study's files into <out>/previous-<time>/; nothing is deleted."""
-    import datetime
-
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-%f")
     aside = out / f"previous-{stamp}"
     aside.mkdir(parents=True)
