@@ -20,18 +20,48 @@ def test_wilson_interval_covers_a_synthetic_classifiers_true_accuracy() -> None:
     assert one.high - one.low == pytest.approx(2 * 1.96 * stats.standard_error(0.55, n), rel=0.05)
 
 
-def test_bootstrap_interval_of_several_seeds_covers_the_truth() -> None:
+def synthetic_family(rng: np.random.Generator, seeds: int, n: int, seed_sd: float) -> np.ndarray:
+    """(seeds, n) right/wrong answers of a model whose expected accuracy over images and
+    seeds is exactly 0.5: each test image drawn with its own chance (uniform 0.2-0.8), each
+    seed shifting every chance by its own offset (normal, `seed_sd`)."""
+    chance = rng.uniform(0.2, 0.8, n)
+    offsets = rng.normal(0, seed_sd, (seeds, 1))
+    return rng.random((seeds, n)) < np.clip(chance + offsets, 0, 1)
+
+
+@pytest.mark.parametrize(("seeds", "seed_sd"), [(3, 0.0), (3, 0.03), (3, 0.06), (5, 0.03)])
+def test_two_level_interval_covers_the_truth_with_seed_spread(seeds: int, seed_sd: float) -> None:
+    """Over seeds and test images the two-level interval covers the model's expected
+    accuracy at its nominal rate, whether the seeds spread or not; an interval over the
+    images alone (the seeds' spread left out) does not once they spread."""
+    rng = np.random.default_rng(seeds * 100 + int(seed_sd * 1000))
+    covered, images_only = [], []
+    for _ in range(300):
+        answers = synthetic_family(rng, seeds, 400, seed_sd)
+        ci = stats.two_level(answers, resamples=400)
+        assert ci.method == stats.TWO_LEVEL and ci.low < ci.estimate < ci.high
+        covered.append(ci.contains(0.5))
+        x = answers.mean(0)
+        half = 1.96 * x.std(ddof=1) / np.sqrt(x.size)
+        images_only.append(abs(x.mean() - 0.5) <= half)
+    assert 0.92 <= np.mean(covered) <= 0.985
+    if seed_sd >= 0.06:
+        assert np.mean(images_only) < 0.8
+
+
+def test_several_seeds_get_the_two_level_interval() -> None:
     rng = np.random.default_rng(1)
-    n, easy_share, flip = 932, 0.6, 0.05
-    truth = easy_share * (1 - flip) + (1 - easy_share) * flip  # each seed's expected accuracy
-    covered = []
-    for _ in range(40):
-        easy = rng.random(n) < easy_share  # the images this classifier family gets right
-        seeds = np.stack([easy ^ (rng.random(n) < flip) for _ in range(3)])
-        ci = stats.accuracy_interval(seeds)
-        assert ci.method == "bootstrap over images"
-        covered.append(ci.contains(truth))
-    assert np.mean(covered) >= 0.85  # a 95 % interval; 40 draws
+    answers = synthetic_family(rng, 3, 932, 0.03)
+    ci = stats.accuracy_interval(answers)
+    assert ci.method == stats.TWO_LEVEL
+    assert stats.accuracy_interval(answers[:1]).method == "Wilson"
+    # paired seeds (each from the same start as the baseline's) remove their shared part
+    base = synthetic_family(rng, 3, 932, 0.03)
+    better = base | (rng.random(base.shape) < 0.1)
+    paired = stats.paired_difference(better, base, paired_seeds=True)
+    alone = stats.paired_difference(better, base)
+    assert paired.test == stats.TWO_LEVEL and paired.diff.low > 0 and paired.p_value < 0.01
+    assert paired.diff.high - paired.diff.low <= alone.diff.high - alone.diff.low
 
 
 def test_mcnemar_on_a_constructed_table() -> None:
@@ -55,7 +85,7 @@ def test_paired_difference_separates_a_clear_winner_from_a_tie() -> None:
     assert tie.diff.low < 0 < tie.diff.high or tie.diff.estimate == 0
     assert tie.p_value > 0.05 and 0.05 < tie.p_beats < 0.95
     seeds = stats.paired_difference(np.stack([better, better]), np.stack([base, noise]))
-    assert seeds.test == "paired bootstrap" and seeds.p_value < 0.01
+    assert seeds.test == stats.TWO_LEVEL and seeds.p_value < 0.01
     with pytest.raises(ValueError):
         stats.paired_difference(base[:10], base)
     # The p-value alone (what the tie rule needs) is the same test, with or without bootstrap.

@@ -29,6 +29,7 @@ class RowStats:
     paired: stats.Paired | None = None  # against the comparison's baseline
     baseline: str | None = None
     unpaired: str | None = None  # why there are no per-image answers (which file, what)
+    seeds: tuple[object, ...] = ()  # the seed of each row of `answers`
 
 
 def budget_of(final: Record) -> str | None:
@@ -70,7 +71,8 @@ def row_stats(ok: Sequence[Record]) -> RowStats | None:
     n = ok[0].get("n_test")
     mine, why = answers(ok)
     if mine is not None:
-        return RowStats(stats.accuracy_interval(mine), mine.shape[1], mine)
+        seeds = tuple(r.get("seed") for r in ok)
+        return RowStats(stats.accuracy_interval(mine), mine.shape[1], mine, seeds=seeds)
     if not n:
         return None
     acc = statistics.fmean(r["test_top1"] for r in ok)
@@ -84,8 +86,13 @@ def with_baseline(row: RowStats, base: RowStats | None, baseline: str | None) ->
         return row
     if row.answers.shape[1] != base.answers.shape[1]:
         return row
-    paired = stats.paired_difference(row.answers, base.answers)
-    return RowStats(row.ci, row.n_test, row.answers, paired, baseline, row.unpaired)
+    paired = stats.paired_difference(row.answers, base.answers, paired_seeds=_same_seeds(row, base))
+    return RowStats(row.ci, row.n_test, row.answers, paired, baseline, row.unpaired, row.seeds)
+
+
+def _same_seeds(a: RowStats, b: RowStats) -> bool:
+    """Whether row s of both answers is the same seed (the same start: their runs pair)."""
+    return bool(a.seeds) and a.seeds == b.seeds and None not in a.seeds
 
 
 def _test_first(part: str) -> tuple[bool, str]:
@@ -110,7 +117,7 @@ def tied_with_best(
             continue
         a, b = st.answers, top.answers
         if a is not None and b is not None and a.shape[1] == b.shape[1]:
-            ps.append(stats.paired_p_value(a, b))
+            ps.append(stats.paired_p_value(a, b, paired_seeds=_same_seeds(st, top)))
             how.add("paired test")
         else:
             ps.append(stats.unpaired_p_value(

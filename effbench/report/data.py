@@ -282,6 +282,8 @@ def _learning(final: Record, epochs: list[Record]) -> bool | None:
 
 def _model_row(results: Results, envs: Envs, model: str, runs: list[Record]) -> ModelRow:
     ok = [r for r in runs if r.get("status") == "ok" and r.get("test_top1") is not None]
+    # row s of every model's answers is one seed, for pairing
+    ok.sort(key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
     first = runs[0]
     seeds = {r.get("seed") for r in runs}
     mine = [
