@@ -18,6 +18,7 @@ Like `effbench`, the script settles malloc and the OpenMP wait policy first
 
 Usage (from the repository root):
     PYTHONPATH=. python benchmarks/bench_timing.py [--passes 2] [--threads N] [--out FILE.json]
+        [--skip spread crossovers verdicts]
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention as ba
 
 from effbench.config.spec import BenchSpec, load_spec, select_models
+from effbench.crossover import point_verdicts
 from effbench.env import environment, prepare_measuring_process
+from effbench.ratios import rounds_of
 from effbench.results import new_run_id
 from effbench.sweep import profile_sweep, scale_sweep
 
@@ -145,12 +148,93 @@ def print_crossovers(c: dict[str, Any]) -> None:
         )
 
 
+VERDICT_GRIDS = {
+    "scale": ("image_size", ("infer", "train")),
+    "profile": ("seq_len", ("fwd", "fwdbwd")),
+}
+
+
+def grid_records(spec: BenchSpec, grid: str) -> list[dict[str, Any]]:
+    env = environment(str(CPU), getattr(spec, grid).dtype)
+    sweep = scale_sweep if grid == "scale" else profile_sweep
+    return [r.model_dump() for r in sweep(spec, device=CPU, env=env, run_id=new_run_id())]
+
+
+def spread(values: Sequence[float]) -> float:
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def verdicts_of(records: list[dict[str, Any]], grid: str) -> dict[tuple[str, str, int], str]:
+    """(model, phase, point) -> verdict against sdpa at that point."""
+    at, phases = VERDICT_GRIDS[grid]
+    base = [r for r in records if r["model"] == "sdpa"]
+    out = {}
+    for model in sorted({r["model"] for r in records} - {"sdpa"}):
+        mine = [r for r in records if r["model"] == model]
+        for phase in phases:
+            for point, v in point_verdicts(mine, base, f"{phase}_ms", at).items():
+                out[(model, phase, point)] = v["verdict"]
+    return out
+
+
+def part_verdicts(spec: BenchSpec) -> dict[str, Any]:
+    """Both default grids twice: absolute and paired-ratio spreads, and verdict agreement."""
+    out: dict[str, Any] = {}
+    for grid, (at, phases) in VERDICT_GRIDS.items():
+        t0 = time.perf_counter()
+        runs = [grid_records(spec, grid) for _ in range(2)]
+        absolute, paired = [], []
+        for records in runs:
+            base = {(r[at]): r for r in records if r["model"] == "sdpa"}
+            for r in records:
+                for phase in phases:
+                    mine = rounds_of(r, f"{phase}_ms")
+                    if not mine:
+                        continue
+                    absolute.append(spread(mine))
+                    theirs = rounds_of(base.get(r[at]) or {}, f"{phase}_ms")
+                    if r["model"] != "sdpa" and theirs:
+                        paired.append(spread([a / b for a, b in zip(mine, theirs, strict=False)]))
+        said = [verdicts_of(records, grid) for records in runs]
+        tally = {"same": 0, "resolved in one": 0, "open in both": 0, "contradict": 0}
+        contradictions = []
+        for key in sorted(set(said[0]) & set(said[1])):
+            a, b = said[0][key], said[1][key]
+            kind = (
+                "same" if a == b != "not resolved"
+                else "open in both" if a == b
+                else "resolved in one" if "not resolved" in (a, b)
+                else "contradict"
+            )  # fmt: skip
+            tally[kind] += 1
+            if kind == "contradict":
+                contradictions.append(" ".join(map(str, key)))
+        out[grid] = {
+            "absolute_spread_median": statistics.median(absolute),
+            "paired_ratio_spread_median": statistics.median(paired),
+            "verdicts": tally,
+            "contradictions": contradictions,
+            "wall_s": time.perf_counter() - t0,
+        }
+        print(
+            f"  {grid}: median spread of a point's rounds "
+            f"{100 * statistics.median(absolute):.1f} %, of its paired ratio to sdpa "
+            f"{100 * statistics.median(paired):.1f} %; verdicts of "
+            f"two runs: {tally['same']} the same, {tally['resolved in one']} resolved in one "
+            f"only, {tally['open in both']} open in both, {tally['contradict']} contradicting"
+            + (f" ({', '.join(contradictions)})" if contradictions else "")
+            + f"; {out[grid]['wall_s']:.0f} s",
+            flush=True,
+        )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--passes", type=int, default=2, help="spread passes (each: both orders)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="write every figure to this JSON file")
-    p.add_argument("--skip", choices=("spread", "crossovers"), default=None)
+    p.add_argument("--skip", nargs="*", choices=("spread", "crossovers", "verdicts"), default=[])
     args = p.parse_args(argv)
     env = prepare_measuring_process()
     if env is not None and argv is None:
@@ -166,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"threads, {manifest['allocator']}, {manifest['openmp']}"
     )
     results: dict[str, Any] = {"env": manifest}
-    if args.skip != "spread":
+    if "spread" not in args.skip:
         sc = spec.scale
         print(
             f"1. Spread: scale grid of {SPEC.name} ({len(spec.models)} models x "
@@ -181,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             order = "round-robin" if interleave else "back to back"
             print(f"  {order}: median spread over passes {100 * med:.1f} %")
         results["spread"] = runs
-    if args.skip != "crossovers":
+    if "crossovers" not in args.skip:
         print(
             f"2. Crossovers: profile grid N = {spec.profile.seq_lens}, batch {ba.BATCH}, "
             f"{ba.HEADS} heads of {ba.HEAD_DIM}",
@@ -189,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         results["crossovers"] = part_crossovers(spec)
         print_crossovers(results["crossovers"])
+    if "verdicts" not in args.skip:
+        print("3. Verdicts: the default scale and profile grids, each twice", flush=True)
+        results["verdicts"] = part_verdicts(spec)
     results["wall_s"] = time.perf_counter() - started
     print(f"wall time {results['wall_s']:.0f} s")
     if args.out:

@@ -1,6 +1,7 @@
 """What a scale grid shows, from its records alone (no torch): the crossover resolution at
-which each mechanism beats the `sdpa` baseline, and log-log slopes of time and memory against
-tokens.
+which each mechanism beats the `sdpa` baseline (in time: resolved by paired ratios, so that a
+crossover is only stated where the noise allows), and log-log slopes of time and memory
+against tokens.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from effbench.ratios import record_ratio
 
 # Summary metric -> the scale record field it reads.
 METRICS = {
@@ -109,6 +112,65 @@ def best_of(records: Iterable[dict[str, Any]], field: str) -> dict[int, float | 
     return out
 
 
+def best_records(
+    records: Iterable[dict[str, Any]], field: str, at: str = "image_size"
+) -> dict[int, dict[str, Any] | None]:
+    """Per point (`at`: a record's resolution or sequence length), the record with the
+    smallest `field` (None where every one failed)."""
+    out: dict[int, dict[str, Any] | None] = {}
+    for r in records:
+        v, res, held = r.get(field), r[at], out.get(r[at])
+        if v is not None and (held is None or v < held[field]):
+            out[res] = r
+        else:
+            out.setdefault(res, None)
+    return out
+
+
+def point_verdicts(
+    mine: Sequence[dict[str, Any]],
+    base: Sequence[dict[str, Any]],
+    field: str,
+    at: str = "image_size",
+) -> dict[int, dict[str, Any]]:
+    """Per point (`at`: resolution, or `seq_len` for a profile), `mine` against the baseline
+    (the best of them there) in a time `field`: the paired ratio of their rounds with its
+    95 % interval and verdict (`effbench.ratios`). A failed baseline counts as beaten and a
+    failed `mine` as slower; records without rounds (written before effbench kept them)
+    compare their medians and say `paired: false`."""
+    own = {r[at]: r for r in mine}
+    bases = best_records(base, field, at)
+    out: dict[int, dict[str, Any]] = {}
+    for res in sorted(set(own) | set(bases)):
+        m, b = own.get(res), bases.get(res)
+        mv, bv = (m or {}).get(field), (b or {}).get(field)
+        if mv is None and bv is None:
+            continue
+        if mv is None or bv is None:
+            out[res] = {"verdict": "faster" if mv is not None else "slower", "failed": True}
+            continue
+        q = record_ratio(m, b, field)
+        if q is not None:
+            out[res] = q.as_dict() | {"paired": True}
+        else:
+            out[res] = {"ratio": mv / bv, "verdict": "faster" if mv < bv else "slower"}
+            out[res]["paired"] = False
+    return out
+
+
+def resolved_crossover(verdicts: Mapping[int, Mapping[str, Any]]) -> tuple[int, bool] | None:
+    """The smallest resolution from which every verdict is `faster` (resolved ahead), and
+    whether that is the smallest compared; None when the largest is not."""
+    compared = sorted(verdicts)
+    ahead = [verdicts[r]["verdict"] == "faster" for r in compared]
+    if not ahead or not ahead[-1]:
+        return None
+    first = len(ahead) - 1
+    while first > 0 and ahead[first - 1]:
+        first -= 1
+    return compared[first], first == 0
+
+
 def summarize(
     records: list[dict[str, Any]], *, baseline: str | Sequence[str] | None, mode: str
 ) -> dict[str, dict[str, Any]]:
@@ -118,10 +180,13 @@ def summarize(
     resolution is the one to beat.
 
     Returns model -> {"crossovers": {metric: {resolution, tokens, at_start} | None},
-    "slopes": {metric: slope | None}, "slope_tokens": {metric: [tokens...]},
-    "contended": {metric: [resolutions...]}}. The baseline gets no crossovers. `contended`
-    lists, per time metric, the resolutions where this model's figure (or the baseline's,
-    which its crossover compares against) was contended: what rests on them is uncertain.
+    "verdicts": {time metric: {resolution: point verdict}}, "slopes": {metric: slope |
+    None}, "slope_tokens": {metric: [tokens...]}, "contended": {metric: [resolutions...]}}.
+    A time crossover rests on paired verdicts (`point_verdicts`): from its resolution up,
+    every ratio's interval is below 1; a memory crossover on the figures (peak memory has
+    no run-to-run noise). The baseline gets no crossovers. `contended` lists, per time
+    metric, the resolutions where this model's figure (or the baseline's, which its
+    crossover compares against) was contended: what rests on them is uncertain.
     """
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -132,29 +197,34 @@ def summarize(
     base = [r for b in bases for r in by_model.get(b, [])]
     out: dict[str, dict[str, Any]] = {}
     for model, rs in by_model.items():
-        crossovers: dict[str, Any] = {}
-        slopes: dict[str, float | None] = {}
-        used: dict[str, list[int]] = {}
-        contended: dict[str, list[int]] = {}
+        found: dict[str, Any] = {"crossovers": {}, "verdicts": {}, "slopes": {}}
+        found |= {"slope_tokens": {}, "contended": {}}
         for metric in metrics_for(mode):
             field = METRICS[metric]
             shaky = sorted({r["image_size"] for r in (*rs, *base) if is_contended(r, metric)})
             if shaky:
-                contended[metric] = shaky
-            mine = {r["image_size"]: r.get(field) for r in rs}
-            slopes[metric], used[metric] = upper_slope({r["seq_len"]: r.get(field) for r in rs})
+                found["contended"][metric] = shaky
+            slope, found["slope_tokens"][metric] = upper_slope(
+                {r["seq_len"]: r.get(field) for r in rs}
+            )
+            found["slopes"][metric] = slope
             if model in bases or not base:
                 continue
-            hit = crossover(mine, best_of(base, field))
-            crossovers[metric] = (
+            if metric in TIMED_PHASE:
+                found["verdicts"][metric] = point_verdicts(rs, base, field)
+                hit = resolved_crossover(found["verdicts"][metric])
+            else:
+                hit = crossover({r["image_size"]: r.get(field) for r in rs}, best_of(base, field))
+            found["crossovers"][metric] = (
                 None
                 if hit is None
                 else {"resolution": hit[0], "tokens": tokens[hit[0]], "at_start": hit[1]}
             )
-        out[model] = {
-            "crossovers": crossovers,
-            "slopes": slopes,
-            "slope_tokens": used,
-            "contended": contended,
-        }
+        out[model] = found
     return out
+
+
+def unresolved_at(found: Mapping[str, Any], metric: str) -> list[int]:
+    """The resolutions where a model's time verdict against the baseline is not resolved."""
+    verdicts = (found.get("verdicts") or {}).get(metric) or {}
+    return [r for r, v in sorted(verdicts.items()) if v["verdict"] == "not resolved"]

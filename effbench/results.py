@@ -153,12 +153,14 @@ class ProfileRecord(Compiled, Contention, Record):
     fwd_runs: int | None = None
     fwd_calls_per_run: int | None = None
     fwd_repeat_spread: float | None = None  # (max - min) / median of the repeats' medians
+    fwd_rounds_ms: list[float] | None = None  # each repeat's median, round by round
     fwd_kernel_ms: float | None = None  # CUDA: GPU kernel and copy time of one forward
     fwdbwd_ms: float | None = None
     fwdbwd_iqr_ms: float | None = None
     fwdbwd_runs: int | None = None
     fwdbwd_calls_per_run: int | None = None
     fwdbwd_repeat_spread: float | None = None
+    fwdbwd_rounds_ms: list[float] | None = None  # each repeat's median, round by round
     fwd_peak_mib: float | None = None
     fwdbwd_peak_mib: float | None = None
     mem_source: str | None = None
@@ -206,6 +208,7 @@ class ScaleRecord(Compiled, Contention, Record):
     infer_runs: int | None = None
     infer_calls_per_run: int | None = None
     infer_repeat_spread: float | None = None  # (max - min) / median of the repeats' medians
+    infer_rounds_ms: list[float] | None = None  # each repeat's median, round by round
     infer_kernel_ms: float | None = None  # CUDA: GPU kernel and copy time of one forward
     images_per_s: float | None = None  # inference
     infer_peak_mib: float | None = None
@@ -214,6 +217,7 @@ class ScaleRecord(Compiled, Contention, Record):
     train_runs: int | None = None
     train_calls_per_run: int | None = None
     train_repeat_spread: float | None = None
+    train_rounds_ms: list[float] | None = None  # each repeat's median, round by round
     train_images_per_s: float | None = None
     train_peak_mib: float | None = None
     mem_source: str | None = None
@@ -240,6 +244,22 @@ class Crossover(BaseModel):
     at_start: bool  # already ahead at the smallest resolution compared
 
 
+class PointVerdict(BaseModel):
+    """A model against the baseline at one resolution in time (`effbench.ratios`): the ratio
+    of their times, its 95 % interval from paired rounds, and the verdict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["faster", "slower", "not resolved"]
+    ratio: float | None = None  # time(model) / time(baseline): geometric mean over rounds
+    low: float | None = None
+    high: float | None = None
+    p: float | None = None
+    rounds: int | None = None
+    paired: bool | None = None  # false: medians of records without rounds, no interval
+    failed: bool | None = None  # one side has no figure (out of memory, error)
+
+
 class ScaleSummaryRecord(Record):
     """Per mechanism, after a scale grid: crossovers against the baseline and fitted slopes.
 
@@ -252,6 +272,9 @@ class ScaleSummaryRecord(Record):
     mode: str
     resolutions: list[int]
     crossovers: dict[str, Crossover | None]
+    # Per time metric and resolution (its pixels as a string: a JSON key), the paired
+    # verdict a time crossover rests on.
+    verdicts: dict[str, dict[str, PointVerdict]] = Field(default_factory=dict)
     slopes: dict[str, float | None]  # d log(value) / d log(tokens) over slope_tokens
     slope_tokens: dict[str, list[int]]  # the token counts each slope was fitted over
     # Per time metric, the resolutions where this model's or the baseline's figure was

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "effbench"
 # Layer 1 (no torch), layer 2 (torch, no I/O policy), layer 3 (runners), then the CLI.
 LAYERS: dict[str, int] = {
     "errors": 1, "claims": 1, "signals": 1, "config": 1, "results": 1, "env": 1,
-    "contention": 1, "crossover": 1, "report": 1, "stats": 1, "convergence": 1, "__init__": 1,
+    "contention": 1, "crossover": 1, "report": 1, "stats": 1, "convergence": 1, "ratios": 1,
+    "__init__": 1,
     "attention": 2, "model": 2, "data": 2, "device": 2, "measure": 2,
     "sweep": 3, "runs": 3, "train": 3, "analyze": 3, "plan": 3, "study": 3,
     "cli": 4, "launch": 4, "__main__": 4,
@@ -25,7 +26,7 @@ TORCH_FREE = [
     "effbench.errors", "effbench.claims", "effbench.signals", "effbench.config.spec",
     "effbench.config.attention", "effbench.results",
     "effbench.env", "effbench.contention", "effbench.crossover", "effbench.report",
-    "effbench.stats", "effbench.config.budget", "effbench.convergence",
+    "effbench.stats", "effbench.config.budget", "effbench.convergence", "effbench.ratios",
     "effbench.launch", "effbench.cli",
     # runners, but planning a command (and so every spec error) needs no torch either
     "effbench.plan", "effbench.runs", "effbench.study",

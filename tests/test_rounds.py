@@ -16,7 +16,7 @@ from specs import run_cli
 from torch import Tensor
 
 from effbench.attention.sdpa import SdpaAttention
-from effbench.measure import Rounds, Timing
+from effbench.measure import Repeats, Rounds, Timing
 from effbench.results import read_jsonl
 from effbench.sweep import in_rounds
 
@@ -36,8 +36,9 @@ def logging_fn(log: list[str], name: str) -> Callable[[], None]:
 
 
 def collect(into: dict[str, tuple[Timing, float, int]], name: str):
-    def done(timing: Timing, spread: float, taken: int) -> None:
-        into[name] = (timing, spread, taken)
+    def done(got: Repeats) -> None:
+        into[name] = (got.timing, got.spread, got.taken)
+        assert len(got.rounds_ms) == got.taken and all(ms > 0 for ms in got.rounds_ms)
 
     return done
 
@@ -115,8 +116,8 @@ def test_an_interrupt_keeps_the_points_measured_so_far() -> None:
             if state["round"] == 2 and name == "b":
                 raise KeyboardInterrupt
 
-        def done(timing: Timing, spread: float, taken: int) -> None:
-            out["taken"] = taken
+        def done(got: Repeats) -> None:
+            out["taken"] = got.taken
 
         rounds.add(fn, label=name, device=CPU, done=done, warmup=0, min_run_time=0.01)
         return lambda: (name, out["taken"])
@@ -130,6 +131,38 @@ def test_an_interrupt_keeps_the_points_measured_so_far() -> None:
         for rec in in_rounds(rounds, starts, on_step):
             got.append(rec)
     assert got == [("a", 2), ("b", 1), ("c", 1)]
+
+
+def test_a_points_calls_come_back_to_back_in_each_round_with_a_warm_up() -> None:
+    """Calls added model by model are timed point by point: in each round the calls of one
+    point (every model at one shape) back to back, so that their paired ratio sees the same
+    machine; a call slow enough to be timed in one call gets one untimed call after each
+    switch."""
+    log: list[str] = []
+    got: dict[str, tuple[Timing, float, int]] = {}
+    rounds = Rounds(2)
+    for model, n in itertools.product("ab", (1, 2)):
+        name = f"{model}{n}"
+        rounds.add(logging_fn(log, name), label=name, device=CPU, done=collect(got, name),
+                   warmup=0, min_run_time=0.01, point=n)  # fmt: skip
+    rounds.run()
+    assert calls_in_order(log[4:]) == ["a1", "b1", "a2", "b2"] * 2
+    slow: list[str] = []
+
+    def sleepy(name: str) -> Callable[[], None]:
+        def fn() -> None:
+            slow.append(name)
+            time.sleep(0.02)
+
+        return fn
+
+    rounds = Rounds(2)
+    for name in "xy":
+        rounds.add(sleepy(name), label=name, device=CPU, done=collect(got, name), warmup=0,
+                   min_run_time=0.01, point=0)  # fmt: skip
+    rounds.run()
+    assert slow[2:] == ["x", "x", "y", "y"] * 2  # one untimed call, then the timed one
+    assert got["x"][2] == 2 and got["x"][0].runs == 2  # one single-call run per repeat
 
 
 def test_rounds_need_a_repeat() -> None:

@@ -131,9 +131,13 @@ def scale_timed(r: Any) -> bool:
     return r.infer_ms is not None or r.train_ms is not None
 
 
-def _crossover(c: Any) -> str:
+def _crossover(s: Any, metric: str) -> str:
+    c = s.crossovers.get(metric)
+    verdicts = s.verdicts.get(metric) or {}
     if c is None:
-        return "none"
+        top = max(verdicts, key=int, default=None)
+        open_ = top is not None and verdicts[top].verdict == "not resolved"
+        return f"?{top}px" if open_ else "none"
     return f"{'≤' if c.at_start else ''}{c.resolution}px"
 
 
@@ -146,7 +150,8 @@ def scale_summary_table(summaries: list[Any], mode: str) -> Table:
     base = summaries[0].baseline if summaries else None
     table = Table(
         title=f"Crossover against {base} · log-log slope against tokens",
-        caption="crossover: the resolution from which it stays ahead (≤: from the smallest; "
+        caption="crossover: the resolution from which it stays ahead, in time by a paired "
+        "ratio whose 95 % interval excludes 1 (≤: from the smallest; ?N: not resolved at N; "
         "none: not reached in range)",
         box=box.SIMPLE_HEAD,
     )
@@ -157,7 +162,7 @@ def scale_summary_table(summaries: list[Any], mode: str) -> Table:
         cells = []
         for m in metrics:
             is_base = s.model == base or s.attention.get("kind") == BASELINE_KIND
-            cross = "base" if is_base else _crossover(s.crossovers.get(m))
+            cross = "base" if is_base else _crossover(s, m)
             slope = "-" if s.slopes.get(m) is None else f"{s.slopes[m]:.2f}"
             cells.append(f"{cross} · {slope}" + ("*" if s.contended.get(m) else ""))
         table.add_row(s.model, *cells)

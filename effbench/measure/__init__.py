@@ -28,6 +28,7 @@ from effbench.measure.memory import (
 from effbench.measure.precision import DTYPES, PRECISIONS, autocast, autocast_dtype
 from effbench.measure.timing import (
     OnStep,
+    Repeats,
     Rounds,
     Timing,
     combine_checks,
@@ -45,6 +46,7 @@ __all__ = [
     "FlopCountError",
     "FlopCounts",
     "OnStep",
+    "Repeats",
     "Rounds",
     "Timing",
     "attention_module_names",

@@ -159,9 +159,24 @@ def combine_repeats(timings: list[Timing]) -> tuple[Timing, float]:
     return combined, (max(medians) - min(medians)) / median
 
 
-# What a finished call's repeats are handed to: the combined timing, its spread and how many
-# repeats were taken.
-Done = Callable[[Timing, float, int], None]
+@dataclass(frozen=True)
+class Repeats:
+    """A call's repeats, combined: the timing (`combine_repeats`), their spread, and each
+    repeat's median in milliseconds in the order taken: with interleaving, repeat r was
+    taken in round r, right beside the same round's repeats of every other call at its
+    point, which is what a paired ratio between two calls rests on."""
+
+    timing: Timing
+    spread: float
+    rounds_ms: list[float]
+
+    @property
+    def taken(self) -> int:
+        return len(self.rounds_ms)
+
+
+# What a finished call's repeats are handed to.
+Done = Callable[[Repeats], None]
 # Told before each timing of a round: what is timed, how many of the round's timings came
 # before it, and how many the round has.
 OnStep = Callable[[str, int, int], None]
@@ -178,15 +193,20 @@ class _Repeats:
     retries: int
     done: Done
     call_s: float
+    point: object = None
     timings: list[Timing] = dataclasses.field(default_factory=list)
     failed: bool = False
 
-    def take(self) -> None:
+    def take(self, *, switched: bool = False) -> None:
+        """One repeat. After a switch from another call, one untimed call first where a
+        repeat is a single call (shorter calls get theirs from the Timer's block-size
+        calibration), so that no repeat pays for the previous call's caches and allocator
+        state."""
         self.timings.append(
             time_call(
                 self.fn,
                 device=self.device,
-                warmup=0,
+                warmup=int(switched and self.call_s >= self.min_run_time),
                 min_run_time=self.min_run_time,
                 retries=self.retries,
                 call_s=self.call_s,
@@ -194,7 +214,8 @@ class _Repeats:
         )
 
     def finish(self) -> None:
-        self.done(*combine_repeats(self.timings), len(self.timings))
+        timing, spread = combine_repeats(self.timings)
+        self.done(Repeats(timing, spread, [t.median_ms for t in self.timings]))
 
 
 class Rounds:
@@ -229,9 +250,11 @@ class Rounds:
         warmup: int = 1,
         min_run_time: float = 0.2,
         retries: int = 0,
+        point: object = None,
     ) -> float:
         """Warm fn up (at least one call) and return the last warm-up call's milliseconds;
-        its repeats come with `run`, or at once when not interleaving."""
+        its repeats come with `run`, or at once when not interleaving. Calls of one `point`
+        (the same shape for every model) are timed back to back in each round."""
         for _ in range(max(warmup, 1) - 1):
             fn()
         synchronize(device)
@@ -239,7 +262,7 @@ class Rounds:
         fn()
         synchronize(device)
         call_s = time.perf_counter() - t0
-        call = _Repeats(label, fn, device, min_run_time, retries, done, call_s)
+        call = _Repeats(label, fn, device, min_run_time, retries, done, call_s, point)
         if self.interleave:
             self._pending.append(call)
         else:
@@ -249,20 +272,25 @@ class Rounds:
         return call_s * 1e3
 
     def run(self, on_step: OnStep | None = None) -> None:
-        """The rounds over every call added, then each call's `done`.
+        """The rounds over every call added, then each call's `done`. In each round the calls
+        of one point come back to back, in the order added.
 
         A call that raises in a round keeps the repeats it has and leaves the rounds (rare:
         it ran while warming up). On KeyboardInterrupt every call with a repeat is still
         finished with those it has before the interrupt goes on.
         """
+        first = {}
+        for c in self._pending:
+            first.setdefault(c.point, len(first))
+        order = sorted(self._pending, key=lambda c: first[c.point])  # stable
         try:
             for r in range(1, self.repeats + 1):
-                live = [c for c in self._pending if not c.failed]
+                live = [c for c in order if not c.failed]
                 for i, call in enumerate(live):
                     if on_step is not None:
                         on_step(f"round {r}/{self.repeats}: {call.label}", i, len(live))
                     try:
-                        call.take()
+                        call.take(switched=len(live) > 1)
                     except Exception:
                         call.failed = True
         finally:

@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from effbench.crossover import is_contended, phase_contended
+from effbench.crossover import is_contended, phase_contended, unresolved_at
 
 
 def num(v: Any, digits: int = 3) -> str:
@@ -22,6 +22,28 @@ def num(v: Any, digits: int = 3) -> str:
         return f"{v:.{digits - 1}e}"
     decimals = max(0, digits - 1 - math.floor(math.log10(abs(v))))
     return f"{v:,.{decimals}f}"
+
+
+def crossover_words(found: Mapping[str, Any], metric: str, unit: str = "px") -> str:
+    """How a model's crossover against the baseline reads: 'from 128 px (1,025 tokens)'
+    with the points below it that the noise did not resolve; else 'not resolved at 224 px'
+    where the largest resolution's time verdict is open, else 'not reached in range'."""
+    c = (found.get("crossovers") or {}).get(metric)
+    verdicts = (found.get("verdicts") or {}).get(metric) or {}
+    open_ = unresolved_at(found, metric)
+    if c is None:
+        top = max(verdicts, default=None)
+        if top is not None and verdicts[top]["verdict"] == "not resolved":
+            return f"not resolved at {top:,} {unit}"
+        return "not reached in range"
+    text = f"from {c['resolution']:,} {unit}"
+    text += f" ({c['tokens']:,} tokens)" if unit == "px" else ""
+    below = [r for r in open_ if r < c["resolution"]]
+    if below:
+        text += ", not resolved at " + ", ".join(f"{r:,} {unit}" for r in below)
+    if any(v.get("paired") is False for v in verdicts.values()):
+        text += ", from medians (records without paired rounds)"
+    return text
 
 
 def pct(v: float | None) -> str:

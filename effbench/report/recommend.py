@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from effbench.crossover import baseline_label, summarize
 from effbench.report.comparison import tied_with_best
 from effbench.report.data import ModelRow, ReportData, Series
+from effbench.report.format import crossover_words
 from effbench.report.sections.pareto import pareto_front
 
 
@@ -83,19 +84,21 @@ def _payoff_line(data: ReportData, s: Series) -> str | None:
         if m in bases or data.exact(m):
             continue
         cross = found[m]["crossovers"]
-        time_ = cross.get("infer_time") or cross.get("train_time")
-        mem = cross.get("infer_memory") or cross.get("train_memory")
-        parts.append(f"{m} {_from(time_)} in time, {_from(mem)} in memory")
+        time_ = "infer_time" if "infer_time" in cross else "train_time"
+        mem = "infer_memory" if "infer_memory" in cross else "train_memory"
+        parts.append(f"{m} {_words(found[m], time_)} in time, {_words(found[m], mem)} in memory")
     if not parts:
         return None
     where = f"{s.env}, patch {s.patch}, {s.precision}, mode {s.mode}"
-    return f"Pays off against {baseline_label(bases)} ({where}): " + "; ".join(parts) + "."
+    return (
+        f"Pays off against {baseline_label(bases)} ({where}; in time only where the paired "
+        "ratio's 95 % interval excludes 1): " + "; ".join(parts) + "."
+    )
 
 
-def _from(c: dict[str, object] | None) -> str:
-    if c is None:
-        return "not in the range measured"
-    return f"from {c['resolution']} px ({c['tokens']:,} tokens)"
+def _words(found: dict[str, object], metric: str) -> str:
+    words = crossover_words(found, metric)
+    return "not in the range measured" if words == "not reached in range" else words
 
 
 def _caveats(data: ReportData, groups: dict[tuple[object, ...], list[ModelRow]]) -> list[str]:
@@ -105,6 +108,13 @@ def _caveats(data: ReportData, groups: dict[tuple[object, ...], list[ModelRow]])
         out.append(
             "Cannot conclude across training runs: one seed per model, so every interval is "
             "over test images only; train more seeds (--seeds 0 1 2) to see run-to-run spread."
+        )
+    elif rows:
+        single = sorted({r.model for r in rows if len(r.ok) < 2})
+        out.append(
+            "Intervals over several seeds are two-level bootstraps (seeds, then test images): "
+            "they hold run-to-run spread"
+            + (f", except for {', '.join(single)} (one seed: test images only)." if single else ".")
         )
     points = [p for s in data.series for p in s.points]
     bound = sum(bool(p.get("launch_bound")) for p in points)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from effbench.attention.sdpa import SdpaAttention
-from effbench.measure import FlopCounts, OnStep, Rounds, Timing, count_flops
+from effbench.measure import FlopCounts, OnStep, Repeats, Rounds, Timing, count_flops
 from effbench.measure.profiler import Breakdown
 from effbench.results import Status
 
@@ -147,15 +147,15 @@ def in_rounds(
 # ---------------------------------------------------------------------------- record fields
 
 
-def note_repeats(
-    out: dict[str, Any], phase: str, timing: Timing, spread: float, taken: int
-) -> None:
-    """A phase's combined repeats into `<phase>_*` fields, its spread and check, and
-    `repeats`: the fewest any timed phase of the point has."""
-    out.update(timing.as_dict(phase))
-    out[f"{phase}_repeat_spread"] = spread
-    out["repeats"] = min(out.get("repeats", taken), taken)
-    note_check(out, phase, timing)
+def note_repeats(out: dict[str, Any], phase: str, got: Repeats) -> None:
+    """A phase's combined repeats into `<phase>_*` fields, its spread, each round's time
+    (`<phase>_rounds_ms`, for paired ratios) and check, and `repeats`: the fewest any timed
+    phase of the point has."""
+    out.update(got.timing.as_dict(phase))
+    out[f"{phase}_repeat_spread"] = got.spread
+    out[f"{phase}_rounds_ms"] = got.rounds_ms
+    out["repeats"] = min(out.get("repeats", got.taken), got.taken)
+    note_check(out, phase, got.timing)
 
 
 def note_check(out: dict[str, Any], phase: str, timing: Timing) -> None:

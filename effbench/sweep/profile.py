@@ -14,7 +14,7 @@ import torch
 
 from effbench.attention import Attention, build_attention
 from effbench.config.spec import BenchSpec, ModelEntry
-from effbench.measure import DTYPES, MIB, OnStep, Rounds, Timing, param_count, peak_bytes
+from effbench.measure import DTYPES, MIB, OnStep, Repeats, Rounds, Timing, param_count, peak_bytes
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
 from effbench.measure.profiler import breakdown, kernel_time_ms, launch_bound, profile_call
 from effbench.model import Block
@@ -155,10 +155,10 @@ def _timed(
     once `rounds` has its repeats; `then` gets the combined timing."""
     prof = spec.profile
 
-    def done(timing: Timing, spread: float, taken: int) -> None:
-        note_repeats(out, phase, timing, spread, taken)
+    def done(got: Repeats) -> None:
+        note_repeats(out, phase, got)
         if then is not None:
-            then(timing)
+            then(got.timing)
 
     rounds.add(
         fn,
@@ -168,6 +168,7 @@ def _timed(
         warmup=prof.warmup,
         min_run_time=prof.min_run_time,
         retries=prof.retries,
+        point=(point.seq_len, phase),
     )
 
 

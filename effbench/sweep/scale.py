@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from effbench.config.attention import AttentionConfig
 from effbench.config.spec import Backbone, BenchSpec, ModelEntry
 from effbench.crossover import baseline_label, summarize
-from effbench.measure import MIB, OnStep, Rounds, Timing, param_count, peak_bytes
+from effbench.measure import MIB, OnStep, Repeats, Rounds, param_count, peak_bytes
 from effbench.measure import autocast as precision_autocast
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
 from effbench.measure.profiler import breakdown, kernel_time_ms, launch_bound
@@ -155,11 +155,11 @@ def _time_and_peak(
     measure its peak memory. Returns the milliseconds of one warm call."""
     sc = spec.scale
 
-    def done(timing: Timing, spread: float, taken: int) -> None:
-        note_repeats(out, phase, timing, spread, taken)
+    def done(got: Repeats) -> None:
+        note_repeats(out, phase, got)
         # inference's is plain `images_per_s`, the name the measured records already carry
         out["images_per_s" if phase == "infer" else f"{phase}_images_per_s"] = batch / (
-            timing.median_ms / 1e3
+            got.timing.median_ms / 1e3
         )
 
     call_ms = rounds.add(
@@ -170,6 +170,7 @@ def _time_and_peak(
         warmup=sc.warmup,
         min_run_time=sc.min_run_time,
         retries=sc.retries,
+        point=(point.image_size, phase),
     )
     peak, out["mem_source"] = peak_bytes(fn, device)
     out[f"{phase}_peak_mib"] = peak / MIB
@@ -349,7 +350,13 @@ def summary_records(
             baseline=baseline_label(bases),
             mode=spec.scale.mode,
             resolutions=spec.scale.resolutions,
-            **found[m.name],
+            **found[m.name]
+            | {
+                "verdicts": {
+                    metric: {str(px): v for px, v in by_px.items()}
+                    for metric, by_px in found[m.name]["verdicts"].items()
+                }
+            },
         )
         for m in spec.models
         if m.name in found

@@ -3,10 +3,10 @@ from `effbench profile`, one table per environment, contended and launch-bound p
 
 from __future__ import annotations
 
-from effbench.crossover import phase_contended
+from effbench.crossover import baseline_label, phase_contended, point_verdicts, resolved_crossover
 from effbench.report.data import Record, ReportData
 from effbench.report.document import Part, Section
-from effbench.report.format import evidence, num
+from effbench.report.format import crossover_words, evidence, num
 
 
 def section(data: ReportData) -> Part:
@@ -21,9 +21,11 @@ def section(data: ReportData) -> Part:
     by_env: dict[str, list[Record]] = {}
     for r in recs:
         by_env.setdefault(data.env(r), []).append(r)
+    summary: list[str] = []
     for env, rs in by_env.items():
         _one_env(sec, data, env, rs)
-    return sec, []
+        summary += _against_baseline(sec, data, env, rs)
+    return sec, summary
 
 
 def _cell(r: Record | None) -> str:
@@ -70,3 +72,63 @@ def _one_env(sec: Section, data: ReportData, env: str, rs: list[Record]) -> None
             [[r["model"], str(r["seq_len"]), *evidence(r)] for r in shaky],
             title=f"Contended points, {env}",
         )
+
+
+PHASES = {"fwd": "forward", "fwdbwd": "forward + backward"}
+
+
+def _against_baseline(sec: Section, data: ReportData, env: str, rs: list[Record]) -> list[str]:
+    """Each layer's time over the baseline's at every N, from the rounds both took back to
+    back, with the 95 % interval and a verdict only where it excludes 1; the summary: from
+    which N each layer is faster for good."""
+    latest = {(r["model"], r["seq_len"]): r for r in sorted(rs, key=lambda r: r.get("time", ""))}
+    points = list(latest.values())
+    bases = data.baselines(points)
+    if not bases:
+        return []
+    base = [r for r in points if r["model"] in bases]
+    lengths = sorted({r["seq_len"] for r in points})
+    said = []
+    for phase, words in PHASES.items():
+        rows, line = [], []
+        for m in data.order(r["model"] for r in points):
+            if m in bases:
+                continue
+            mine = [r for r in points if r["model"] == m]
+            verdicts = point_verdicts(mine, base, f"{phase}_ms", at="seq_len")
+            if not verdicts:
+                continue
+            rows.append([m, *(_verdict_cell(verdicts.get(n)) for n in lengths)])
+            hit = resolved_crossover(verdicts)
+            crossing = (
+                None
+                if hit is None
+                else {"resolution": hit[0], "tokens": hit[0], "at_start": hit[1]}
+            )
+            found = {"crossovers": {phase: crossing}, "verdicts": {phase: verdicts}}
+            line.append(f"{m} {crossover_words(found, phase, unit='tokens')}")
+        if not rows:
+            continue
+        sec.table(
+            ["model", *(f"N = {n}" for n in lengths)],
+            rows,
+            title=f"{env}: {words} time over {baseline_label(bases)}'s, 95 % interval, verdict",
+        )
+        said.append(
+            f"The attention layer alone, {words}, faster than {baseline_label(bases)} ({env}; "
+            "a verdict only where the paired ratio's 95 % interval excludes 1): "
+            + "; ".join(line)
+            + "."
+        )
+    return said
+
+
+def _verdict_cell(v: dict[str, object] | None) -> str:
+    if v is None:
+        return ""
+    if v.get("failed"):
+        return str(v["verdict"]) + " (one side failed)"
+    ratio = f"{num(v.get('ratio'))}×"
+    if v.get("low") is not None:
+        ratio += f" ({num(v['low'])}–{num(v['high'])})"
+    return f"{ratio} {v['verdict']}" + ("" if v.get("paired") else ", unpaired medians")

@@ -7,11 +7,19 @@ from __future__ import annotations
 from typing import Any
 
 from effbench.config.attention import BASELINE_KIND
-from effbench.crossover import METRICS, baseline_label, is_contended, metrics_for, summarize
+from effbench.crossover import (
+    METRICS,
+    baseline_label,
+    is_contended,
+    metrics_for,
+    summarize,
+    unresolved_at,
+)
+from effbench.ratios import fastest
 from effbench.report.data import Record, ReportData, Series, env_key
 from effbench.report.document import Part, Section
 from effbench.report.figures import Plot, legend, new_figure, plot, slug
-from effbench.report.format import evidence, num, px_list
+from effbench.report.format import crossover_words, evidence, num, px_list
 
 Found = dict[str, dict[str, Any]]  # model -> crossover.summarize()'s entry
 
@@ -23,8 +31,11 @@ def section(data: ReportData) -> Part:
     sec.text(
         "Whole models from `effbench scale`, against the number of tokens (log-log). Grey "
         "lines show N and N² growth from the baseline's first point; a star marks where a "
-        f"model overtakes `{BASELINE_KIND}` for good (its crossover). Crossover and slope tables "
-        "follow each figure; failed points are listed, not dropped."
+        f"model overtakes `{BASELINE_KIND}` for good (its crossover). A time verdict is the "
+        "ratio to the baseline at the same point from repeats taken back to back in each "
+        "round, stated only where its 95 % interval (t over the rounds' log ratios) excludes "
+        "1, else 'not resolved'. Crossover and slope tables follow each figure; failed points "
+        "are listed, not dropped."
     )
     summary: list[str] = []
     for s in data.series:
@@ -130,40 +141,38 @@ def _failed_cells(r: Record) -> list[str]:
 
 def _crossover_cell(found: dict[str, Any], metric: str, is_base: bool) -> str:
     c = found["crossovers"].get(metric)
-    cross = (
-        "baseline"
-        if is_base
-        else "not reached in range"
-        if c is None
-        else f"{c['resolution']} px ({c['tokens']} tokens)"
-        + (", from the smallest" if c["at_start"] else "")
-    )
+    cross = "baseline" if is_base else crossover_words(found, metric)
+    if c is not None and c["at_start"]:
+        cross += ", from the smallest"
     shaky = found.get("contended", {}).get(metric)
     rests = f"; rests on contended figures at {px_list(shaky)}" if shaky else ""
     return f"{cross}; slope {num(found['slopes'].get(metric))}{rests}"
 
 
 def _crossovers_line(found: Found, models: list[str], bases: list[str], where: str) -> str:
-    reached = [
-        f"{m} from {found[m]['crossovers']['infer_time']['resolution']} px"
+    said = [
+        f"{m} {crossover_words(found[m], 'infer_time')}"
         + (
             f" (rests on contended figures at {px_list(shaky)})"
             if (shaky := found[m].get("contended", {}).get("infer_time"))
             else ""
         )
         for m in models
-        if m not in bases and found[m]["crossovers"].get("infer_time")
+        if m not in bases
+        and (found[m]["crossovers"].get("infer_time") or unresolved_at(found[m], "infer_time"))
     ]
     return (
-        f"Inference crossovers against {baseline_label(bases)} ({where}): "
-        + (", ".join(reached) if reached else "none in range")
+        f"Inference crossovers against {baseline_label(bases)} ({where}; a verdict only where "
+        "the paired ratio's 95 % interval excludes 1): "
+        + ("; ".join(said) if said else "none in range")
         + "."
     )
 
 
 def _fastest(points: list[Record], where: str) -> list[str]:
     """The fastest model at the smallest and largest resolution, from figures that were
-    not contended (those are left out, and counted)."""
+    not contended (those are left out, and counted): named only where its paired ratio to
+    every other model is resolved (Holm over them, `ratios.fastest`)."""
     sizes = sorted({r["image_size"] for r in points})
     parts = []
     for size in (sizes[0], sizes[-1]) if len(sizes) > 1 else sizes:
@@ -171,17 +180,23 @@ def _fastest(points: list[Record], where: str) -> list[str]:
         ok = [r for r in timed if not is_contended(r, "infer_time")]
         left_out = len(timed) - len(ok)
         note = f", {left_out} contended figure(s) left out" if left_out else ""
-        if ok:
-            best = min(ok, key=lambda r: r["infer_ms"])
+        found = fastest({r["model"]: r for r in ok}, "infer_ms")
+        if found is not None:
+            best = next(r for r in ok if r["model"] == found.model)
             if any(r.get("launch_bound") for r in ok):
                 note += "; rests on launch-bound figures (GPU kernels under half the time)"
-            parts.append(f"at {size} px {best['model']} ({num(best['infer_ms'])} ms a batch{note})")
+            ms = f"{num(best['infer_ms'])} ms a batch" + (
+                "" if found.paired else ", medians without paired rounds"
+            )
+            parts.append(
+                f"at {size} px {found.model} ({ms}{note})"
+                if found.resolved
+                else f"at {size} px not resolved between {found.model} ({ms}) and "
+                f"{', '.join(found.close)}{note}"
+            )
         elif left_out:
             parts.append(f"at {size} px not decided (every figure there is contended)")
     return [f"Fastest inference ({where}): " + "; ".join(parts) + "."] if parts else []
-
-
-# ---------------------------------------------------------------------------- the figure
 
 
 def _scaling_plot(
