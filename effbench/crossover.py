@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from effbench.ratios import record_ratio
+from effbench.ratios import keeps_rounds, record_ratio
 
 # Summary metric -> the scale record field it reads.
 METRICS = {
@@ -152,10 +152,18 @@ def point_verdicts(
         q = record_ratio(m, b, field)
         if q is not None:
             out[res] = q.as_dict() | {"paired": True}
+        elif keeps_rounds(m, field) or keeps_rounds(b, field):  # one round: no interval
+            out[res] = {"ratio": mv / bv, "verdict": "not resolved", "paired": True}
+            taken = [len(r.get(_rounds(field)) or []) for r in (m, b)]
+            out[res]["rounds"] = min(taken)
         else:
             out[res] = {"ratio": mv / bv, "verdict": "faster" if mv < bv else "slower"}
             out[res]["paired"] = False
     return out
+
+
+def _rounds(field: str) -> str:
+    return field.removesuffix("_ms") + "_rounds_ms"
 
 
 def resolved_crossover(verdicts: Mapping[int, Mapping[str, Any]]) -> tuple[int, bool] | None:

@@ -77,9 +77,16 @@ def paired_ratio(mine: Sequence[float], other: Sequence[float]) -> Ratio | None:
 
 
 def rounds_of(record: Mapping[str, Any], field: str) -> list[float] | None:
-    """The per-round times behind a record's `<phase>_ms` figure (`field`), when it has them."""
+    """The per-round times behind a record's `<phase>_ms` figure (`field`), when it has two
+    or more."""
     got = record.get(field.removesuffix("_ms") + "_rounds_ms")
     return list(got) if isinstance(got, list) and len(got) >= 2 else None
+
+
+def keeps_rounds(record: Mapping[str, Any], field: str) -> bool:
+    """Whether the record was written by an effbench that keeps rounds (even just one):
+    without them a verdict can only compare medians."""
+    return isinstance(record.get(field.removesuffix("_ms") + "_rounds_ms"), list)
 
 
 def record_ratio(
@@ -113,7 +120,7 @@ def fastest(points: Mapping[str, Mapping[str, Any]], field: str) -> Fastest | No
         return None
     best = min(timed, key=lambda m: timed[m][field])
     others = [m for m in timed if m != best]
-    if not any(rounds_of(r, field) for r in timed.values()):
+    if not any(keeps_rounds(r, field) for r in timed.values()):
         return Fastest(best, True, [], paired=False)
     ratios = [record_ratio(timed[best], timed[m], field) for m in others]
     ps = holm([1.0 if q is None else q.p_value for q in ratios])

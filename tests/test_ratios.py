@@ -118,3 +118,13 @@ def test_fastest_is_named_only_when_resolved_from_every_other_model() -> None:
     close = ratios.fastest({"a": a, "b": b, "c": c}, "infer_ms")
     assert close is not None and close.model == "a" and close.close == ["c"]
     assert ratios.fastest({}, "infer_ms") is None
+
+
+def test_one_round_gives_no_verdict_where_records_keep_rounds() -> None:
+    records = [_scale("sdpa", 32, [2.0]), _scale("lin", 32, [1.0])]
+    found = summarize(records, baseline="sdpa", mode="infer")["lin"]
+    assert found["verdicts"]["infer_time"][32]["verdict"] == "not resolved"
+    assert found["crossovers"]["infer_time"] is None
+    assert crossover_words(found, "infer_time") == "not resolved at 32 px"
+    one = ratios.fastest({"a": records[1], "b": records[0]}, "infer_ms")
+    assert one is not None and not one.resolved and one.paired
