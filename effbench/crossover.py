@@ -61,6 +61,12 @@ def crossover(
     for r in compared:
         m, b = mine.get(r), base.get(r)
         ahead.append(m is not None and (b is None or m < b))
+    return _ahead_from(compared, ahead)
+
+
+def _ahead_from(compared: Sequence[int], ahead: Sequence[bool]) -> tuple[int, bool] | None:
+    """The first of `compared` from which every `ahead` is true, and whether that is the
+    first of all; None when the last is not ahead."""
     if not ahead or not ahead[-1]:
         return None
     first = len(ahead) - 1
@@ -170,13 +176,7 @@ def resolved_crossover(verdicts: Mapping[int, Mapping[str, Any]]) -> tuple[int, 
     """The smallest resolution from which every verdict is `faster` (resolved ahead), and
     whether that is the smallest compared; None when the largest is not."""
     compared = sorted(verdicts)
-    ahead = [verdicts[r]["verdict"] == "faster" for r in compared]
-    if not ahead or not ahead[-1]:
-        return None
-    first = len(ahead) - 1
-    while first > 0 and ahead[first - 1]:
-        first -= 1
-    return compared[first], first == 0
+    return _ahead_from(compared, [verdicts[r]["verdict"] == "faster" for r in compared])
 
 
 def summarize(
