@@ -1,9 +1,10 @@
 """The Vision Transformer: identical for every mechanism except the attention layer.
 
-Conv patch embedding, CLS token (token 0), learned position embedding (resizable to another
-grid), pre-norm blocks with a GELU MLP, classification head on the CLS token. Equal starts:
-for one seed every mechanism gets the same shared weights (embeddings, norms, MLPs, head,
-W_qkv and W_o), and each attention layer draws its own parameters from a stream of its own.
+Conv patch embedding (or a convolutional tokenizer on the same grid), CLS token (token 0),
+learned position embedding (resizable to another grid), pre-norm blocks with a GELU MLP,
+classification head on the CLS token. Equal starts: for one seed every mechanism gets the
+same shared weights (embeddings, norms, MLPs, head, W_qkv and W_o), and each attention layer
+draws its own parameters from a stream of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +30,50 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def convs(self) -> list[nn.Conv2d]:
+        return [self.proj]
+
+    def flops(self, image_size: int) -> int:
+        """Forward FLOPs per image (2 per multiply-add; biases not counted)."""
+        k, side = self.proj.kernel_size[0], image_size // self.proj.kernel_size[0]
+        return 2 * side * side * self.proj.out_channels * self.proj.in_channels * k * k
+
+
+class ConvTokenizer(nn.Module):
+    """(B, channels, H, W) -> (B, P, C) on the same grid as a `PatchEmbed` of `patch_size`:
+    log2(patch_size) stages of a 3x3 convolution (no bias), ReLU and a 3x3 stride-2 max-pool,
+    as the tokenizer of Compact Convolutional Transformers (Hassani et al. 2021). The
+    stages before the last are dim // 2 wide. A locality prior every attention kind gets
+    alike, which small datasets reward."""
+
+    def __init__(self, *, channels: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        stages = patch_size.bit_length() - 1
+        if stages < 1 or 2**stages != patch_size:
+            raise ValueError(f"a conv tokenizer needs a power-of-two patch size, not {patch_size}")
+        widths = [channels] + [max(dim // 2, 1)] * (stages - 1) + [dim]
+        self.stages = nn.ModuleList(
+            nn.Conv2d(widths[i], widths[i + 1], kernel_size=3, padding=1, bias=False)
+            for i in range(stages)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for conv in self.stages:
+            x = F.max_pool2d(F.relu(conv(x)), kernel_size=3, stride=2, padding=1)
+        return x.flatten(2).transpose(1, 2)
+
+    def convs(self) -> list[nn.Conv2d]:
+        return list(self.stages)
+
+    def flops(self, image_size: int) -> int:
+        """Forward FLOPs per image of the convolutions (2 per multiply-add); ReLU and the
+        pools are not counted, as fvcore and FlopCounterMode do not count them."""
+        total, side = 0, image_size
+        for conv in self.stages:
+            total += 2 * side * side * conv.out_channels * conv.in_channels * 9
+            side = (side + 1) // 2
+        return total
 
 
 class Mlp(nn.Module):
@@ -67,7 +112,8 @@ class ViT(nn.Module):
         self.image_size = image_size
         self.grid = bb.grid(image_size)
         self.seq_len = bb.seq_len(image_size)
-        self.patch_embed = PatchEmbed(channels=bb.channels, dim=bb.dim, patch_size=bb.patch_size)
+        tokenizer = ConvTokenizer if bb.tokenizer == "conv" else PatchEmbed
+        self.patch_embed = tokenizer(channels=bb.channels, dim=bb.dim, patch_size=bb.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, bb.dim))
         self.pos_embed = nn.Parameter(torch.randn(1, self.seq_len, bb.dim) * 0.02)
         self.drop = nn.Dropout(bb.dropout)
@@ -108,9 +154,8 @@ class ViT(nn.Module):
 
     def flops(self) -> int:
         """Analytic forward FLOPs per image (2 per multiply-add of matrix products)."""
-        n, c = self.seq_len, self.patch_embed.proj.out_channels
-        k = self.patch_embed.proj.kernel_size[0]
-        embed = 2 * (n - 1) * c * self.patch_embed.proj.in_channels * k * k
+        n, c = self.seq_len, self.norm.normalized_shape[0]
+        embed = self.patch_embed.flops(self.image_size)
         mlp = sum(2 * n * 2 * c * blk.mlp.fc1.out_features for blk in self.blocks)
         return embed + mlp + self.attention_flops() + 2 * c * self.head.out_features
 
@@ -151,13 +196,15 @@ def _trunc_normal(*shape: int, g: torch.Generator) -> Tensor:
 @torch.no_grad()
 def init_shared(model: ViT, g: torch.Generator) -> None:
     """Initialise every weight the mechanisms share from `g`, in one fixed order: the patch
-    embedding (PyTorch's Conv2d default), position embedding, CLS, then per block the norms,
-    W_qkv and W_o in the fused layout (`standard` gets its Q, K and V as the split of it) and
-    the MLP, then the final norm and the head (truncated normal, std 0.02, zero biases)."""
-    conv = model.patch_embed.proj
-    nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5), generator=g)
-    bound = 1 / math.sqrt(conv.weight[0].numel())
-    conv.bias.uniform_(-bound, bound, generator=g)
+    embedding or conv tokenizer (PyTorch's Conv2d default), position embedding, CLS, then per
+    block the norms, W_qkv and W_o in the fused layout (`standard` gets its Q, K and V as the
+    split of it) and the MLP, then the final norm and the head (truncated normal, std 0.02,
+    zero biases)."""
+    for conv in model.patch_embed.convs():
+        nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5), generator=g)
+        if conv.bias is not None:
+            bound = 1 / math.sqrt(conv.weight[0].numel())
+            conv.bias.uniform_(-bound, bound, generator=g)
     nn.init.normal_(model.pos_embed, std=0.02, generator=g)
     model.cls_token.zero_()
     for blk in model.blocks:

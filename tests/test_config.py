@@ -168,6 +168,14 @@ BAD_SPECS = [
         "no hidden unit",
     ),
     (
+        "conv tokenizer on an odd patch",
+        GOOD.replace(
+            "image_size = 32\npatch_size = 4", 'image_size = 48\npatch_size = 6\ntokenizer = "conv"'
+        ),
+        "backbone.patch_size",
+        "not a power of two",
+    ),
+    (
         "model named ..",
         GOOD.replace('name = "nys"', 'name = ".."'),
         "models[1].name",

@@ -124,3 +124,35 @@ def test_attention_layers_draw_their_own_streams() -> None:
     assert not torch.equal(e0, e1)
     torch.manual_seed(0)
     assert torch.equal(build_model(BB, CONFIGS["linformer"].tiny()).blocks[0].attn.e, e0)
+
+
+CONV = BB.model_copy(update={"tokenizer": "conv"})
+
+
+@pytest.mark.parametrize("kind", [BASELINE_KIND, "window", "agent"])
+def test_the_conv_tokenizer_makes_the_same_grid_and_counts_its_flops(kind: str) -> None:
+    """Two conv stages for patch 4 give the patch embedding's 4 x 4 grid, so every kind
+    (grid-aware ones too) runs on top unchanged; its FLOPs agree three ways, and every kind
+    starts from the same tokenizer weights."""
+    torch.manual_seed(0)
+    model = build_model(CONV, attention_cfg(kind))
+    assert len(model.patch_embed.stages) == 2 and model.seq_len == 17
+    images = torch.randn(2, 3, 16, 16)
+    model(images).sum().backward()
+    counts = count_flops(model, images, analytic=model.flops())
+    assert counts.analytic == counts.fvcore == counts.flop_counter
+    plain = build_model(BB, attention_cfg(kind))
+    assert model.flops() > plain.flops()
+    torch.manual_seed(0)
+    again = build_model(CONV, attention_cfg(BASELINE_KIND))
+    for a, b in zip(model.patch_embed.stages, again.patch_embed.stages, strict=True):
+        assert torch.equal(a.weight, b.weight)
+    wide = build_model(CONV, attention_cfg(kind), image_size=32)  # another resolution: 8 x 8
+    assert wide(torch.randn(1, 3, 32, 32)).shape == (1, 5) and wide.seq_len == 65
+
+
+def test_the_conv_tokenizer_needs_a_power_of_two_patch() -> None:
+    from effbench.model import ConvTokenizer
+
+    with pytest.raises(ValueError, match="power-of-two patch size"):
+        ConvTokenizer(channels=3, dim=8, patch_size=6)

@@ -85,6 +85,13 @@ class Backbone(_Section):
 
     image_size: int = Field(32, gt=0, le=MAX_SIZE, description="input side in pixels")
     patch_size: int = Field(4, gt=0, le=MAX_SIZE, description="patch side in pixels")
+    tokenizer: Literal["patch", "conv"] = Field(
+        "patch",
+        description="how images become tokens: 'patch', one strided convolution per patch "
+        "(ViT); 'conv', log2(patch_size) stages of a 3x3 convolution, ReLU and a stride-2 "
+        "max-pool (Compact Convolutional Transformers, Hassani et al. 2021), the same token "
+        "grid; patch_size must then be a power of two",
+    )
     dim: int = Field(128, gt=0, le=MAX_SIZE, description="embedding width C")
     depth: int = Field(6, gt=0, le=1024, description="number of transformer blocks")
     heads: int = Field(4, gt=0, le=1024, description="attention heads")
@@ -383,6 +390,14 @@ class BenchSpec(_Section):
             )
         if bb.dim % bb.heads:
             out.append(("backbone.dim", f"{bb.dim} is not divisible by heads {bb.heads}"))
+        if bb.tokenizer == "conv":
+            for key, patch in (
+                ("backbone.patch_size", bb.patch_size),
+                ("scale.patch_size", self.scale.patch_size),
+            ):
+                if patch is not None and (patch < 2 or patch & (patch - 1)):
+                    why = "is not a power of two (2, 4, 8, 16, ...), which tokenizer = 'conv' needs"
+                    out.append((key, f"{patch} {why}"))
         if int(bb.dim * bb.mlp_ratio) < 1:
             out.append(
                 (
