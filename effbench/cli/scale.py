@@ -150,9 +150,8 @@ def scale_summary_table(summaries: list[Any], mode: str) -> Table:
     base = summaries[0].baseline if summaries else None
     table = Table(
         title=f"Crossover against {base} · log-log slope against tokens",
-        caption="crossover: the resolution from which it stays ahead, in time by a paired "
-        "ratio whose 95 % interval excludes 1 (≤: from the smallest; ?N: not resolved at N; "
-        "none: not reached in range)",
+        caption="crossover: the resolution from which it stays ahead (≤: from the smallest; "
+        "?N: not resolved at N; none: not reached)",
         box=box.SIMPLE_HEAD,
     )
     table.add_column("model")
