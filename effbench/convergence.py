@@ -11,6 +11,7 @@ line). Fewer epochs: unknown (None).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 MIN_EPOCHS = 3
@@ -31,9 +32,6 @@ def still_learning(losses: Sequence[float], best_epoch: int | None) -> bool | No
     if best_epoch is not None and best_epoch > n - max(1, math.ceil(LAST_SHARE * n)):
         return True
     tail = list(losses[-max(2, math.ceil(n / 4)) :])
-    xs = range(len(tail))
-    mx, my = sum(xs) / len(tail), sum(tail) / len(tail)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, tail, strict=True)) / sum(
-        (x - mx) ** 2 for x in xs
-    )
-    return my > 0 and -slope / my > SLOPE
+    slope = statistics.linear_regression(range(len(tail)), tail).slope
+    level = statistics.fmean(tail)
+    return level > 0 and -slope / level > SLOPE

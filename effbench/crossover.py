@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from effbench.ratios import keeps_rounds, record_ratio
+from effbench.ratios import keeps_rounds, record_ratio, rounds_field
 
 # Summary metric -> the scale record field it reads.
 METRICS = {
@@ -108,14 +108,7 @@ def baseline_label(baselines: Sequence[str]) -> str | None:
 
 def best_of(records: Iterable[dict[str, Any]], field: str) -> dict[int, float | None]:
     """Per resolution, the smallest `field` among `records` (None where every one failed)."""
-    out: dict[int, float | None] = {}
-    for r in records:
-        v, res = r.get(field), r["image_size"]
-        if v is not None and (out.get(res) is None or v < out[res]):
-            out[res] = v
-        else:
-            out.setdefault(res, None)
-    return out
+    return {res: None if r is None else r[field] for res, r in best_records(records, field).items()}
 
 
 def best_records(
@@ -160,7 +153,7 @@ def point_verdicts(
             out[res] = q.as_dict() | {"paired": True}
         elif keeps_rounds(m, field) or keeps_rounds(b, field):  # one round: no interval
             out[res] = {"ratio": mv / bv, "verdict": "not resolved", "paired": True}
-            taken = [len(r.get(_rounds(field)) or []) for r in (m, b)]
+            taken = [len(r.get(rounds_field(field)) or []) for r in (m, b)]
             out[res]["rounds"] = min(taken)
         else:
             out[res] = {"ratio": mv / bv, "verdict": "faster" if mv < bv else "slower"}
@@ -168,15 +161,18 @@ def point_verdicts(
     return out
 
 
-def _rounds(field: str) -> str:
-    return field.removesuffix("_ms") + "_rounds_ms"
-
-
 def resolved_crossover(verdicts: Mapping[int, Mapping[str, Any]]) -> tuple[int, bool] | None:
     """The smallest resolution from which every verdict is `faster` (resolved ahead), and
     whether that is the smallest compared; None when the largest is not."""
     compared = sorted(verdicts)
     return _ahead_from(compared, [verdicts[r]["verdict"] == "faster" for r in compared])
+
+
+def crossing(hit: tuple[int, bool] | None, tokens: Mapping[int, int]) -> dict[str, Any] | None:
+    """A crossover found at (point, whether the first) as its record fields, or None."""
+    if hit is None:
+        return None
+    return {"resolution": hit[0], "tokens": tokens[hit[0]], "at_start": hit[1]}
 
 
 def summarize(
@@ -223,11 +219,7 @@ def summarize(
                 hit = resolved_crossover(found["verdicts"][metric])
             else:
                 hit = crossover({r["image_size"]: r.get(field) for r in rs}, best_of(base, field))
-            found["crossovers"][metric] = (
-                None
-                if hit is None
-                else {"resolution": hit[0], "tokens": tokens[hit[0]], "at_start": hit[1]}
-            )
+            found["crossovers"][metric] = crossing(hit, tokens)
         out[model] = found
     return out
 

@@ -76,17 +76,23 @@ def paired_ratio(mine: Sequence[float], other: Sequence[float]) -> Ratio | None:
     return Ratio(math.exp(mean), math.exp(mean - half), math.exp(mean + half), p, len(logs))
 
 
+def rounds_field(field: str) -> str:
+    """The record field that keeps, round by round, the repeats behind `field` (`infer_ms`
+    -> `infer_rounds_ms`)."""
+    return field.removesuffix("_ms") + "_rounds_ms"
+
+
 def rounds_of(record: Mapping[str, Any], field: str) -> list[float] | None:
     """The per-round times behind a record's `<phase>_ms` figure (`field`), when it has two
     or more."""
-    got = record.get(field.removesuffix("_ms") + "_rounds_ms")
+    got = record.get(rounds_field(field))
     return list(got) if isinstance(got, list) and len(got) >= 2 else None
 
 
 def keeps_rounds(record: Mapping[str, Any], field: str) -> bool:
     """Whether the record was written by an effbench that keeps rounds (even just one):
     without them a verdict can only compare medians."""
-    return isinstance(record.get(field.removesuffix("_ms") + "_rounds_ms"), list)
+    return isinstance(record.get(rounds_field(field)), list)
 
 
 def record_ratio(

@@ -3,7 +3,13 @@ from `effbench profile`, one table per environment, contended and launch-bound p
 
 from __future__ import annotations
 
-from effbench.crossover import baseline_label, phase_contended, point_verdicts, resolved_crossover
+from effbench.crossover import (
+    baseline_label,
+    crossing,
+    phase_contended,
+    point_verdicts,
+    resolved_crossover,
+)
 from effbench.report.data import Record, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.format import crossover_words, evidence, num
@@ -23,8 +29,12 @@ def section(data: ReportData) -> Part:
         by_env.setdefault(data.env(r), []).append(r)
     summary: list[str] = []
     for env, rs in by_env.items():
-        _one_env(sec, data, env, rs)
-        summary += _against_baseline(sec, data, env, rs)
+        # the newest record of each model and length: a profile run again replaces the old
+        latest = {
+            (r["model"], r["seq_len"]): r for r in sorted(rs, key=lambda r: r.get("time", ""))
+        }
+        _one_env(sec, data, env, latest)
+        summary += _against_baseline(sec, data, env, list(latest.values()))
     return sec, summary
 
 
@@ -39,9 +49,11 @@ def _cell(r: Record | None) -> str:
     return f"{fwd}{'†' if r.get('launch_bound') else ''} / {fb}"
 
 
-def _one_env(sec: Section, data: ReportData, env: str, rs: list[Record]) -> None:
+def _one_env(
+    sec: Section, data: ReportData, env: str, latest: dict[tuple[str, int], Record]
+) -> None:
+    rs = list(latest.values())
     lengths = sorted({r["seq_len"] for r in rs})
-    latest = {(r["model"], r["seq_len"]): r for r in sorted(rs, key=lambda r: r.get("time", ""))}
     rows = [
         [m, *(_cell(latest.get((m, n))) for n in lengths)]
         for m in data.order(r["model"] for r in rs)
@@ -77,12 +89,10 @@ def _one_env(sec: Section, data: ReportData, env: str, rs: list[Record]) -> None
 PHASES = {"fwd": "forward", "fwdbwd": "forward + backward"}
 
 
-def _against_baseline(sec: Section, data: ReportData, env: str, rs: list[Record]) -> list[str]:
+def _against_baseline(sec: Section, data: ReportData, env: str, points: list[Record]) -> list[str]:
     """Each layer's time over the baseline's at every N, from the rounds both took back to
     back, with the 95 % interval and a verdict only where it excludes 1; the summary: from
     which N each layer is faster for good."""
-    latest = {(r["model"], r["seq_len"]): r for r in sorted(rs, key=lambda r: r.get("time", ""))}
-    points = list(latest.values())
     bases = data.baselines(points)
     if not bases:
         return []
@@ -99,13 +109,8 @@ def _against_baseline(sec: Section, data: ReportData, env: str, rs: list[Record]
             if not verdicts:
                 continue
             rows.append([m, *(_verdict_cell(verdicts.get(n)) for n in lengths)])
-            hit = resolved_crossover(verdicts)
-            crossing = (
-                None
-                if hit is None
-                else {"resolution": hit[0], "tokens": hit[0], "at_start": hit[1]}
-            )
-            found = {"crossovers": {phase: crossing}, "verdicts": {phase: verdicts}}
+            at = crossing(resolved_crossover(verdicts), {n: n for n in lengths})
+            found = {"crossovers": {phase: at}, "verdicts": {phase: verdicts}}
             line.append(f"{m} {crossover_words(found, phase, unit='tokens')}")
         if not rows:
             continue

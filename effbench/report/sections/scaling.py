@@ -199,6 +199,9 @@ def _fastest(points: list[Record], where: str) -> list[str]:
     return [f"Fastest inference ({where}): " + "; ".join(parts) + "."] if parts else []
 
 
+# ---------------------------------------------------------------------------- the figure
+
+
 def _scaling_plot(
     data: ReportData,
     points: list[Record],
