@@ -49,6 +49,7 @@ def wait_for(path_glob: Path, pattern: str, limit_s: float) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # a whole study, twice (`.ci/run` runs the slow set)
 @needs_mini
 def test_a_study_runs_resumes_skips_and_refuses_another_spec(tmp_path: Path) -> None:
     spec = tmp_path / "bench.toml"

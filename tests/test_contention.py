@@ -234,6 +234,7 @@ def profile_records(tmp_path: Path, spec: Path, name: str) -> dict[tuple[str, in
     return {(r["model"], r["seq_len"]): r for r in records}
 
 
+@pytest.mark.slow  # a profile beside a busy process (`.ci/run` runs the slow set)
 @linux
 def test_profile_beside_a_busy_pytorch_process(tmp_path: Path) -> None:
     """Every point of a profile run disturbed by a busy PyTorch process is either flagged as

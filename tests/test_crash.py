@@ -180,6 +180,7 @@ def _no_leftovers(out: Path, run: Path) -> None:
     assert all(json.loads(p.read_text())["models"] for p in stray)
 
 
+@pytest.mark.slow  # three training runs (`.ci/run` runs the slow set)
 def test_sigkilled_training_resumes_to_the_uninterrupted_losses(tmp_path: Path) -> None:
     rng = random.Random(20240611)
     # The uninterrupted run, alongside the interrupted ones (one thread each).
