@@ -18,17 +18,37 @@ METRICS = {
     "infer_memory": "infer_peak_mib",
     "train_time": "train_ms",
     "train_memory": "train_peak_mib",
+    # `--batch max`: time per image at each model's own largest batch (1 / throughput)
+    "infer_throughput": "infer_image_ms",
+    "train_throughput": "train_image_ms",
 }
 # Time metric -> the timed phase whose CPU check says whether its figure is contended.
-TIMED_PHASE = {"infer_time": "infer", "train_time": "train"}
+TIMED_PHASE = {
+    "infer_time": "infer",
+    "train_time": "train",
+    "infer_throughput": "infer",
+    "train_throughput": "train",
+}
 # Slopes are fitted over the points with at least this fraction of the largest token count:
 # the upper part of the range, where the leading term dominates.
 SLOPE_SPAN = 1 / 16
 
 
-def metrics_for(mode: str) -> list[str]:
-    """The summary metrics that a scale mode measures."""
-    return [m for m in METRICS if mode == "both" or m.startswith(mode)]
+def metrics_for(mode: str, *, max_batch: bool = False) -> list[str]:
+    """The summary metrics that a scale mode measures: time and memory at a fixed batch, or
+    with `max_batch` (`--batch max`, where each model has its own batch and its peak is
+    the limit) throughput alone."""
+    kinds = ("throughput",) if max_batch else ("time", "memory")
+    return [
+        m
+        for m in METRICS
+        if (mode == "both" or m.startswith(mode)) and m.rsplit("_", 1)[1] in kinds
+    ]
+
+
+def at_max_batch(records: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether scale records were measured under `--batch max`."""
+    return any(r.get("batch_search") == "max" for r in records)
 
 
 def phase_contended(record: Mapping[str, Any], phase: str) -> bool:
@@ -203,7 +223,7 @@ def summarize(
     for model, rs in by_model.items():
         found: dict[str, Any] = {"crossovers": {}, "verdicts": {}, "slopes": {}}
         found |= {"slope_tokens": {}, "contended": {}}
-        for metric in metrics_for(mode):
+        for metric in metrics_for(mode, max_batch=at_max_batch(rs)):
             field = METRICS[metric]
             shaky = sorted({r["image_size"] for r in (*rs, *base) if is_contended(r, metric)})
             if shaky:

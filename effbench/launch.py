@@ -8,7 +8,7 @@ import os
 import sys
 
 # Commands that time things; `analyze` and `report` do not.
-MEASURING_COMMANDS = frozenset({"profile", "train", "scale"})
+MEASURING_COMMANDS = frozenset({"profile", "train", "scale", "export"})
 
 
 def main() -> None:

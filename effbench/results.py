@@ -137,12 +137,23 @@ class Compiled(BaseModel):
     launch_bound: bool | None = None
 
 
+class MaxBatch(BaseModel):
+    """How `--batch max` found a phase's batch: the largest tried whose peak fitted."""
+
+    batch: int
+    peak_mib: float
+    limit_mib: float
+    tried: list[list[float | None]]  # [batch, peak MiB (None: ran out of memory)]
+    mib_per_image: float | None = None  # slope of the line fitted to the peaks
+    capped: bool = False  # stopped at `largest_batch`, below the limit
+
+
 class ProfileRecord(Compiled, Contention, Record):
     """One attention layer at one sequence length."""
 
     kind: Literal["profile"] = "profile"
     seq_len: int
-    batch_size: int
+    batch_size: int | None  # under `--batch max`: the forward's batch (None: nothing fitted)
     dim: int
     heads: int
     repeats: int | None = None  # timed repeats per phase (records before repeats: one)
@@ -177,6 +188,16 @@ class ProfileRecord(Compiled, Contention, Record):
     breakdown_source: str | None = None
     sdpa_backend_source: str | None = None
     sdpa_math_fallback: bool | None = None
+    # `--batch max`: each phase at the largest batch that fits the memory limit (the search
+    # per phase in `max_batch`), its time per sequence and tokens per second
+    batch_search: Literal["max"] | None = None
+    max_batch: dict[str, MaxBatch] | None = None
+    fwd_image_ms: float | None = None  # per sequence (the name scale records use)
+    fwd_image_rounds_ms: list[float] | None = None
+    fwd_tokens_per_s: float | None = None
+    fwdbwd_image_ms: float | None = None
+    fwdbwd_image_rounds_ms: list[float] | None = None
+    fwdbwd_tokens_per_s: float | None = None
 
 
 class ScaleRecord(Compiled, Contention, Record):
@@ -186,7 +207,7 @@ class ScaleRecord(Compiled, Contention, Record):
     image_size: int
     patch_size: int
     seq_len: int
-    batch_size: int
+    batch_size: int | None  # under `--batch max`: the batch found (None: nothing fitted)
     mode: str
     precision: str  # "float32", or e.g. "bfloat16 autocast" (weights stay float32)
     dim: int
@@ -220,6 +241,16 @@ class ScaleRecord(Compiled, Contention, Record):
     train_rounds_ms: list[float] | None = None  # each repeat's median, round by round
     train_images_per_s: float | None = None
     train_peak_mib: float | None = None
+    # NVIDIA GPUs (`effbench.measure.energy`): NVML's energy counter over a window of at
+    # least 2 s of calls, apart from the timings; mean watts over that window
+    infer_joules_per_image: float | None = None
+    infer_watts: float | None = None
+    infer_energy_window_s: float | None = None
+    train_joules_per_step: float | None = None
+    train_watts: float | None = None
+    train_energy_window_s: float | None = None
+    energy_source: str | None = None
+    energy_note: str | None = None  # why an energy figure is missing (no NVIDIA GPU, ...)
     mem_source: str | None = None
     sdpa_backend: str | None = None
     sdpa_backend_source: str | None = None
@@ -229,6 +260,14 @@ class ScaleRecord(Compiled, Contention, Record):
     breakdown_source: str | None = None
     top_ops: list[OpTime] | None = None
     checkpoint: str | None = None  # `scale --checkpoint`: the run evaluated
+    # `--batch max`: each phase timed at the largest batch that fits the memory limit; per
+    # phase the search (`MaxBatch`) and the time per image, for throughput and its verdicts
+    batch_search: Literal["max"] | None = None
+    max_batch: dict[str, MaxBatch] | None = None
+    infer_image_ms: float | None = None
+    infer_image_rounds_ms: list[float] | None = None
+    train_image_ms: float | None = None
+    train_image_rounds_ms: list[float] | None = None
     trained_image_size: int | None = None
     test_loss: float | None = None
     test_top1: float | None = None
@@ -394,6 +433,49 @@ class TrainRecord(Record):
     # still learning when the budget ended, by `effbench.convergence`'s rule (None: too short)
     still_learning: bool | None = None
     weights: str | None = None  # safetensors file of the selected weights, relative to the run
+
+
+ExportPath = Literal[
+    "torch.export static",
+    "torch.export dynamic batch",
+    "onnx",
+    "onnxruntime cpu",
+    "onnxruntime cuda",
+]
+
+
+class ExportRecord(Contention, Record):
+    """One whole model on one deployment path (`effbench export`): whether it got through,
+    why not (`error`: the first line of the failure, `failure`: its class, `operator`: the
+    first operator nothing supports), how far its outputs are from eager PyTorch's and, in
+    onnxruntime, its latency beside eager's at the same batch."""
+
+    kind: Literal["export"] = "export"
+    # `unsupported`: the path cannot take the model as it is (an operator, a shape); `error`:
+    # anything else that failed, outputs too far from eager's included
+    status: Literal["ok", "error", "unsupported"] = "ok"
+    path: ExportPath
+    failure: str | None = None  # the failure's class: unsupported operator, data-dependent ...
+    operator: str | None = None
+    note: str | None = None  # e.g. an ONNX file with a static batch, and why not dynamic
+    image_size: int
+    patch_size: int
+    seq_len: int
+    batch_size: int
+    dim: int
+    depth: int
+    heads: int
+    checked_batches: list[int] | None = None  # batches compared with eager
+    max_abs_diff: float | None = None  # largest |output - eager output| over those batches
+    export_s: float | None = None  # seconds the export took (torch.export and onnx paths)
+    dynamic_batch: bool | None = None  # the program or ONNX file takes any batch
+    opset: int | None = None
+    onnx_file: str | None = None  # relative to the results directory
+    onnx_bytes: int | None = None
+    provider: str | None = None  # onnxruntime's execution provider
+    eager_ms: float | None = None  # one batch in eager PyTorch on the provider's device
+    ort_ms: float | None = None  # the same batch in onnxruntime
+    versions: dict[str, str] | None = None  # onnx, onnxscript, onnxruntime
 
 
 # ---------------------------------------------------------------------------- files

@@ -17,9 +17,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "effbench"
 LAYERS: dict[str, int] = {
     "errors": 1, "claims": 1, "signals": 1, "config": 1, "results": 1, "env": 1,
     "contention": 1, "crossover": 1, "report": 1, "stats": 1, "convergence": 1, "ratios": 1,
+    "diff": 1,
     "__init__": 1,
     "attention": 2, "model": 2, "data": 2, "device": 2, "measure": 2,
-    "sweep": 3, "runs": 3, "train": 3, "analyze": 3, "plan": 3, "study": 3,
+    "sweep": 3, "runs": 3, "train": 3, "analyze": 3, "plan": 3, "study": 3, "deploy": 3,
     "cli": 4, "launch": 4, "__main__": 4,
 }  # fmt: skip
 TORCH_FREE = [
@@ -27,6 +28,7 @@ TORCH_FREE = [
     "effbench.config.attention", "effbench.results",
     "effbench.env", "effbench.contention", "effbench.crossover", "effbench.report",
     "effbench.stats", "effbench.config.budget", "effbench.convergence", "effbench.ratios",
+    "effbench.diff",
     "effbench.launch", "effbench.cli",
     # runners, but planning a command (and so every spec error) needs no torch either
     "effbench.plan", "effbench.runs", "effbench.study",
@@ -82,7 +84,7 @@ def test_importtime_parser_sees_torch() -> None:
     [
         ["--help"],
         ["--version"],
-        *([cmd, "--help"] for cmd in ("profile", "train", "scale", "analyze", "report")),
+        *([cmd, "--help"] for cmd in ("profile", "train", "scale", "analyze", "report", "export")),
     ],
     ids=lambda a: " ".join(a),
 )

@@ -21,7 +21,7 @@ from specs import MINI, needs_mini, run_cli
 
 from effbench.cli.console import Console, backend_note
 from effbench.cli.profile import PROFILE_COLUMNS, profile_row
-from effbench.cli.scale import SCALE_COLUMNS, scale_row
+from effbench.cli.scale import scale_columns, scale_row
 from effbench.measure.timing import Rounds, _Repeats
 from effbench.results import ProfileRecord, ScaleRecord, read_jsonl
 
@@ -160,7 +160,7 @@ def test_scale_tables_keep_every_column_when_piped(tmp_path: Path) -> None:
     points = [ScaleRecord.model_validate(r) for r in recs if r["kind"] == "scale"]
     assert len(points) == 4
     assert any(r.note for r in points)  # linformer's k fitted to the tokens at 8 px
-    columns = [c for c in SCALE_COLUMNS if c != "top-1"]  # no --checkpoint
+    columns = list(scale_columns(checkpoint=False, max_batch=False))
     rows = [[scale_row(r)[c] for c in columns] for r in points]
     assert_rows_whole(output, columns, rows)
     # the crossover table: every model on one line with all its metrics
@@ -187,8 +187,9 @@ def test_scale_of_a_checkpoint_keeps_resolution_top1_and_note_when_piped(tmp_pat
     points = [ScaleRecord.model_validate(r) for r in read_jsonl(results_file(out, "scale"))[0]]
     assert [r.image_size for r in points] == [8, 16]
     assert all(r.test_top1 is not None and backend_note(r) for r in points)
-    rows = [[scale_row(r)[c] for c in SCALE_COLUMNS] for r in points]
-    assert_rows_whole(output, list(SCALE_COLUMNS), rows)
+    columns = list(scale_columns(checkpoint=True, max_batch=False))
+    rows = [[scale_row(r)[c] for c in columns] for r in points]
+    assert_rows_whole(output, columns, rows)
 
 
 def test_a_users_columns_still_sets_the_width(monkeypatch: pytest.MonkeyPatch) -> None:

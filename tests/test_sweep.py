@@ -28,7 +28,7 @@ from effbench.config.spec import (
     parse_spec,
     read_toml,
 )
-from effbench.crossover import METRICS, loglog_slope
+from effbench.crossover import METRICS, loglog_slope, metrics_for
 from effbench.env import environment
 from effbench.model import adapt_state_dict, build_model
 from effbench.results import read_jsonl, record_base
@@ -173,16 +173,19 @@ def test_scale_grid_end_to_end_with_crossovers_and_slopes(tmp_path: Path) -> Non
         assert r["infer_peak_mib"] > 0 and r["train_peak_mib"] > 0
         assert r["env"]["threads"] >= 1 and r["repeats"] == 1 and r["env"]["allocator"]
         assert set(r["breakdown_ms"]) == {"attention", "mlp", "norm", "other"}
+        assert r["energy_note"] == "energy needs an NVIDIA GPU (NVML); device is cpu"
+        assert r["infer_joules_per_image"] is r["train_joules_per_step"] is None
     linformer_8 = next(r for r in points if r["model"] == "linformer" and r["image_size"] == 8)
     assert linformer_8["attention"]["k"] == 5 and "k 8 -> 5" in linformer_8["note"]
     assert {r["sdpa_backend"] for r in points if r["model"] == "sdpa"} == {"flash_cpu"}
 
     assert set(summaries) == set(KINDS)
     for model, s in summaries.items():
-        assert s["baseline"] == "sdpa" and set(s["slopes"]) == set(METRICS)
+        assert s["baseline"] == "sdpa" and set(s["slopes"]) == set(metrics_for("both"))
         mine = {r["image_size"]: r for r in points if r["model"] == model}
         base = {r["image_size"]: r for r in points if r["model"] == "sdpa"}
-        for metric, field in METRICS.items():
+        for metric in metrics_for("both"):
+            field = METRICS[metric]
             tokens = s["slope_tokens"][metric]
             fitted = [(r["seq_len"], r[field]) for r in mine.values() if r["seq_len"] in tokens]
             expect = loglog_slope(fitted)

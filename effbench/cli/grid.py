@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from effbench.cli.console import console, err_console, warn_if_busy, whole_lines
+from effbench.errors import UsageError
 from effbench.plan import choose_device
 from effbench.signals import StopFlag
 
@@ -55,6 +56,14 @@ class Measuring:
         )
 
 
+def batch_words(section: ProfileSection | ScaleSection) -> str:
+    """'batch 8', or for `--batch max` the limit the search fills."""
+    if section.batch_size != "max":
+        return f"batch {section.batch_size}"
+    limit = section.memory_limit or "nine tenths of the GPU's free memory"
+    return f"the largest batch under {limit}"
+
+
 def timing_words(section: ProfileSection | ScaleSection) -> str:
     """How a grid takes its timing repeats, for the line above its table."""
     if section.repeats == 1:
@@ -76,6 +85,11 @@ def start_measuring(section: ProfileSection | ScaleSection, *, where: str) -> Me
     from effbench.results import new_run_id
 
     device = choose_device(section.device, where=where)
+    if section.batch_size == "max" and device.type == "cpu" and section.memory_limit is None:
+        raise UsageError(
+            "--batch max on the CPU needs --memory-limit SIZE (e.g. 2GiB): the memory each "
+            "call may use, which the search fills and the process is held to"
+        )
     if section.threads:
         torch.set_num_threads(section.threads)
     if device.type == "cpu":

@@ -36,6 +36,23 @@ ThreadsOpt = Annotated[
     typer.Option(help="CPU threads for torch (default: torch's, one per core)."),
 ]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Batch size.")]
+GridBatchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--batch-size",
+        "--batch",
+        "-b",
+        help="Batch size, or 'max': the largest batch whose peak memory fits --memory-limit, "
+        "found per point and phase (throughput at the largest batch).",
+    ),
+]
+MemoryLimitOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --batch max: the memory a call may use, e.g. 2GiB (needed on the CPU; on a "
+        "GPU the default is nine tenths of its free memory).",
+    ),
+]
 RepeatsOpt = Annotated[
     int | None, typer.Option(help="Timed repeats per point; their spread is recorded.")
 ]

@@ -15,23 +15,25 @@ from effbench.cli.console import (
     closing_line,
     console,
     contention_note,
+    count,
     gflop,
     mib,
     ms,
     note_cell,
     status,
 )
-from effbench.cli.grid import grid_table, run_grid, start_measuring
+from effbench.cli.grid import batch_words, grid_table, run_grid, start_measuring
 from effbench.cli.options import (
     DEFAULT_RESULTS,
     DEFAULT_SPEC_PATH,
     AttentionOpt,
-    BatchSizeOpt,
     CompileModeOpt,
     CompileOpt,
     DeviceOpt,
     DtypeOpt,
+    GridBatchOpt,
     InterleaveOpt,
+    MemoryLimitOpt,
     RepeatsOpt,
     ResultsOpt,
     SetOpt,
@@ -69,6 +71,7 @@ PROFILE_COLUMNS: dict[str, int | None] = {
     "model": 10,
     "N": 5,
     "status": 6,
+    "batch": 5,
     "fwd ms": 7,
     "f+b ms": 7,
     "fwd MiB": 7,
@@ -97,6 +100,7 @@ def profile_row(r: Any) -> list[str]:
         r.model,
         str(r.seq_len),
         status(r),
+        count(r.batch_size),
         ms(r.fwd_ms),
         ms(r.fwdbwd_ms),
         mib(r.fwd_peak_mib),
@@ -116,7 +120,8 @@ def profile(
     spec: SpecOpt = DEFAULT_SPEC_PATH,
     attention: AttentionOpt = None,
     seq_len: SeqLenOpt = None,
-    batch_size: BatchSizeOpt = None,
+    batch_size: GridBatchOpt = None,
+    memory_limit: MemoryLimitOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     trace: TraceOpt = None,
@@ -134,6 +139,7 @@ def profile(
     overrides = {
         "profile.seq_lens": seq_len or None,
         "profile.batch_size": batch_size,
+        "profile.memory_limit": memory_limit,
         "profile.dtype": dtype,
         "profile.device": device,
         "profile.trace": trace,
@@ -163,7 +169,7 @@ def run_profile(bench: BenchSpec, output: Path) -> None:
     points = profile_grid(bench)
     console.print(
         f"{len(points)} points: {len(bench.models)} models x {len(pr.seq_lens)} lengths, "
-        f"batch {pr.batch_size}, {pr.dtype}, {at.words(pr)}"
+        f"{batch_words(pr)}, {pr.dtype}, {at.words(pr)}"
     )
     sweep = partial(
         profile_sweep, bench, device=at.device, env=at.env, run_id=at.run_id, trace_root=trace_root

@@ -27,17 +27,18 @@ from effbench.cli.console import (
     status,
     whole_lines,
 )
-from effbench.cli.grid import Measuring, grid_table, run_grid, start_measuring
+from effbench.cli.grid import Measuring, batch_words, grid_table, run_grid, start_measuring
 from effbench.cli.options import (
     DEFAULT_RESULTS,
     DEFAULT_SPEC_PATH,
     AttentionOpt,
-    BatchSizeOpt,
     CompileModeOpt,
     CompileOpt,
     DeviceOpt,
     DtypeOpt,
+    GridBatchOpt,
     InterleaveOpt,
+    MemoryLimitOpt,
     RepeatsOpt,
     ResultsOpt,
     SetOpt,
@@ -72,6 +73,15 @@ BreakdownOpt = Annotated[
         help="Profile one forward per point: time in attention / MLP / norm / other.",
     ),
 ]
+EnergyOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--energy/--no-energy",
+        help="Joules per image and per training step, and watts, from NVML's energy counter "
+        "over 2 s or more of calls, apart from the timings (NVIDIA GPUs, with the energy "
+        "extra: nvidia-ml-py). Default: on CUDA.",
+    ),
+]
 CheckpointOpt = Annotated[
     Path | None,
     typer.Option(
@@ -91,6 +101,7 @@ SCALE_COLUMNS: dict[str, int | None] = {
     "px": 4,
     "N": 5,
     "status": 6,
+    "batch": 5,
     "inf ms": 7,
     "img/s": 7,
     "inf MiB": 7,
@@ -113,6 +124,7 @@ def scale_row(r: Any) -> dict[str, str]:
         str(r.image_size),
         str(r.seq_len),
         status(r),
+        count(r.batch_size),
         ms(r.infer_ms),
         count(r.images_per_s),
         mib(r.infer_peak_mib),
@@ -124,6 +136,12 @@ def scale_row(r: Any) -> dict[str, str]:
         note_cell(note),
     ]
     return dict(zip(SCALE_COLUMNS, cells, strict=True))
+
+
+def scale_columns(*, checkpoint: bool, max_batch: bool) -> dict[str, int | None]:
+    """The table's columns: `top-1` with --checkpoint, `batch` with --batch max."""
+    hidden = {c for c, shown in (("top-1", checkpoint), ("batch", max_batch)) if not shown}
+    return {c: w for c, w in SCALE_COLUMNS.items() if c not in hidden}
 
 
 def scale_timed(r: Any) -> bool:
@@ -141,12 +159,12 @@ def _crossover(s: Any, metric: str) -> str:
     return f"{'≤' if c.at_start else ''}{c.resolution}px"
 
 
-def scale_summary_table(summaries: list[Any], mode: str) -> Table:
+def scale_summary_table(summaries: list[Any], mode: str, *, max_batch: bool = False) -> Table:
     """Per model and metric: the crossover against the baseline, then the slope."""
     from effbench.config.attention import BASELINE_KIND
     from effbench.crossover import metrics_for
 
-    metrics = metrics_for(mode)
+    metrics = metrics_for(mode, max_batch=max_batch)
     base = summaries[0].baseline if summaries else None
     table = Table(
         title=f"Crossover against {base} · log-log slope against tokens",
@@ -176,7 +194,7 @@ def headline(bench: BenchSpec, n_points: int, at: Measuring) -> str:
     return (
         f"{n_points} points: {len(bench.models)} models x {len(sc.resolutions)} resolutions "
         f"({', '.join(map(str, sc.resolutions))} px, patch {bench.scale_patch()}), "
-        f"batch {sc.batch_size}, {sc.mode}, {sc.dtype}, {at.words(sc)}"
+        f"{batch_words(sc)}, {sc.mode}, {sc.dtype}, {at.words(sc)}"
     )
 
 
@@ -195,7 +213,7 @@ def measure(plan: ScalePlan, at: Measuring, results: Path) -> list[Any]:
     spec_path = results.with_name(results.name.removesuffix(".jsonl") + ".spec.json")
     write_json_atomic(spec_path, bench.model_dump(mode="json"))
     points = scale_grid(bench)
-    columns = {c: w for c, w in SCALE_COLUMNS.items() if run is not None or c != "top-1"}
+    columns = scale_columns(checkpoint=run is not None, max_batch=bench.scale.batch_size == "max")
     title = f"effbench scale on {at.env.device_name}" + (
         f": {run.entry.name} trained at {bench.backbone.image_size} px" if run else ""
     )
@@ -221,7 +239,8 @@ def summarize(plan: ScalePlan, done: list[Any], at: Measuring, results: Path) ->
     with JsonlWriter(results) as writer:
         for s in summaries:
             writer.write(s)
-    console.print(scale_summary_table(summaries, plan.spec.scale.mode))
+    sc = plan.spec.scale
+    console.print(scale_summary_table(summaries, sc.mode, max_batch=sc.batch_size == "max"))
 
 
 @app.command(cls=ListOptionCommand)
@@ -230,7 +249,8 @@ def scale(
     attention: AttentionOpt = None,
     res: ResOpt = None,
     patch: PatchOpt = None,
-    batch_size: BatchSizeOpt = None,
+    batch_size: GridBatchOpt = None,
+    memory_limit: MemoryLimitOpt = None,
     mode: ModeOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
@@ -238,6 +258,7 @@ def scale(
     interleave: InterleaveOpt = None,
     threads: ThreadsOpt = None,
     breakdown: BreakdownOpt = None,
+    energy: EnergyOpt = None,
     compile_: CompileOpt = None,
     compile_mode: CompileModeOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -255,12 +276,14 @@ def scale(
     overrides: dict[str, Any] = {
         "scale.patch_size": patch,
         "scale.batch_size": batch_size,
+        "scale.memory_limit": memory_limit,
         "scale.mode": mode,
         "scale.dtype": dtype,
         "scale.device": device,
         "scale.repeats": repeats,
         "scale.interleave": interleave,
         "scale.breakdown": breakdown,
+        "scale.energy": energy,
         "scale.threads": threads,
         "scale.compile": compile_,
         "scale.compile_mode": compile_mode,

@@ -13,11 +13,20 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+)
 
 from effbench.config.attention import KINDS, AttentionConfig
 from effbench.config.budget import HELP as BUDGET_HELP
 from effbench.config.budget import Budget, normalised, parse_budget
+from effbench.config.size import SIZE_HELP, parse_size
 from effbench.errors import SpecError
 
 DEFAULT_SPEC = "bench.toml"
@@ -65,6 +74,44 @@ Repeats = Annotated[
     int,
     Field(ge=1, le=100, description="timed repeats per point; the record keeps their spread"),
 ]
+
+
+def _check_size(v: str | None) -> str | None:
+    if v is not None:
+        parse_size(v)
+    return v
+
+
+def _check_batch(v: Any) -> int | str:
+    if v == "max":
+        return v
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIZE:
+        raise ValueError(f"batch_size must be 1 to {MAX_SIZE} or 'max', got {v!r}")
+    return v
+
+
+BatchSize = Annotated[
+    int | Literal["max"],
+    PlainValidator(_check_batch),
+    Field(
+        description="images (or sequences) per call; 'max': the largest batch whose peak "
+        "memory fits memory_limit, searched per point and phase"
+    ),
+]
+MemoryLimit = Annotated[
+    str | None,
+    AfterValidator(_check_size),
+    Field(
+        description="with batch_size = 'max': the memory a call may use, "
+        f"{SIZE_HELP}; unset: the GPU's free memory less a tenth (the CPU needs one)"
+    ),
+]
+LargestBatch = Annotated[
+    int, Field(gt=0, le=MAX_SIZE, description="with batch_size = 'max': the largest tried")
+]
+
 Interleave = Annotated[
     bool,
     Field(
@@ -141,7 +188,9 @@ class ProfileSection(_Section):
     seq_lens: list[int] = Field(
         default_factory=lambda: [65, 257, 1025], min_length=1, description="token counts"
     )
-    batch_size: int = Field(8, gt=0, le=MAX_SIZE)
+    batch_size: BatchSize = 8
+    memory_limit: MemoryLimit = None
+    largest_batch: LargestBatch = 4096
     dtype: Dtype = "float32"
     device: DeviceName = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     warmup: int = Field(2, ge=0, le=1000, description="untimed calls before timing")
@@ -264,7 +313,9 @@ class ScaleSection(_Section):
     patch_size: int | None = Field(
         None, gt=0, le=MAX_SIZE, description="patch side in pixels; unset: the backbone's"
     )
-    batch_size: int = Field(8, gt=0, le=MAX_SIZE)
+    batch_size: BatchSize = 8
+    memory_limit: MemoryLimit = None
+    largest_batch: LargestBatch = 4096
     mode: Literal["infer", "train", "both"] = Field(
         "infer", description="time inference, one training step, or both"
     )
@@ -285,6 +336,11 @@ class ScaleSection(_Section):
     )
     compile: Compile = False
     compile_mode: CompileMode = "default"
+    energy: bool | None = Field(
+        None,
+        description="joules per image and per training step from NVML's energy counter "
+        "(NVIDIA GPUs, the energy extra); unset: on CUDA, off elsewhere",
+    )
 
     @field_validator("resolutions")
     @classmethod

@@ -1,6 +1,6 @@
 """Layer 2, measuring one call: timing (latency, CPU checks), memory (peaks), flops (three counts
-that must agree), precision (autocast); dispatch (ops, SDPA backend) and profiler are imported
-as submodules."""
+that must agree), precision (autocast); dispatch (ops, SDPA backend), profiler and energy (NVML's
+counter) are imported as submodules."""
 
 from __future__ import annotations
 

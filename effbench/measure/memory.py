@@ -4,7 +4,8 @@ a too-big CPU point into an `oom`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,38 @@ def peak_memory(device: torch.device) -> tuple[float | None, str]:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
     except (ImportError, OSError):
         return None, "unavailable"
+
+
+@contextlib.contextmanager
+def memory_cap(device: torch.device, limit: int) -> Iterator[None]:
+    """While inside: the process may allocate at most `limit` bytes more than it holds now.
+
+    On the CPU this is RLIMIT_DATA (the data segment now plus `limit`), so that a call that
+    needs more fails with "can't allocate memory" instead of being granted and later killed;
+    the previous limit comes back afterwards. A GPU's allocator runs out of memory on its
+    own, and its peak is checked against `limit` by the caller, so there nothing changes.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: the caller's peak check is all there is
+        yield
+        return
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    used = _proc_kib_field("/proc/self/status", "VmData")
+    if used is None:
+        yield
+        return
+    soft, hard = before
+    cap = used + limit
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, soft)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, before)

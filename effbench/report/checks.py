@@ -15,6 +15,7 @@ from effbench.crossover import metrics_for
 from effbench.results import (
     SCHEMA_VERSION,
     AnalyzeRecord,
+    ExportRecord,
     ProfileRecord,
     Record,
     ScaleRecord,
@@ -27,7 +28,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     m.model_fields["kind"].default: m
     for m in (
         ProfileRecord, ScaleRecord, ScaleSummaryRecord, TrainRecord, TrainEpochRecord,
-        AnalyzeRecord,
+        AnalyzeRecord, ExportRecord,
     )
 }  # fmt: skip
 """Record kind -> its schema; records of other kinds are held to the fields all records have."""

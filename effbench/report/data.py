@@ -361,7 +361,7 @@ def _series(results: Results, envs: Envs) -> list[Series]:
         key = (
             envs.id(r),
             r.get("patch_size"),
-            r.get("batch_size"),
+            "max" if r.get("batch_search") == "max" else r.get("batch_size"),
             r.get("precision"),
             r.get("mode"),
         )

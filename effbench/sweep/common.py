@@ -12,7 +12,10 @@ import torch
 from torch import nn
 
 from effbench.attention.sdpa import SdpaAttention
-from effbench.measure import FlopCounts, OnStep, Repeats, Rounds, Timing, count_flops
+from effbench.config.size import parse_size
+from effbench.measure import MIB, FlopCounts, OnStep, Repeats, Rounds, Timing, count_flops
+from effbench.measure.maxbatch import NothingFits, find_max_batch
+from effbench.measure.memory import memory_cap, peak_bytes
 from effbench.measure.profiler import Breakdown
 from effbench.results import Status
 
@@ -94,6 +97,68 @@ def attempt(measure: Callable[[], None], device: torch.device) -> tuple[Status, 
     return status, error
 
 
+GPU_SHARE = 0.9  # `--batch max` on a GPU without a limit: this share of its free memory
+# The process cap of a CPU search is the limit plus this much (or a quarter of the limit):
+# libraries allocate beside torch's allocator (oneDNN's scratch space, the allocator's own
+# segments), which the measured peak leaves out and which a cap at the limit would refuse.
+CAP_SLACK = 64 * 2**20
+
+
+def batch_limit(section: Any, device: torch.device) -> int:
+    """The bytes a call may use under `batch_size = 'max'`: `memory_limit`, or on a GPU
+    GPU_SHARE of its free memory. The CPU has no such default (`cli.grid` asks for one)."""
+    if section.memory_limit is not None:
+        return parse_size(section.memory_limit)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * GPU_SHARE)
+    raise ValueError("batch_size = 'max' on the CPU needs memory_limit")
+
+
+def search_batch(
+    make: Callable[[int], Callable[[], Any]],
+    phase: str,
+    *,
+    section: Any,
+    device: torch.device,
+    out: dict[str, Any],
+) -> int:
+    """The largest batch whose call (`make(batch)`) fits the section's memory limit
+    (`effbench.measure.maxbatch`), its search kept in `out["max_batch"][phase]`. Each batch
+    tried is called once, then called again while its peak is measured, both under the limit
+    (`memory_cap`), after one call of a batch of one outside it (what a first call loads
+    once is not the batch's). A batch fits when its measured peak is at most the limit; the
+    process is held to the limit and a slack (CAP_SLACK), so that a batch far beyond fails
+    fast instead of swapping. The search is never timed. Raises MemoryError when nothing
+    fits."""
+    limit = batch_limit(section, device)
+    peak_bytes(make(1), device)  # outside the limit: what a first call and the profiler load
+    # once (lazy imports of torch's own modules, kernels) is not the batch's
+    free_memory(device)
+
+    def peak_at(batch: int) -> int | None:
+        peak = None
+        try:
+            with memory_cap(device, limit + max(CAP_SLACK, limit // 4)):
+                fn = make(batch)
+                fn()
+                peak = peak_bytes(fn, device)[0]
+                del fn  # the call and its input go before the next batch is made
+        except (RuntimeError, MemoryError):
+            # The call ran at a batch of one outside the limit, so a failure at this batch
+            # under it is memory, however a library words it ("can't allocate memory", or
+            # oneDNN's "could not create a primitive" when its scratch space is refused).
+            pass
+        free_memory(device)
+        return peak
+
+    try:
+        found = find_max_batch(peak_at, limit, largest=section.largest_batch)
+    except NothingFits as err:
+        raise MemoryError(f"{phase}: {err} ({limit / MIB:.0f} MiB)") from None
+    out.setdefault("max_batch", {})[phase] = found.as_dict(MIB)
+    return found.batch
+
+
 def check_finite(t: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         raise NonFiniteError(f"{what} is not finite (NaN or Inf)")
@@ -156,6 +221,14 @@ def note_repeats(out: dict[str, Any], phase: str, got: Repeats) -> None:
     out[f"{phase}_rounds_ms"] = got.rounds_ms
     out["repeats"] = min(out.get("repeats", got.taken), got.taken)
     note_check(out, phase, got.timing)
+
+
+def note_per_image(out: dict[str, Any], phase: str, got: Repeats, batch: int) -> None:
+    """Under `batch_size = 'max'`, where each model runs its own batch: a phase's time per
+    image (or sequence), `<phase>_image_ms`, and per round, so that models are compared per
+    image (throughput) with the same paired ratios as times per batch."""
+    out[f"{phase}_image_ms"] = got.timing.median_ms / batch
+    out[f"{phase}_image_rounds_ms"] = [t / batch for t in got.rounds_ms]
 
 
 def note_check(out: dict[str, Any], phase: str, timing: Timing) -> None:

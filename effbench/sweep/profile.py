@@ -30,8 +30,10 @@ from effbench.sweep.common import (
     in_rounds,
     note_breakdown,
     note_flops,
+    note_per_image,
     note_repeats,
     sdpa_layer,
+    search_batch,
 )
 
 
@@ -62,18 +64,23 @@ def measure_attention(
     timing repeats are `rounds`'s to take."""
     bb, prof = spec.backbone, spec.profile
     dtype = DTYPES[prof.dtype]
-    n, B = point.seq_len, prof.batch_size
+    n = point.seq_len
     torch.manual_seed(0)
     layer = build_attention(point.model.attention, dim=bb.dim, num_heads=bb.heads, seq_len=n)
     layer = layer.to(device=device, dtype=dtype).eval()
     out["params"] = param_count(layer)
     out["flops_analytic"] = layer.flops(n)
-    x = torch.randn(B, n, bb.dim, device=device, dtype=dtype)
-    run = compile_for(layer, prof, out, phase="fwd", device=device, grad=False)
 
-    def fwd() -> torch.Tensor:
-        with torch.inference_mode():
-            return run(x)
+    def tokens(batch: int) -> torch.Tensor:
+        return torch.randn(batch, n, bb.dim, device=device, dtype=dtype)
+
+    x = tokens(prof.batch_size) if prof.batch_size != "max" else None
+    if x is None:
+        make = lambda b: _forward(layer, tokens(b))  # noqa: E731
+        x = tokens(search_batch(make, "fwd", section=prof, device=device, out=out))
+    out["batch_size"] = B = x.shape[0]
+    run = compile_for(layer, prof, out, phase="fwd", device=device, grad=False)
+    fwd = _forward(run, x)
 
     check_finite(first_call(fwd, "fwd", out), "forward output")
     sdpa = sdpa_layer(layer)
@@ -85,7 +92,8 @@ def measure_attention(
     def gflops(timing: Timing) -> None:
         out["fwd_gflops_per_s"] = flop / (timing.median_ms / 1e3) / 1e9
 
-    _timed(fwd, "fwd", point, spec=spec, device=device, out=out, rounds=rounds, then=gflops)
+    where = {"spec": spec, "device": device, "out": out, "rounds": rounds}
+    _timed(fwd, "fwd", point, **where, then=gflops, batch=B)
     out["fwd_kernel_ms"] = kernel_time_ms(fwd, device=device)
     peak, out["mem_source"] = peak_bytes(fwd, device)
     out["fwd_peak_mib"] = peak / MIB
@@ -108,6 +116,27 @@ def measure_attention(
         note_flops(out, layer, x)
 
 
+def _forward(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], Any]:
+    def fwd() -> torch.Tensor:
+        with torch.inference_mode():
+            return layer(x)
+
+    return fwd
+
+
+def _grads(layer: Attention, run: Any, x: torch.Tensor) -> Callable[[], Any]:
+    """Forward and backward of `layer` (through `run`, compiled where it is): the gradients
+    of the input and the parameters."""
+    xg = x.detach().requires_grad_()
+    params = [p for p in layer.parameters() if p.requires_grad]
+    grad_out = torch.ones_like(x)
+
+    def fwdbwd() -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(run(xg), [xg, *params], grad_outputs=grad_out)
+
+    return fwdbwd
+
+
 def _backward(
     layer: Attention,
     x: torch.Tensor,
@@ -123,16 +152,16 @@ def _backward(
     `fwdbwd_*` fields, and its trace with `trace_dir`. A copy of the layer trains, so that the
     forward's repeats in the rounds still time the layer in eval mode."""
     layer = copy.deepcopy(layer).train()
+    if spec.profile.batch_size == "max":
+        make = lambda b: _grads(layer, layer, x[:1].expand(b, -1, -1).clone())  # noqa: E731
+        b = search_batch(make, "fwdbwd", section=spec.profile, device=device, out=out)
+        x = torch.randn(b, *x.shape[1:], device=x.device, dtype=x.dtype)
     run = compile_for(layer, spec.profile, out, phase="fwdbwd", device=device, grad=True)
-    xg = x.detach().requires_grad_()
-    params = [p for p in layer.parameters() if p.requires_grad]
-    grad_out = torch.ones_like(x)
-
-    def fwdbwd() -> tuple[torch.Tensor, ...]:
-        return torch.autograd.grad(run(xg), [xg, *params], grad_outputs=grad_out)
+    fwdbwd = _grads(layer, run, x)
 
     check_finite(first_call(fwdbwd, "fwdbwd", out)[0], "input gradient")
-    _timed(fwdbwd, "fwdbwd", point, spec=spec, device=device, out=out, rounds=rounds)
+    where = {"spec": spec, "device": device, "out": out, "rounds": rounds}
+    _timed(fwdbwd, "fwdbwd", point, **where, batch=x.shape[0])
     out["fwdbwd_peak_mib"] = peak_bytes(fwdbwd, device)[0] / MIB
     if trace_dir:
         profile_call(
@@ -150,13 +179,17 @@ def _timed(
     out: dict[str, Any],
     rounds: Rounds,
     then: Callable[[Timing], None] | None = None,
+    batch: int = 1,
 ) -> None:
-    """Time fn as `[profile]` says into `<phase>_*` fields (with its spread and CPU check)
-    once `rounds` has its repeats; `then` gets the combined timing."""
+    """Time fn (of `batch` sequences) as `[profile]` says into `<phase>_*` fields (with its
+    spread and CPU check) once `rounds` has its repeats; `then` gets the combined timing."""
     prof = spec.profile
 
     def done(got: Repeats) -> None:
         note_repeats(out, phase, got)
+        if prof.batch_size == "max":
+            note_per_image(out, phase, got, batch)
+            out[f"{phase}_tokens_per_s"] = batch * point.seq_len / (got.timing.median_ms / 1e3)
         if then is not None:
             then(got.timing)
 
@@ -237,13 +270,16 @@ def start_point(
 
     def record() -> ProfileRecord:
         fields = {"repeats": spec.profile.repeats} | out
+        most = spec.profile.batch_size == "max"
+        batch = fields.pop("batch_size", None if most else spec.profile.batch_size)
         fields["launch_bound"] = launch_bound(fields.get("fwd_kernel_ms"), fields.get("fwd_ms"))
         return ProfileRecord(
             status=status,
             error=error,
             **record_base(spec, point.model, env=env, run_id=run_id),
             seq_len=point.seq_len,
-            batch_size=spec.profile.batch_size,
+            batch_size=batch,
+            batch_search="max" if most else None,
             dim=bb.dim,
             heads=bb.heads,
             **fields,

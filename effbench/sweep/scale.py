@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from effbench.config.attention import AttentionConfig
 from effbench.config.spec import Backbone, BenchSpec, ModelEntry
@@ -19,6 +20,7 @@ from effbench.crossover import baseline_label, summarize
 from effbench.measure import MIB, OnStep, Repeats, Rounds, param_count, peak_bytes
 from effbench.measure import autocast as precision_autocast
 from effbench.measure.dispatch import dispatched_ops, sdpa_backend_fields
+from effbench.measure.energy import EnergyCall, energy_fields
 from effbench.measure.profiler import breakdown, kernel_time_ms, launch_bound
 from effbench.model import ViT, adapt_state_dict, build_model
 from effbench.results import Env, ScaleRecord, ScaleSummaryRecord, record_base
@@ -30,8 +32,10 @@ from effbench.sweep.common import (
     in_rounds,
     note_breakdown,
     note_flops,
+    note_per_image,
     note_repeats,
     sdpa_layer,
+    search_batch,
 )
 
 # A profiled breakdown repeats a call this many times, once when the call is slower than this.
@@ -113,7 +117,7 @@ def measure_model(
     """Measure one whole model at one resolution, filling `out` as it goes; the timing
     repeats are `rounds`'s to take."""
     sc, bb = spec.scale, scale_backbone(spec)
-    res, B = point.image_size, sc.batch_size
+    res = point.image_size
     torch.manual_seed(0)
     model = build_model(bb, point.model.attention, image_size=res)
     if trained is not None:
@@ -124,20 +128,74 @@ def measure_model(
         flops_analytic=model.flops(),
         attn_flops_analytic=model.attention_flops(),
     )
-    x = torch.randn(B, bb.channels, res, res, device=device)
+
+    def images(batch: int) -> torch.Tensor:
+        return torch.randn(batch, bb.channels, res, res, device=device)
 
     def amp() -> contextlib.AbstractContextManager[Any]:
         return autocast(device, sc.dtype)
 
+    def batch_for(phase: str, call: Callable[[torch.Tensor], Callable[[], Any]]) -> torch.Tensor:
+        """The phase's input: the spec's batch, or the largest that fits (`--batch max`)."""
+        if sc.batch_size != "max":
+            return images(sc.batch_size)
+        make = lambda b: call(images(b))  # noqa: E731
+        return images(search_batch(make, phase, section=sc, device=device, out=out))
+
     if trained is not None:
         model.eval()
         out.update(trained.evaluate(model, amp))
+    x = None
+    energy_calls: dict[str, EnergyCall] = {}  # measured last, apart from the timings
     if sc.mode in ("infer", "both"):
-        _inference(spec, point, model, x, amp=amp, device=device, out=out, rounds=rounds)
+        x = batch_for("infer", lambda x: _forward(model.eval(), x, amp))
+        fwd = _inference(spec, point, model, x, amp=amp, device=device, out=out, rounds=rounds)
+        energy_calls["infer"] = EnergyCall(fwd, items=x.shape[0], per="image")
     if sc.count_flops:
-        note_flops(out, model, x, attention_analytic=out["attn_flops_analytic"])
+        note_flops(out, model, images(1), attention_analytic=out["attn_flops_analytic"])
     if sc.mode in ("train", "both"):
-        _training(spec, point, model, x, amp=amp, device=device, out=out, rounds=rounds)
+        xt = batch_for("train", lambda x: _train_step(copy.deepcopy(model), x, amp, device))
+        step = _training(spec, point, model, xt, amp=amp, device=device, out=out, rounds=rounds)
+        energy_calls["train"] = EnergyCall(step, items=1, per="step")
+    out["batch_size"] = (x if x is not None else xt).shape[0]
+    out.update(energy_fields(energy_calls, device=device, enabled=sc.energy))
+
+
+def _forward(
+    model: nn.Module, x: torch.Tensor, amp: Callable[[], contextlib.AbstractContextManager[Any]]
+) -> Callable[[], torch.Tensor]:
+    def fwd() -> torch.Tensor:
+        with torch.inference_mode(), amp():
+            return model(x)
+
+    return fwd
+
+
+def _train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    amp: Callable[[], contextlib.AbstractContextManager[Any]],
+    device: torch.device,
+    run: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[], torch.Tensor]:
+    """One optimizer step of `model` (put in training mode) on `x`: forward (through `run`,
+    the compiled model where there is one), cross-entropy, backward, AdamW."""
+    model.train()
+    forward = run or model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    g = torch.Generator(device="cpu").manual_seed(0)
+    y = torch.randint(0, model.head.out_features, (x.shape[0],), generator=g).to(device)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
 
 
 def _time_and_peak(
@@ -157,6 +215,8 @@ def _time_and_peak(
 
     def done(got: Repeats) -> None:
         note_repeats(out, phase, got)
+        if sc.batch_size == "max":
+            note_per_image(out, phase, got, batch)
         # inference's is plain `images_per_s`, the name the measured records already carry
         out["images_per_s" if phase == "infer" else f"{phase}_images_per_s"] = batch / (
             got.timing.median_ms / 1e3
@@ -187,18 +247,15 @@ def _inference(
     device: torch.device,
     out: dict[str, Any],
     rounds: Rounds,
-) -> None:
+) -> Callable[[], Any]:
+    """The forward under `inference_mode`: timed (in `rounds`), its peak memory, kernel time
+    and time by part measured. Returns the call, for the energy measured after it."""
     sc = spec.scale
     model.eval()
     run = compile_for(model, sc, out, phase="infer", device=device, grad=False)
 
-    def fwd() -> torch.Tensor:
-        with torch.inference_mode(), amp():
-            return run(x)
-
-    def fwd_eager() -> torch.Tensor:  # the breakdown wraps the model's own modules
-        with torch.inference_mode(), amp():
-            return model(x)
+    fwd = _forward(run, x, amp)
+    fwd_eager = _forward(model, x, amp)  # the breakdown wraps the model's own modules
 
     check_finite(first_call(fwd, "infer", out), "forward output")
     call_ms = _time_and_peak(
@@ -220,6 +277,7 @@ def _inference(
             with amp():
                 ops = dispatched_ops(lambda: model(x))
         out.update(sdpa_backend_fields(sdpa.cfg.backend, device=device, kernels=kernels, ops=ops))
+    return fwd
 
 
 def _training(
@@ -232,29 +290,19 @@ def _training(
     device: torch.device,
     out: dict[str, Any],
     rounds: Rounds,
-) -> None:
+) -> Callable[[], Any]:
     """One optimizer step: forward, cross-entropy, backward, AdamW. A copy of the model
     trains, so that inference's repeats in the rounds still time the model in eval mode with the
-    weights it was measured with."""
+    weights it was measured with. Returns the step, for the energy measured after it."""
     model = copy.deepcopy(model).train()
     run = compile_for(model, spec.scale, out, phase="train", device=device, grad=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    g = torch.Generator(device="cpu").manual_seed(0)
-    y = torch.randint(0, model.head.out_features, (x.shape[0],), generator=g).to(device)
-
-    def step() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        with amp():
-            logits = run(x)
-        loss = F.cross_entropy(logits.float(), y)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+    step = _train_step(model, x, amp, device, run)
 
     check_finite(first_call(step, "train", out), "training loss")
     _time_and_peak(
         step, "train", point, spec=spec, batch=x.shape[0], device=device, out=out, rounds=rounds
     )
+    return step
 
 
 def start_scale_point(
@@ -289,6 +337,7 @@ def start_scale_point(
 
     def record() -> ScaleRecord:
         fields = {"repeats": sc.repeats, **(checkpoint or {})} | out
+        batch = fields.pop("batch_size", None if sc.batch_size == "max" else sc.batch_size)
         fields["launch_bound"] = launch_bound(fields.get("infer_kernel_ms"), fields.get("infer_ms"))
         return ScaleRecord(
             status=status,
@@ -297,7 +346,8 @@ def start_scale_point(
             image_size=point.image_size,
             patch_size=bb.patch_size,
             seq_len=tokens,
-            batch_size=sc.batch_size,
+            batch_size=batch,
+            batch_search="max" if sc.batch_size == "max" else None,
             mode=sc.mode,
             precision=precision_name(sc.dtype),
             dim=bb.dim,

@@ -20,6 +20,7 @@ ORDER = (
     "resolution",
     "fidelity",
     "maps",
+    "deployability",
     "environment",
 )
 """The section modules of this package, in report order."""

@@ -9,6 +9,7 @@ from typing import Any
 from effbench.config.attention import BASELINE_KIND
 from effbench.crossover import (
     METRICS,
+    at_max_batch,
     baseline_label,
     is_contended,
     metrics_for,
@@ -86,8 +87,10 @@ def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
     bases = data.baselines(points)
     base = baseline_label(bases)
     found = summarize(points, baseline=bases, mode=s.mode)
-    metrics = metrics_for(s.mode)
-    where = f"{s.env}: patch {s.patch}, batch {s.batch}, {s.precision}, mode {s.mode}"
+    most = at_max_batch(points)
+    metrics = metrics_for(s.mode, max_batch=most)
+    batch = f"the largest batch under {_limit(points)}" if most else f"batch {s.batch}"
+    where = f"{s.env}: patch {s.patch}, {batch}, {s.precision}, mode {s.mode}"
     stem = slug("scaling", s.env, s.patch, s.batch, s.precision, s.mode)
     sec.figure(_scaling_plot(data, points, found, metrics, where=where, stem=stem))
     models = data.order(r["model"] for r in points)
@@ -99,6 +102,8 @@ def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
         ],
         title=f"Crossover against {base}, {where}",
     )
+    if most:
+        _throughput_table(sec, data, points, where)
     failed = [r for r in points if r.get("status") != "ok"]
     if failed:
         sec.table(
@@ -106,6 +111,7 @@ def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
             [_failed_cells(r) for r in failed],
             title=f"Failed points, {where}",
         )
+    _energy_table(sec, data, points, where)
     contended = [r for r in points if any(is_contended(r, m) for m in metrics)]
     if contended:
         sec.table(
@@ -125,13 +131,64 @@ def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
             "Python, dispatch and kernel launches more than the mechanism. Compare compiled "
             "(`--compile`, `reduce-overhead` for CUDA graphs) figures there."
         )
-    summary = _fastest(points, where)
+    summary = _fastest(points, where, per_image=most)
     if base:
         summary.append(
-            _crossovers_line(found, models, bases, where)
+            _crossovers_line(found, models, bases, where, metric=metrics[0])
             + (" Some of these figures are launch-bound." if bound else "")
         )
     return summary
+
+
+def _energy_table(sec: Section, data: ReportData, points: list[Record], where: str) -> None:
+    """Energy per image of inference and per training step, with mean watts, where NVML
+    measured any (`effbench.measure.energy`); nothing where none was."""
+    fields = ("infer_joules_per_image", "infer_watts", "train_joules_per_step", "train_watts")
+    measured = [r for r in points if any(r.get(f) is not None for f in fields)]
+    if not measured:
+        return
+    order = {m: i for i, m in enumerate(data.order(r["model"] for r in measured))}
+    rows = sorted(measured, key=lambda r: (order[r["model"]], r["image_size"]))
+    sec.table(
+        ["model", "px", "tokens", "J/image (infer)", "W (infer)", "J/step (train)", "W (train)"],
+        [
+            [r["model"], str(r["image_size"]), str(r["seq_len"]), *(num(r.get(f)) for f in fields)]
+            for r in rows
+        ],
+        title=f"Energy (NVML's counter, at least 2 s of calls per figure), {where}",
+    )
+
+
+def _limit(points: list[Record]) -> str:
+    """The memory limit a `--batch max` series searched under, as words."""
+    limits = {b["limit_mib"] for r in points for b in (r.get("max_batch") or {}).values() if b}
+    if not limits:
+        return "the memory limit"
+    return " to ".join(f"{v:,.0f} MiB" for v in sorted({min(limits), max(limits)}))
+
+
+def _throughput_table(sec: Section, data: ReportData, points: list[Record], where: str) -> None:
+    """Per model and resolution under `--batch max`: the batch found, images per second, and
+    the peak that batch reached, per phase."""
+    order = {m: i for i, m in enumerate(data.order(r["model"] for r in points))}
+    rates = {"infer": "images_per_s", "train": "train_images_per_s"}
+    phases = [p for p in rates if any(p in (r.get("max_batch") or {}) for r in points)]
+    rows = []
+    for r in sorted(points, key=lambda r: (order[r["model"]], r["image_size"])):
+        found = r.get("max_batch") or {}
+        cells = [r["model"], str(r["image_size"]), str(r["seq_len"])]
+        for phase in phases:
+            b = found.get(phase)
+            cells += [
+                "-" if b is None else f"{b['batch']:,}",
+                num(r.get(rates[phase])),
+                "-" if b is None else num(b["peak_mib"]),
+            ]
+        rows.append(cells)
+    heads = ["model", "px", "tokens"]
+    for phase in phases:
+        heads += [f"batch ({phase})", f"images/s ({phase})", f"peak MiB ({phase})"]
+    sec.table(heads, rows, title=f"Throughput at the largest batch that fits, {where}")
 
 
 def _failed_cells(r: Record) -> list[str]:
@@ -149,43 +206,54 @@ def _crossover_cell(found: dict[str, Any], metric: str, is_base: bool) -> str:
     return f"{cross}; slope {num(found['slopes'].get(metric))}{rests}"
 
 
-def _crossovers_line(found: Found, models: list[str], bases: list[str], where: str) -> str:
+def _crossovers_line(
+    found: Found, models: list[str], bases: list[str], where: str, *, metric: str
+) -> str:
+    """Where each model overtakes the baseline in `metric` (the first of the series: time,
+    or throughput at the largest batch), one sentence."""
     said = [
-        f"{m} {crossover_words(found[m], 'infer_time')}"
+        f"{m} {crossover_words(found[m], metric)}"
         + (
             f" (rests on contended figures at {px_list(shaky)})"
-            if (shaky := found[m].get("contended", {}).get("infer_time"))
+            if (shaky := found[m].get("contended", {}).get(metric))
             else ""
         )
         for m in models
         if m not in bases
-        and (found[m]["crossovers"].get("infer_time") or unresolved_at(found[m], "infer_time"))
+        and (found[m]["crossovers"].get(metric) or unresolved_at(found[m], metric))
     ]
+    what = (
+        "Where memory savings turn into throughput (time per image at each model's largest batch)"
+        if metric.endswith("throughput")
+        else f"{metric.split('_')[0].capitalize()} crossovers"
+    )
     return (
-        f"Inference crossovers against {baseline_label(bases)} ({where}; a verdict only where "
+        f"{what} against {baseline_label(bases)} ({where}; a verdict only where "
         "the paired ratio's 95 % interval excludes 1): "
         + ("; ".join(said) if said else "none in range")
         + "."
     )
 
 
-def _fastest(points: list[Record], where: str) -> list[str]:
+def _fastest(points: list[Record], where: str, *, per_image: bool = False) -> list[str]:
     """The fastest model at the smallest and largest resolution, from figures that were
     not contended (those are left out, and counted): named only where its paired ratio to
-    every other model is resolved (Holm over them, `ratios.fastest`)."""
+    every other model is resolved (Holm over them, `ratios.fastest`). `per_image`: by time
+    per image at each model's own largest batch (`--batch max`)."""
+    field_, unit = ("infer_image_ms", "ms an image") if per_image else ("infer_ms", "ms a batch")
     sizes = sorted({r["image_size"] for r in points})
     parts = []
     for size in (sizes[0], sizes[-1]) if len(sizes) > 1 else sizes:
-        timed = [r for r in points if r["image_size"] == size and r.get("infer_ms") is not None]
+        timed = [r for r in points if r["image_size"] == size and r.get(field_) is not None]
         ok = [r for r in timed if not is_contended(r, "infer_time")]
         left_out = len(timed) - len(ok)
         note = f", {left_out} contended figure(s) left out" if left_out else ""
-        found = fastest({r["model"]: r for r in ok}, "infer_ms")
+        found = fastest({r["model"]: r for r in ok}, field_)
         if found is not None:
             best = next(r for r in ok if r["model"] == found.model)
             if any(r.get("launch_bound") for r in ok):
                 note += "; rests on launch-bound figures (GPU kernels under half the time)"
-            ms = f"{num(best['infer_ms'])} ms a batch" + (
+            ms = f"{num(best[field_])} {unit}" + (
                 "" if found.paired else ", medians without paired rounds"
             )
             parts.append(
@@ -228,13 +296,19 @@ def _scaling_plot(
         if ref:
             _guides(ax, ref[0], sorted({r["seq_len"] for r in points}))
         ax.set_xlabel("tokens N")
-        ax.set_ylabel("MiB" if metric.endswith("memory") else "ms")
+        unit = {"memory": "MiB", "throughput": "ms per image"}
+        ax.set_ylabel(unit.get(metric.rsplit("_", 1)[1], "ms"))
         ax.set_title(metric.replace("_", " "), fontsize=10)
     legend(axes[0], fontsize=7, ncol=2)
     return plot(
         stem,
         f"Scaling, {where}",
-        f"Time and peak memory against tokens, {where}"
+        (
+            "Time per image at each model's largest batch"
+            if metrics[0].endswith("throughput")
+            else "Time and peak memory"
+        )
+        + f" against tokens, {where}"
         + (
             "; × marks a figure timed while other work held the CPU (contended)."
             if contended_labelled
