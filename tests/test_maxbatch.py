@@ -210,3 +210,41 @@ def test_profile_at_the_largest_batch_gives_tokens_per_second(tmp_path: Path) ->
     assert r["max_batch"]["fwdbwd"]["batch"] <= r["batch_size"]  # a backward needs more
     assert r["fwd_tokens_per_s"] == pytest.approx(17e3 / r["fwd_image_ms"])
     assert all(b["peak_mib"] <= 1 for b in r["max_batch"].values())
+
+
+def test_the_report_tells_throughput_from_memory_headroom(tmp_path: Path) -> None:
+    """A max-batch series: the throughput table, crossovers on time per image, and which
+    models' memory bought a larger batch than the baseline's at the largest resolution."""
+    from report_records import scale
+
+    from effbench.report.build import build_report
+    from effbench.report.inputs import collect
+    from effbench.results import write_jsonl_atomic
+
+    def point(model: str, px: int, batch: int, per_image: float) -> dict:
+        rounds = [per_image * f for f in (0.99, 1.0, 1.01)]
+        found = {"batch": batch, "peak_mib": 250.0, "limit_mib": 256.0, "tried": [[batch, 250.0]]}
+        return scale(
+            model, px, batch_search="max", batch_size=batch, repeats=3,
+            infer_ms=per_image * batch, infer_rounds_ms=[t * batch for t in rounds],
+            infer_image_ms=per_image, infer_image_rounds_ms=rounds,
+            images_per_s=1e3 / per_image, max_batch={"infer": found},
+        )  # fmt: skip
+
+    records = [
+        point("sdpa", 16, 512, 1.0), point("sdpa", 32, 64, 4.0),
+        point("standard", 16, 512, 1.0), point("standard", 32, 16, 6.0),
+        point("linformer", 16, 512, 1.2), point("linformer", 32, 64, 2.0),
+    ]  # fmt: skip
+    write_jsonl_atomic(tmp_path / "scale.jsonl", records)
+    report = build_report(collect([tmp_path]))
+    summary = "\n".join(report.summary)
+    assert "Throughput crossovers" in summary and "linformer from 32 px" in summary
+    assert "Largest inference batch at 32 px" in summary
+    assert "64 for sdpa; the same for linformer (64); smaller for standard (16)" in summary
+    (scaling,) = [s for s in report.sections if s.title == "Scaling with resolution"]
+    tables = [b for b in scaling.blocks if b.kind == "table"]
+    (throughput,) = [t for t in tables if t.title.startswith("Throughput at the largest batch")]
+    assert throughput.columns[3:] == ["batch (infer)", "images/s (infer)", "peak MiB (infer)"]
+    assert ["standard", "32", "17", "16", "167", "250"] in throughput.rows
+    assert any(t.columns == ["model", "infer throughput"] for t in tables)

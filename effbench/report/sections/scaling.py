@@ -137,7 +137,39 @@ def _one_series(sec: Section, data: ReportData, s: Series) -> list[str]:
             _crossovers_line(found, models, bases, where, metric=metrics[0])
             + (" Some of these figures are launch-bound." if bound else "")
         )
+    if base and most:
+        summary += _headroom_line(points, bases, where)
     return summary
+
+
+def _headroom_line(points: list[Record], bases: list[str], where: str) -> list[str]:
+    """Under `--batch max`, at the largest resolution: whose memory savings buy a larger
+    batch than the baseline's, and whose do not (a throughput lead at an equal batch comes
+    from less compute per image, not from memory)."""
+    top = max(r["image_size"] for r in points)
+    batch = {
+        r["model"]: b["batch"]
+        for r in points
+        if r["image_size"] == top and (b := (r.get("max_batch") or {}).get("infer"))
+    }
+    base = max((batch[b] for b in bases if b in batch), default=None)
+    if base is None:
+        return []
+    groups = {
+        "larger": [m for m, b in batch.items() if m not in bases and b > base],
+        "the same": [m for m, b in batch.items() if m not in bases and b == base],
+        "smaller": [m for m, b in batch.items() if m not in bases and b < base],
+    }
+    said = "; ".join(
+        f"{what} for {', '.join(f'{m} ({batch[m]:,})' for m in ms)}"
+        for what, ms in groups.items()
+        if ms
+    )
+    return [
+        f"Largest inference batch at {top} px ({where}): {base:,} for {baseline_label(bases)}; "
+        f"{said}. Where the batch is the same, a lead in throughput comes from less compute "
+        "per image, not from memory."
+    ]
 
 
 def _energy_table(sec: Section, data: ReportData, points: list[Record], where: str) -> None:
@@ -223,7 +255,7 @@ def _crossovers_line(
         and (found[m]["crossovers"].get(metric) or unresolved_at(found[m], metric))
     ]
     what = (
-        "Where memory savings turn into throughput (time per image at each model's largest batch)"
+        "Throughput crossovers (time per image at each model's largest batch)"
         if metric.endswith("throughput")
         else f"{metric.split('_')[0].capitalize()} crossovers"
     )
