@@ -68,6 +68,15 @@ def _run(args: list[str], tmp_path: Path) -> tuple[int, set[str]]:
     return proc.returncode, imported_modules(proc.stderr)
 
 
+def test_diff_never_imports_torch(tmp_path: Path) -> None:
+    """`effbench diff` reads records only: a CI regression check needs no torch."""
+    runs = PACKAGE.parent / "docs" / "results" / "cpu-amd-epyc-2core" / "deploy" / "diff"
+    code, modules = _run(["diff", str(runs / "old"), str(runs / "new")], tmp_path)
+    assert code == 0
+    assert "effbench.diff" in modules
+    assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
+
+
 def test_importtime_parser_sees_torch() -> None:
     # The check below would pass vacuously if the parser missed torch: prove it finds it.
     proc = subprocess.run(
@@ -84,7 +93,10 @@ def test_importtime_parser_sees_torch() -> None:
     [
         ["--help"],
         ["--version"],
-        *([cmd, "--help"] for cmd in ("profile", "train", "scale", "analyze", "report", "export")),
+        *(
+            [cmd, "--help"]
+            for cmd in ("profile", "train", "scale", "analyze", "report", "export", "diff")
+        ),
     ],
     ids=lambda a: " ".join(a),
 )
