@@ -117,8 +117,8 @@ SPEC = (
 resolutions = [16, 32]
 mode = "infer"
 batch_size = "max"
-memory_limit = "1MiB"
-largest_batch = 256
+memory_limit = "512KiB"
+largest_batch = 128
 repeats = 2
 min_run_time = 0.01
 warmup = 1
@@ -148,7 +148,7 @@ def test_scale_at_the_largest_batch_on_the_cpu_under_a_small_limit(tmp_path: Pat
         assert r.status == "ok", r.error
         assert r.batch_search == "max" and r.max_batch is not None
         for found in r.max_batch.values():
-            assert 1 <= found.batch <= 256 and found.peak_mib <= found.limit_mib == 1
+            assert 1 <= found.batch <= 128 and found.peak_mib <= found.limit_mib == 0.5
             assert found.capped or found.peak_mib > 0.5 * found.limit_mib, found
             assert [found.batch, found.peak_mib] in found.tried
         assert r.batch_size == r.max_batch["infer"].batch
@@ -171,14 +171,14 @@ def test_a_training_step_has_its_own_largest_batch(tmp_path: Path) -> None:
     point = ScalePoint(spec.models[0], 32)
     measure_model(spec, point, device=torch.device("cpu"), out=out, rounds=Rounds(1))
     (found,) = out["max_batch"].values()
-    assert out["batch_size"] == found["batch"] >= 4 and found["peak_mib"] <= 1
+    assert out["batch_size"] == found["batch"] >= 4 and found["peak_mib"] <= 0.5
     assert out["train_image_ms"] == pytest.approx(out["train_ms"] / found["batch"])
     assert out["train_images_per_s"] == pytest.approx(1e3 / out["train_image_ms"])
 
 
 def test_max_batch_on_the_cpu_needs_a_limit_and_nothing_fitting_is_an_oom(tmp_path: Path) -> None:
     path = tmp_path / "bench.toml"
-    path.write_text(SPEC.replace('memory_limit = "1MiB"\n', ""), encoding="utf-8")
+    path.write_text(SPEC.replace('memory_limit = "512KiB"\n', ""), encoding="utf-8")
     code, out = run_cli("scale", "--spec", str(path), "--device", "cpu", "-o", str(tmp_path))
     assert code == 2 and "--batch max on the CPU needs --memory-limit SIZE" in out
     assert "Traceback" not in out
