@@ -15,7 +15,6 @@ from specs import TINY_BACKBONE, run_cli
 from torchvision.transforms import InterpolationMode, TrivialAugmentWide
 from torchvision.transforms.v2 import functional as TF
 
-from effbench import data
 from effbench.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -23,6 +22,7 @@ from effbench.data import (
     TA_OPS,
     ArrayData,
     TensorLoader,
+    loaders,
     trivial_augment,
     trivial_augment_draw,
     trivial_augment_ops,
@@ -209,7 +209,7 @@ def test_training_runs_end_to_end_with_it_on(
         calls.append(len(x))
         return trivial_augment(x, g)
 
-    monkeypatch.setattr(data, "trivial_augment", counted)
+    monkeypatch.setattr(loaders, "trivial_augment", counted)  # where TensorLoader looks it up
     spec = tmp_path / "bench.toml"
     spec.write_text(SPEC)
     out = tmp_path / "runs"
