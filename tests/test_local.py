@@ -1,6 +1,7 @@
-"""Local attention's three backends (`effbench.attention.local`): the shifted-view custom op
-and flex attention against the gathered reference, forward and backward; its FLOP formula
-in both counters; the backend each device gets, and the records that name it."""
+"""The hybrid's dilated local attention (`effbench.attention.dilated`; its backend chosen in
+`effbench.attention.local`): the shifted-view custom op and flex attention against the
+gathered reference, forward and backward; its FLOP formula in both counters; the backend
+each device gets, and the records that name it."""
 
 from __future__ import annotations
 
@@ -12,14 +13,9 @@ from agree import assert_agree
 from specs import run_cli
 from torch.testing import assert_close
 
-from effbench.attention import build_attention, local
-from effbench.attention.local import (
-    flex_local,
-    flex_supported,
-    gather_local,
-    local_attention,
-    resolve_backend,
-)
+from effbench.attention import build_attention, dilated, local
+from effbench.attention.dilated import flex_local, gather_local, local_attention
+from effbench.attention.local import flex_supported, resolve_backend
 from effbench.config.attention import HybridConfig
 from effbench.measure import count_flops
 from effbench.results import read_jsonl
@@ -62,10 +58,10 @@ def test_slices_in_bfloat16_stay_within_1e_2_of_float32() -> None:
 def test_chunked_inference_equals_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     grid = (8, 8, 3, 2, 8**-0.5)
     a = qkv(8, 8)
-    monkeypatch.setattr(local, "SLICE_CHUNK_BYTES", 1)  # one grid row per chunk
-    rows = local.local_attention(*a, *grid)[0]
-    monkeypatch.setattr(local, "SLICE_CHUNK_BYTES", 2**40)
-    assert_close(local.local_attention(*a, *grid)[0], rows, atol=1e-6, rtol=0)
+    monkeypatch.setattr(dilated, "SLICE_CHUNK_BYTES", 1)  # one grid row per chunk
+    rows = dilated.local_attention(*a, *grid)[0]
+    monkeypatch.setattr(dilated, "SLICE_CHUNK_BYTES", 2**40)
+    assert_close(dilated.local_attention(*a, *grid)[0], rows, atol=1e-6, rtol=0)
 
 
 def test_off_grid_cells_get_no_weight() -> None:

@@ -1,5 +1,5 @@
 """Neighbourhood attention (`effbench.attention.neighborhood`) and its clamped windows in
-`effbench.attention.local`: NATTEN's window semantics against a brute-force construction,
+`effbench.attention.clamped`: NATTEN's window semantics against a brute-force construction,
 the exact limit, chunked inference, flex against the gathered path, bfloat16, no dense
 intermediates, FLOPs, and the backend each device gets."""
 
@@ -10,17 +10,15 @@ import torch
 from agree import assert_agree
 from torch.testing import assert_close
 
-from effbench.attention import build_attention, local
+from effbench.attention import build_attention, clamped, local
 from effbench.attention.base import Attention
-from effbench.attention.local import (
+from effbench.attention.clamped import (
     clamped_neighbourhoods,
     flex_clamped,
-    flex_supported,
-    gather_attention,
-    resolve_backend,
     tile_tables,
     tiled_attention,
 )
+from effbench.attention.local import flex_supported, gather_attention, resolve_backend
 from effbench.attention.neighborhood import NeighborhoodAttention
 from effbench.config.attention import FusedConfig, NeighborhoodConfig
 from effbench.measure import count_flops
@@ -333,10 +331,10 @@ def test_tiles_in_groups_under_inference_equal_one_call(monkeypatch: pytest.Monk
     tables = tile_tables(40, 37, 7, 1)
     q, k, v = qkv(40, 37)
     assert tables.queries.shape[0] > 2
-    monkeypatch.setattr(local, "TILE_GROUP", 1)
+    monkeypatch.setattr(clamped, "TILE_GROUP", 1)
     with torch.no_grad():
         grouped = tiled_attention(q, k, v, tables, 8**-0.5)
-    monkeypatch.setattr(local, "TILE_GROUP", 10**6)
+    monkeypatch.setattr(clamped, "TILE_GROUP", 10**6)
     with torch.no_grad():
         whole = tiled_attention(q, k, v, tables, 8**-0.5)
     assert_close(grouped, whole, atol=1e-6, rtol=0)

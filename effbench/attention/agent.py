@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from effbench.attention.base import MAP_ROW_CHUNK, Attention, contiguous_keys, matmul_flops
-from effbench.attention.local import grid_shape
+from effbench.attention.grid import grid_shape
 from effbench.attention.registry import register
 from effbench.config.attention import AgentConfig
 

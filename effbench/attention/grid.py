@@ -1,11 +1,20 @@
-"""The token layout on a patch grid, [CLS, row-major gh x gw patches]: resizing a table
-indexed by those tokens to another grid (position embeddings, sequence projections)."""
+"""The token layout on a patch grid, [CLS, row-major gh x gw patches]: the grid a number of
+patches is laid out on (`grid_shape`), and resizing a table indexed by those tokens to
+another grid (position embeddings, sequence projections)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def grid_shape(patches: int) -> tuple[int, int]:
+    """The most square (rows, cols) grid holding exactly `patches` cells."""
+    rows = max(r for r in range(1, math.isqrt(patches) + 1) if patches % r == 0)
+    return rows, patches // rows
 
 
 def resize_token_grid(

@@ -4,7 +4,7 @@ After dilated neighbourhood attention (Hassani & Shi 2022, "Dilated Neighborhood
 Transformer") and linear attention (Katharopoulos et al. 2020).
 
 O(N * (w^2 + d) * d) time and memory for a w x w window: the local branch runs through
-`effbench.attention.local` (shifted views of the key and value grids, or flex attention on
+`effbench.attention.dilated` (shifted views of the key and value grids, or flex attention on
 CUDA), never a dense N x N matrix.
 """
 
@@ -23,23 +23,21 @@ from effbench.attention.base import (
     softmax_attention,
     softmax_weights,
 )
+from effbench.attention.dilated import (
+    flex_local,
+    gather_local,
+    local_attention,
+    local_attention_flops,
+    neighbourhoods,
+)
+from effbench.attention.grid import grid_shape
 from effbench.attention.linear import (
     linear_attention_flops,
     linear_context,
     linear_readout,
     linear_weights,
 )
-from effbench.attention.local import (
-    dense_rows,
-    flex_local,
-    gather_local,
-    gathered_weights,
-    grid_shape,
-    local_attention,
-    local_attention_flops,
-    neighbourhoods,
-    resolve_backend,
-)
+from effbench.attention.local import dense_rows, gathered_weights, resolve_backend
 from effbench.attention.registry import register
 from effbench.config.attention import HybridConfig
 
@@ -82,7 +80,7 @@ class HybridAttention(Attention):
 
     def local_backend(self, device: torch.device, *, grad: bool) -> str:
         """The local-attention backend `attend` uses on this device (see
-        `effbench.attention.local`)."""
+        `effbench.attention.local.resolve_backend`)."""
         return resolve_backend(self.cfg.local_backend, device, grad=grad)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

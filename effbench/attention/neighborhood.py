@@ -6,7 +6,7 @@ Neighborhood Attention Transformer" (Hassani & Shi 2022), with NATTEN's window s
 
 O(N * k^2 * d) time and memory, never a dense N x N matrix: off CUDA, tiles of 16 x 16 patch
 queries each attend to the keys their neighbourhoods cover together in one masked SDPA call
-(`effbench.attention.local.tiled_attention`: matrix products at the fused kernel's speed,
+(`effbench.attention.clamped.tiled_attention`: matrix products at the fused kernel's speed,
 about (16 + k - 1)^2 keys a query instead of k^2); on CUDA one flex attention call with the
 clamped block mask; `gather` gathers every query's k^2 + 1 keys and values by index
 (`gather_attention`), the reference the others are tested against.
@@ -26,21 +26,23 @@ from effbench.attention.base import (
     softmax_attention,
     softmax_weights,
 )
-from effbench.attention.local import NEIGHBOURHOOD_TILE as TILE
-from effbench.attention.local import (
+from effbench.attention.clamped import NEIGHBOURHOOD_TILE as TILE
+from effbench.attention.clamped import (
     TileTables,
     clamped_neighbourhoods,
     clamped_taps,
-    dense_rows,
     flex_clamped,
-    gather_attention,
-    gather_attention_flops,
-    gathered_weights,
-    grid_shape,
-    resolve_backend,
     tile_tables,
     tiled_attention,
     tiled_attention_flops,
+)
+from effbench.attention.grid import grid_shape
+from effbench.attention.local import (
+    dense_rows,
+    gather_attention,
+    gather_attention_flops,
+    gathered_weights,
+    resolve_backend,
 )
 from effbench.attention.registry import register
 from effbench.config.attention import NeighborhoodConfig
@@ -83,7 +85,7 @@ class NeighborhoodAttention(Attention):
 
     def local_backend(self, device: torch.device, *, grad: bool) -> str:
         """The backend `attend` uses on this device: `flex` or `gather` (see
-        `effbench.attention.local`)."""
+        `effbench.attention.local.resolve_backend`)."""
         return resolve_backend(self.cfg.local_backend, device, grad=grad, portable="tiles")
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -78,7 +78,7 @@ def _sdpa_handle(inputs: list[Any], outputs: list[Any]) -> int:
 def _local_attention_handle(inputs: list[Any], outputs: list[Any]) -> int:
     """effbench::local_attention(q, k, v, rows, cols, window, ...): logits and weighted
     values of every patch query over its window + CLS."""
-    from effbench.attention.local import counted_flops
+    from effbench.attention.dilated import counted_flops
 
     rows, cols, window = (inputs[i].toIValue() for i in (3, 4, 5))
     return counted_flops(_shape(inputs[0]), rows, cols, window) // 2
@@ -154,13 +154,13 @@ def _cpu_flash_sdpa_flops(
 def _local_attention_flops(
     q_shape, k_shape, v_shape, rows, cols, window, *args: Any, out_shape: Any = None, **kwargs: Any
 ) -> int:
-    from effbench.attention.local import counted_flops
+    from effbench.attention.dilated import counted_flops
 
     return counted_flops(q_shape, rows, cols, window)
 
 
 def _flop_counter_mapping() -> dict[Any, Any]:
-    import effbench.attention.local  # noqa: F401  (registers effbench::local_attention)
+    import effbench.attention.dilated  # noqa: F401  (registers effbench::local_attention)
 
     aten = torch.ops.aten
     out: dict[Any, Any] = {torch.ops.effbench.local_attention: _local_attention_flops}
