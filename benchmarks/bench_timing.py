@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_attention as ba
 
-from effbench.config.spec import BenchSpec, load_spec, select_models
+from effbench.config.load import load_spec, select_models
+from effbench.config.spec import BenchSpec
 from effbench.crossover import point_verdicts
 from effbench.env import environment, prepare_measuring_process
 from effbench.ratios import rounds_of

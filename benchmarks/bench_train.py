@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from effbench.config.spec import load_spec, parse_set, select_models
+from effbench.config.load import load_spec, select_models
+from effbench.config.overrides import parse_set
 from effbench.env import allocator_name, cpu_name, prepare_measuring_process
 from effbench.measure import param_count
 from effbench.model import build_model

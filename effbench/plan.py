@@ -12,18 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from effbench.config.attention import BASELINE_KIND
-from effbench.config.spec import (
-    DEFAULT_SPEC,
-    BenchSpec,
-    ModelEntry,
-    SpecError,
-    parse_set,
-    parse_spec,
-    read_toml,
-    resolution_ladder,
-    select_models,
-)
-from effbench.errors import DataError, TrainError, UsageError
+from effbench.config.fields import DEFAULT_SPEC
+from effbench.config.load import parse_spec, read_toml, select_models
+from effbench.config.overrides import parse_set
+from effbench.config.spec import BenchSpec, ModelEntry, resolution_ladder
+from effbench.errors import DataError, SpecError, TrainError, UsageError
 from effbench.runs import (
     TrainedRun,
     completed,

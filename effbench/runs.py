@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effbench.config.spec import BenchSpec, ModelEntry, SpecError, TrainSection, parse_spec
-from effbench.errors import CheckpointError, RunError, TrainError
+from effbench.config.load import parse_spec
+from effbench.config.spec import BenchSpec, ModelEntry, TrainSection
+from effbench.errors import CheckpointError, RunError, SpecError, TrainError
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from specs import MINI, needs_mini, run_cli, tiny_study
 
-from effbench.config.spec import load_spec
+from effbench.config.load import load_spec
 from effbench.study import recipe_names, recipe_path
 
 SPEC = tiny_study(

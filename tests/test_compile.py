@@ -142,7 +142,7 @@ def test_train_compiled_records_its_mode(spec: Path, tmp_path: Path) -> None:
 
 
 def test_compile_mode_is_a_setting_only_of_compiled_runs() -> None:
-    from effbench.config.spec import parse_spec
+    from effbench.config.load import parse_spec
     from effbench.runs import fingerprint
 
     data = {"models": [{"name": "a", "attention": {"kind": "sdpa"}}]}

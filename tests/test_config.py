@@ -10,15 +10,10 @@ from typer.testing import CliRunner
 
 from effbench.cli import app
 from effbench.config.attention import KINDS
-from effbench.config.spec import (
-    SpecError,
-    load_spec,
-    parse_set,
-    parse_spec,
-    read_toml,
-    resolution_ladder,
-    select_models,
-)
+from effbench.config.load import load_spec, parse_spec, read_toml, select_models
+from effbench.config.overrides import parse_set
+from effbench.config.spec import resolution_ladder
+from effbench.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 

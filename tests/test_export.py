@@ -16,7 +16,8 @@ from specs import TINY_MODELS, run_cli
 from torch import nn
 
 from effbench.config.attention import KINDS
-from effbench.config.spec import BenchSpec, parse_spec, select_models
+from effbench.config.load import parse_spec, select_models
+from effbench.config.spec import BenchSpec
 from effbench.deploy import (
     ExportSettings,
     Inputs,

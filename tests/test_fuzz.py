@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from specs import TINY_BACKBONE, run_cli
 
-from effbench.config.spec import parse_set
+from effbench.config.overrides import parse_set
 from effbench.errors import EffbenchError
 from effbench.plan import resolve_spec
 from effbench.report.checks import admit

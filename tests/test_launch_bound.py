@@ -13,7 +13,7 @@ import report_records as rec
 import torch
 from specs import run_cli
 
-from effbench.config.spec import parse_spec
+from effbench.config.load import parse_spec
 from effbench.env import environment
 from effbench.measure import Rounds
 from effbench.measure.profiler import LAUNCH_BOUND_SHARE, kernel_time_ms, launch_bound

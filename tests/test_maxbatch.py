@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from specs import TINY_BACKBONE, run_cli
 
+from effbench.config.load import parse_spec, read_toml
 from effbench.config.size import parse_size, size_words
-from effbench.config.spec import ScaleSection, parse_spec, read_toml
+from effbench.config.spec import ScaleSection
 from effbench.crossover import summarize
 from effbench.env import environment
 from effbench.measure import Rounds

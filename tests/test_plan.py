@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from effbench.config.attention import BASELINE_KIND
-from effbench.config.spec import SpecError, parse_spec
-from effbench.errors import DataError, EffbenchError, RunError, TrainError, UsageError
+from effbench.config.load import parse_spec
+from effbench.errors import DataError, EffbenchError, RunError, SpecError, TrainError, UsageError
 from effbench.plan import (
     ScalePlan,
     check_checkpoint_data,

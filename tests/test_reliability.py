@@ -17,13 +17,13 @@ import pytest
 from specs import TINY_BACKBONE
 from typer.testing import CliRunner
 
-from effbench import results as results_mod
 from effbench.claims import LOCK, ClaimError, claim, claimed
 from effbench.cli import app
-from effbench.config.spec import SpecError, parse_set
-from effbench.errors import os_error_line
+from effbench.config.overrides import parse_set
+from effbench.errors import SpecError, os_error_line
 from effbench.plan import resolve_spec
 from effbench.results import JsonlWriter, replace_atomically
+from effbench.results import files as results_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 

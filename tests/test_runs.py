@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from effbench.config.spec import BenchSpec, parse_spec
+from effbench.config.load import parse_spec
+from effbench.config.spec import BenchSpec
 from effbench.errors import CheckpointError, RunError, TrainError
 from effbench.results import inside
 from effbench.runs import (

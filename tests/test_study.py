@@ -361,7 +361,7 @@ def test_records_of_an_unknown_schema_version_are_skipped_with_the_reason() -> N
 
 def test_small_spec_faults_are_refused_in_a_few_lines() -> None:
     from effbench.config.budget import parse_budget
-    from effbench.config.spec import parse_spec
+    from effbench.config.load import parse_spec
     from effbench.errors import SpecError
 
     with pytest.raises(ValueError, match="at most 1,000,000 epochs"):

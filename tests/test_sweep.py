@@ -22,12 +22,8 @@ from effbench.config.attention import (
     NystromConfig,
     SdpaConfig,
 )
-from effbench.config.spec import (
-    Backbone,
-    BenchSpec,
-    parse_spec,
-    read_toml,
-)
+from effbench.config.load import parse_spec, read_toml
+from effbench.config.spec import Backbone, BenchSpec
 from effbench.crossover import METRICS, loglog_slope, metrics_for
 from effbench.env import environment
 from effbench.model import adapt_state_dict, build_model

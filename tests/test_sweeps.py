@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from effbench.config.spec import parse_spec, select_models
+from effbench.config.load import parse_spec, select_models
 from effbench.errors import SpecError
 
 

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from effbench.cli import app
 from effbench.config.attention import BASELINE_KIND, EXACT_KINDS, KINDS
-from effbench.config.spec import SpecError, load_spec, select_models
+from effbench.config.load import load_spec, select_models
 from effbench.data import build_loaders
-from effbench.errors import CheckpointError, TrainError
+from effbench.errors import CheckpointError, SpecError, TrainError
 from effbench.results import load_predictions, read_jsonl
 from effbench.runs import CHECKPOINT, RECORDS
 from effbench.train import (

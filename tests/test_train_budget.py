@@ -10,7 +10,7 @@ import pytest
 from test_train import records, run_cli, trainer, write_spec
 
 from effbench.config.budget import parse_budget
-from effbench.config.spec import load_spec
+from effbench.config.load import load_spec
 from effbench.measure.memory import CLEAR_REFS
 from effbench.model import build_model
 from effbench.results import load_predictions

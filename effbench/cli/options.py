@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from effbench.config.spec import DEFAULT_SPEC, Dtype
+from effbench.config.fields import DEFAULT_SPEC, Dtype
 
 DEFAULT_SPEC_PATH = Path(DEFAULT_SPEC)
 DEFAULT_RESULTS = Path("results")

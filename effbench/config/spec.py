@@ -1,16 +1,15 @@
-"""The benchmark spec: pydantic models of `bench.toml`, loading, overrides and cross-field checks.
-
-No torch import here: a spec validates (and its errors print) before any heavy import.
+"""The benchmark spec: the pydantic models of `bench.toml` (backbone, models, each command's
+section, the cluster) and their cross-field checks; `spec_digest`, the hash every record
+carries. Loading a file, `--set` overrides and option sweeps live in `load`, `overrides` and
+`sweeps`. No torch import here: a spec validates (and its errors print) before any heavy
+import.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import json
-import re
-import tomllib
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -18,108 +17,27 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PlainValidator,
-    ValidationError,
     field_validator,
 )
 
-from effbench.config.attention import KINDS, AttentionConfig
+from effbench.config.attention import AttentionConfig
 from effbench.config.budget import HELP as BUDGET_HELP
 from effbench.config.budget import Budget, normalised, parse_budget
-from effbench.config.size import SIZE_HELP, parse_size
-from effbench.errors import SpecError
-
-DEFAULT_SPEC = "bench.toml"
-# Upper bounds of sizes and counts: beyond them a run could only hang or overflow.
-MAX_SIZE = 1 << 20
-MAX_SEED = (1 << 32) - 1
-Dtype = Literal["float32", "bfloat16", "float16"]
-
-
-def _check_device(v: str) -> str:
-    ok = v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
-    if not ok:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
-    return v
-
-
-DeviceName = Annotated[str, AfterValidator(_check_device)]
-Threads = Annotated[
-    int | None,
-    Field(gt=0, le=4096, description="CPU threads for torch; unset: torch's default (the cores)"),
-]
-Retries = Annotated[
-    int,
-    Field(
-        ge=0,
-        le=10,
-        description="re-measurements of a timing that other work on the CPU disturbed, "
-        "before it is recorded as contended",
-    ),
-]
-
-Compile = Annotated[
-    bool,
-    Field(
-        description="time the torch.compile'd layer or model (inductor); the first call, "
-        "which compiles, is timed apart as compile_s"
-    ),
-]
-CompileMode = Annotated[
-    Literal["default", "reduce-overhead", "max-autotune"],
-    Field(description="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune"),
-]
-
-Repeats = Annotated[
-    int,
-    Field(ge=1, le=100, description="timed repeats per point; the record keeps their spread"),
-]
-
-
-def _check_size(v: str | None) -> str | None:
-    if v is not None:
-        parse_size(v)
-    return v
-
-
-def _check_batch(v: Any) -> int | str:
-    if v == "max":
-        return v
-    if isinstance(v, str) and v.strip().isdigit():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SIZE:
-        raise ValueError(f"batch_size must be 1 to {MAX_SIZE} or 'max', got {v!r}")
-    return v
-
-
-BatchSize = Annotated[
-    int | Literal["max"],
-    PlainValidator(_check_batch),
-    Field(
-        description="images (or sequences) per call; 'max': the largest batch whose peak "
-        "memory fits memory_limit, searched per point and phase"
-    ),
-]
-MemoryLimit = Annotated[
-    str | None,
-    AfterValidator(_check_size),
-    Field(
-        description="with batch_size = 'max': the memory a call may use, "
-        f"{SIZE_HELP}; unset: the GPU's free memory less a tenth (the CPU needs one)"
-    ),
-]
-LargestBatch = Annotated[
-    int, Field(gt=0, le=MAX_SIZE, description="with batch_size = 'max': the largest tried")
-]
-
-Interleave = Annotated[
-    bool,
-    Field(
-        description="take the repeats round-robin over the grid's points, so that a slow "
-        "spell of the machine hits every point alike (each point's model and input stay in "
-        "memory until the last round); false: each point's repeats back to back"
-    ),
-]
+from effbench.config.fields import (
+    MAX_SEED,
+    MAX_SIZE,
+    BatchSize,
+    Compile,
+    CompileMode,
+    DeviceName,
+    Dtype,
+    Interleave,
+    LargestBatch,
+    MemoryLimit,
+    Repeats,
+    Retries,
+    Threads,
+)
 
 
 class _Section(BaseModel):
@@ -403,6 +321,15 @@ def resolution_ladder(low: int, high: int, patch: int) -> list[int]:
     return sorted(ladder)
 
 
+def spec_digest(data: dict[str, Any]) -> str:
+    """A short, stable hash of a resolved spec as JSON data (`BenchSpec.hash()`). The
+    `cluster` table (how a study's jobs are asked for) is not part of what a spec computes."""
+    if isinstance(data, dict) and "cluster" in data:
+        data = {k: v for k, v in data.items() if k != "cluster"}
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
 class BenchSpec(_Section):
     """The whole of `bench.toml`."""
 
@@ -510,291 +437,4 @@ class BenchSpec(_Section):
 
     def hash(self) -> str:
         """A short, stable hash of the resolved spec, carried by every record."""
-        from effbench.results import spec_digest
-
         return spec_digest(self.model_dump(mode="json"))
-
-
-def _loc(parts: Iterable[Any]) -> str:
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        else:
-            out += f".{p}" if out else str(p)
-    return out
-
-
-def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
-    issues = []
-    for e in err.errors(include_url=False):
-        # Drop the tag that pydantic inserts for the chosen member of a discriminated union
-        # (right after `attention`; an option may share a kind's name, as window's does).
-        raw = list(e["loc"])
-        loc = [
-            p
-            for i, p in enumerate(raw)
-            if not (isinstance(p, str) and p in KINDS and i and raw[i - 1] == "attention")
-        ]
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "union_tag_invalid":
-            kind = e["input"].get("kind")
-            msg = f"unknown attention kind {kind!r}; choose one of {', '.join(KINDS)}"
-            loc.append("kind")
-        elif e["type"] == "union_tag_not_found":
-            msg = f"missing 'kind'; choose one of {', '.join(KINDS)}"
-        elif e["type"] == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r} (check its spelling)"
-        issues.append((_loc(loc), msg))
-    return issues
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set `section.key` (or deeper) in a nested dict, creating tables as needed."""
-    parts = key.split(".")
-    node = data
-    for p in parts[:-1]:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise SpecError([(key, f"{p!r} is not a table")])
-        node = nxt
-    node[parts[-1]] = value
-
-
-# What a --set value may be without TOML quotes: a plain word or path (`synthetic`, `runs/a`).
-_BARE = re.compile(r"[A-Za-z0-9_./~+:@-]+")
-
-
-def parse_set(items: Iterable[str]) -> dict[str, Any]:
-    """`--set section.key=value` options as overrides; values are TOML (`3`, `1e-3`, `true`,
-    `[0, 1]`, `"text"`), and a plain word or path (`synthetic`, `runs/a`) is taken as a string.
-
-    Raises:
-        SpecError: for an item without `=` or a section, or a value that is neither.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key, raw = key.strip(), raw.strip()
-        if not sep or "." not in key or not all(key.split(".")):
-            raise SpecError(
-                [("--set", f"{item!r} is not section.key=value (e.g. train.lr=3e-4)")],
-                "command line",
-            )
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except (tomllib.TOMLDecodeError, ValueError) as err:
-            if not _BARE.fullmatch(raw):
-                reason = str(err).splitlines()[0] if str(err) else "invalid"
-                raise SpecError(
-                    [
-                        (
-                            "",
-                            f"{raw!r} is not a TOML value ({reason}); write numbers as 3 or "
-                            '1e-3, text as "text", lists as [0, 1]',
-                        )
-                    ],
-                    f"--set {key}",
-                ) from None
-            value = raw
-        out[key] = value
-    return out
-
-
-def _sweep_part(key: str, value: Any) -> str:
-    """A variant's name part: `k32` for a number, the word for a string (`flex`), the key or
-    `no` + key for a bool."""
-    if isinstance(value, bool):
-        return key if value else f"no{key}"
-    if isinstance(value, str):
-        return value
-    return f"{key}{value}"
-
-
-def _repeated(values: list[Any]) -> str | None:
-    """The first value of a sweep equal to an earlier one (16.0 and 16 alike; a bool only
-    equals a bool), as text, or None."""
-    seen: list[Any] = []
-    for v in values:
-        if any(v == w and isinstance(v, bool) == isinstance(w, bool) for w in seen):
-            return repr(v)
-        seen.append(v)
-    return None
-
-
-def expand_sweeps(models: Any) -> tuple[Any, list[tuple[int, str]]]:
-    """`[[models]]` entries whose attention options hold lists, expanded to one model per
-    value (several lists: their product), each named from the entry's name and its values
-    (`linformer` with `k = [32, 64]` gives `linformer-k32` and `linformer-k64`) and carrying
-    the entry's name as its `group`. Returns the models and, for each, (index of the entry
-    it came from, its name), so that a problem can be blamed on the entry.
-
-    Raises:
-        SpecError: for an empty list.
-    """
-    if not isinstance(models, list):
-        return models, []
-    out: list[Any] = []
-    origin: list[tuple[int, str]] = []
-    for i, entry in enumerate(models):
-        att = entry.get("attention") if isinstance(entry, dict) else None
-        swept = (
-            {k: v for k, v in att.items() if isinstance(v, list) and k != "kind"}
-            if isinstance(att, dict)
-            else {}
-        )
-        if not swept:
-            out.append(entry)
-            origin.append((i, str(entry.get("name", "")) if isinstance(entry, dict) else ""))
-            continue
-        empty = [k for k, v in swept.items() if not v]
-        if empty:
-            raise SpecError(
-                [(f"models[{i}].attention.{empty[0]}", "an option sweep needs at least one value")]
-            )
-        for key, values in swept.items():
-            twice = _repeated(values)
-            if twice is not None:
-                raise SpecError(
-                    [
-                        (
-                            f"models[{i}].attention.{key}",
-                            f"the sweep lists {twice} "
-                            "more than once (as equal values); list each value once",
-                        )
-                    ]
-                )
-        base = str(entry.get("name", att.get("kind", "model")))
-        for values in itertools.product(*swept.values()):
-            chosen = dict(zip(swept, values, strict=True))
-            suffix = "-".join(_sweep_part(k, v) for k, v in chosen.items())
-            name = f"{base}-{suffix}"
-            out.append(
-                {
-                    **entry,
-                    "name": name,
-                    "group": entry.get("group", base),
-                    "attention": {**att, **chosen},
-                }
-            )
-            origin.append((i, name))
-    return out, origin
-
-
-def _blame_entries(
-    issues: list[tuple[str, str]], origin: list[tuple[int, str]]
-) -> list[tuple[str, str]]:
-    """Locations `models[j]...` of expanded models named as the entry they came from."""
-    if all(i == j for j, (i, _) in enumerate(origin)):
-        return issues
-    out = []
-    for loc, msg in issues:
-        m = re.match(r"models\[(\d+)\](.*)", loc)
-        if m and int(m.group(1)) < len(origin):
-            entry, name = origin[int(m.group(1))]
-            loc = f"models[{entry}]{m.group(2)} ({name})"
-        out.append((loc, msg))
-    return out
-
-
-def parse_spec(
-    data: Mapping[str, Any],
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    source: str = DEFAULT_SPEC,
-    origins: dict[str, str] | None = None,
-) -> BenchSpec:
-    """Validate a spec dict, applying dotted-key overrides (CLI options, `--set`) first;
-    `origins` names where an override came from, so that its problems are blamed on it.
-    Options that depend on token counts are checked by `BenchSpec.token_problems`, for
-    the models and lengths that run.
-
-    Raises:
-        SpecError: with one (location, message) per problem.
-    """
-    merged: dict[str, Any] = json.loads(json.dumps(data))  # deep copy of plain TOML data
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            try:
-                set_dotted(merged, key, value)
-            except SpecError as err:
-                raise SpecError(err.issues, source, origins) from None
-    origin: list[tuple[int, str]] = []
-    try:
-        if "models" in merged:
-            merged["models"], origin = expand_sweeps(merged["models"])
-    except SpecError as err:
-        raise SpecError(err.issues, source, origins) from None
-    try:
-        spec = BenchSpec.model_validate(merged)
-    except ValidationError as err:
-        raise SpecError(_blame_entries(_pydantic_issues(err), origin), source, origins) from None
-    issues = spec.problems()
-    if issues:
-        raise SpecError(_blame_entries(issues, origin), source, origins)
-    return spec
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file, turning a missing file or bad syntax into a SpecError."""
-    p = Path(path)
-    if not p.is_file():
-        what = "is a directory" if p.is_dir() else "not found"
-        raise SpecError([("", f"spec file {what}; pass --spec PATH to a bench.toml")], str(p))
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8-sig"))  # a BOM is not TOML
-    except UnicodeDecodeError as err:
-        raise SpecError([("", f"not UTF-8 text: {err}")], str(p)) from None
-    except ValueError as err:  # TOMLDecodeError, or an integer of thousands of digits
-        raise SpecError([("", f"invalid TOML: {str(err).splitlines()[0]}")], str(p)) from None
-    except (OSError, RecursionError) as err:
-        raise SpecError([("", f"unreadable: {err or type(err).__name__}")], str(p)) from None
-
-
-def load_spec(
-    path: str | Path = DEFAULT_SPEC, overrides: Mapping[str, Any] | None = None
-) -> BenchSpec:
-    """Read, override and validate a spec file."""
-    return parse_spec(read_toml(path), overrides=overrides, source=str(path))
-
-
-def select_models(spec: BenchSpec, wanted: Iterable[str] | None) -> BenchSpec:
-    """The spec restricted to the models named on the command line.
-
-    Names are model names, attention kinds, or 'all'. A kind that no model in the spec
-    uses gets a model with that kind's default options.
-
-    Raises:
-        SpecError: naming what is unknown and what is available.
-    """
-    wanted = [w for item in (wanted or ["all"]) for w in item.split(",") if w]
-    if not wanted or "all" in wanted:
-        return spec
-    chosen: list[ModelEntry] = []
-    unknown = []
-    for w in wanted:
-        by_name = [m for m in spec.models if m.name == w] or [
-            m for m in spec.models if m.group == w
-        ]
-        by_kind = [m for m in spec.models if m.attention.kind == w]
-        if by_name or by_kind:
-            picks = by_name or by_kind
-        elif w in KINDS:
-            picks = [ModelEntry.model_validate({"name": w, "attention": {"kind": w}})]
-        else:
-            unknown.append(w)
-            continue
-        chosen += [m for m in picks if m not in chosen]
-    if unknown:
-        names = ", ".join(m.name for m in spec.models)
-        raise SpecError(
-            [
-                (
-                    "--attention",
-                    f"unknown attention {', '.join(map(repr, unknown))}; "
-                    f"choose 'all', a model ({names}) or a kind ({', '.join(KINDS)})",
-                )
-            ],
-            "command line",
-        )
-    return spec.model_copy(update={"models": chosen})

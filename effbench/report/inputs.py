@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from effbench.config.spec import spec_digest
 from effbench.report.checks import admit
 from effbench.report.figures import FIGURE_DIR
-from effbench.results import BadLine, read_jsonl, spec_digest
+from effbench.results import BadLine, read_jsonl
 
 
 @dataclass

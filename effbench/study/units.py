@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effbench.config.spec import BenchSpec, parse_set, parse_spec, read_toml, select_models
+from effbench.config.load import parse_spec, read_toml, select_models
+from effbench.config.overrides import parse_set
+from effbench.config.spec import BenchSpec
 from effbench.errors import SpecError, UsageError
 from effbench.results import write_json_atomic
 from effbench.runs import completed, fingerprint_diff

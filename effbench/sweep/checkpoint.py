@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from effbench.config.spec import BenchSpec, SpecError, parse_spec
-from effbench.errors import RunError
+from effbench.config.load import parse_spec
+from effbench.config.spec import BenchSpec
+from effbench.errors import RunError, SpecError
 from effbench.measure import OnStep
 from effbench.model import ViT
 from effbench.results import Env, ScaleRecord
