@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
 }  # fmt: skip
 TORCH_FREE = [
     "effbench.errors", "effbench.claims", "effbench.signals", "effbench.config.spec",
+    "effbench.config.load", "effbench.config.overrides", "effbench.config.sweeps",
     "effbench.config.attention", "effbench.results",
     "effbench.env", "effbench.contention", "effbench.crossover", "effbench.report",
     "effbench.stats", "effbench.config.budget", "effbench.convergence", "effbench.ratios",
@@ -154,6 +155,75 @@ def test_layers_import_only_downwards() -> None:
                 if LAYERS[parts[1]] > here:
                     wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert not wrong, wrong
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the effbench modules it imports anywhere: at import time, inside functions
+    (the CLI's runners, loaded late) and under TYPE_CHECKING alike, so that no two modules
+    lean on each other even lazily (a name imported from a package counts as its submodule
+    where there is one)."""
+    paths = {_module_name(p): p for p in _modules()}
+
+    def owner(name: str) -> str:
+        while name not in paths and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+                targets = [t if t in paths else node.module for t in targets]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            deps |= {owner(t) for t in targets if t.split(".")[0] == "effbench"}
+        graph[name] = deps - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of `graph`: each strongly connected set of two or more modules."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            part = stack[stack.index(v) :]
+            del stack[stack.index(v) :]
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in order:
+            visit(v)
+    return found
+
+
+def test_no_module_imports_itself_round_a_cycle() -> None:
+    graph = import_graph()
+    assert "effbench.config.load" in graph["effbench.plan"]  # the graph sees real edges
+    assert "effbench.config.spec" in graph["effbench.results.schema"]  # TYPE_CHECKING too
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert not cycles(graph), cycles(graph)
 
 
 def test_every_module_is_in_a_layer() -> None:
