@@ -1,10 +1,11 @@
-"""The README's Quick start stays true: CI runs its test command verbatim, and the README
-documents every registered mechanism."""
+"""The README's Quick start stays true: CI runs its test command verbatim, the README
+documents every registered mechanism, and its links and anchors resolve."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 from effbench.attention import available
 
@@ -31,3 +32,51 @@ def test_readme_documents_every_mechanism() -> None:
     readme = (ROOT / "README.md").read_text()
     for kind in available():
         assert f"| `{kind}` |" in readme, kind
+
+
+FENCE = re.compile(r"^(```|~~~).*?^\1", flags=re.S | re.M)
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def heading_slugs(markdown: str) -> set[str]:
+    """The anchors GitHub gives a file's headings: the text without its markup, lowercased,
+    punctuation dropped, each space a hyphen; a repeated heading gets -1, -2, ..."""
+    slugs: set[str] = set()
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", FENCE.sub("", markdown), re.M):
+        text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link: its text
+        text = re.sub(r"<[^>]+>", "", text).lower()
+        slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        slugs.add(slug if n == 0 else f"{slug}-{n}")
+    return slugs
+
+
+def relative_links(markdown: str) -> list[str]:
+    """Every link and image target in the text outside code blocks, but those to the web."""
+    targets = LINK.findall(FENCE.sub("", markdown))
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t, flags=re.I)]
+
+
+def test_heading_slugs_follow_github() -> None:
+    text = "# The spec: `bench.toml`\n```bash\n# not a heading\n```\n## `effbench diff`\n"
+    text += "## A\n## A\n"
+    assert heading_slugs(text) == {"the-spec-benchtoml", "effbench-diff", "a", "a-1"}
+
+
+def test_readme_relative_links_and_anchors_resolve() -> None:
+    """README.md is outside the documentation site (whose strict build checks docs/), so its
+    links are checked here: each file or folder exists, each #anchor is a heading there."""
+    readme = ROOT / "README.md"
+    links = relative_links(readme.read_text())
+    assert "docs/commands.md" in links, links  # the pattern finds the links at all
+    broken = []
+    for link in links:
+        path, _, anchor = unquote(link).partition("#")
+        target = (readme.parent / path).resolve() if path else readme
+        if not target.exists():
+            broken.append(f"{link}: no {path}")
+        elif anchor and target.suffix == ".md" and anchor not in heading_slugs(target.read_text()):
+            broken.append(f"{link}: no heading #{anchor} in {path or 'README.md'}")
+    assert not broken, broken
