@@ -192,3 +192,22 @@ def test_cuda_requested_without_cuda(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["profile", "-s", str(spec), "--device", "cuda"])
     assert result.exit_code == 2
     assert "profile.device" in result.stderr and "--device cpu" in result.stderr
+
+
+def test_command_help_wraps_as_paragraphs() -> None:
+    """`--help` shows each docstring paragraph as one paragraph that the terminal wraps, not
+    the source's line breaks."""
+    import click
+    import typer.main
+
+    from effbench.cli.app import reflowed
+
+    assert reflowed("  one\n  two\n\n  three  \n") == "one two\n\nthree"
+    group = typer.main.get_command(app)
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        help_text = group.get_command(ctx, name).help or ""
+        assert "\n" not in help_text.replace("\n\n", ""), name
+    result = CliRunner().invoke(app, ["scale", "--help"], env={"COLUMNS": "80"})
+    assert "FLOPs (analytic and counted two ways)" in " ".join(result.output.split())
+    assert "(analytic and\n" not in result.output

@@ -42,9 +42,23 @@ class ListOptionCommand(TyperCommand):
         return super().parse_args(ctx, out)
 
 
+def reflowed(text: str) -> str:
+    """A docstring's paragraphs each on one line, so that `--help` wraps them to the terminal
+    instead of keeping the source's line breaks (which showed as broken lines at 80 columns)."""
+    paragraphs = (" ".join(p.split()) for p in text.strip().split("\n\n"))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
 class EffbenchGroup(TyperGroup):
     """Runs a command; an EffbenchError it raises is printed as located lines, and an OSError
-    (a write or read that failed) as one line naming the path and cause; exit 2."""
+    (a write or read that failed) as one line naming the path and cause; exit 2. A
+    command's help is its docstring reflowed (`reflowed`)."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and cmd.help:
+            cmd.help = reflowed(cmd.help)
+        return cmd
 
     def invoke(self, ctx: Any) -> Any:
         try:
