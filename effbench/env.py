@@ -3,8 +3,8 @@ effbench sets before torch loads so that CPU figures do not depend on how the ma
 to be set up.
 
 - **malloc.** glibc malloc hands every block above 32 MiB back to the kernel when it is freed,
-  so each call of a large attention pays page faults for its temporaries (at 4,097 tokens,
-  Linformer's forward 1.6x and `standard`'s 1.6-2x slower than under tcmalloc). Measuring
+  so each call of a large attention pays page faults for its temporaries (the figures:
+  docs/measuring-on-a-shared-cpu.md, "malloc"). Measuring
   commands therefore re-execute, before torch loads, with mimalloc preloaded: the shared
   library that effbench's own install brings (the `cmeel-mimalloc` wheel, a dependency on
   Linux), so that every machine runs the same allocator whatever it has installed; failing
@@ -14,9 +14,10 @@ to be set up.
   `system` (glibc malloc with huge pages, no preload), `untuned` (glibc malloc as it comes).
 - **OpenMP wait policy.** PyTorch's OpenMP threads spin for a long while at every barrier; when
   another process's threads hold the cores, each spin burns the time slice its partner needs,
-  and beside one busy PyTorch process some points ran 15-120x slower. A short spin
-  (`GOMP_SPINCOUNT=1000`) keeps the idle-machine speed and bounds that damage to 2-3.5x. A
-  policy the user set (`OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`) is kept.
+  and beside one busy PyTorch process some points ran many times slower. A short spin
+  (`GOMP_SPINCOUNT=1000`) keeps the idle-machine speed and bounds that damage (the figures:
+  docs/measuring-on-a-shared-cpu.md, "Threads: the OpenMP wait policy"). A policy the user
+  set (`OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`) is kept.
 """
 
 from __future__ import annotations

@@ -33,11 +33,10 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
 
 def exp_scale() -> float:
     """The factor an exponent is multiplied by before `exp_scaled` (fold it into a product
-    formed anyway). Eager: log2 e, for exp2, which on the CPU runs about 4x faster than torch's
-    exp (0.61 against 2.62 ms for 8.4 M floats on a 2-core AVX-512 EPYC; softmax has a fast exp
-    of its own) and agrees with it to 1e-6 relative for exponents in [-20, 5]. Under
-    torch.compile: 1, for exp, whose generated code is the faster there (hybrid at 4,097 tokens:
-    48.7 ms compiled with exp, 52.5 with exp2)."""
+    formed anyway). Eager: log2 e, for exp2, which torch runs much faster than its exp on the
+    CPU (softmax has a fast exp of its own) and which agrees with it to 1e-6 relative for
+    exponents in [-20, 5]. Under torch.compile: 1, for exp, whose generated code is the
+    faster there. The timings behind both choices: docs/commands.md ("exp as exp2")."""
     return 1.0 if torch.compiler.is_compiling() else LOG2E
 
 
@@ -50,9 +49,9 @@ def exp_scaled(z: Tensor, *, inplace: bool = False) -> Tensor:
 
 def contiguous_keys(k: Tensor) -> Tensor:
     """K as a contiguous tensor, for a product that reads it transposed (X K^T with few rows
-    in X: Nystrom's landmarks, agent tokens). From the strided view `qkv_heads` returns, such a
-    product took 2.7x as long on the CPU as from a copy (Nystrom at 4,097 tokens, batch 8,
-    4 x 32 heads: 4.4 against 1.6 + 0.45 ms; the agent layer 48.0 -> 45.8 ms)."""
+    in X: Nystrom's landmarks, agent tokens): from the strided view `qkv_heads` returns, such
+    a product is slower on the CPU than the copy and the product together (timings:
+    docs/commands.md, "A contiguous K for Nystrom")."""
     return k.contiguous()
 
 
