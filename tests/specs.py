@@ -22,6 +22,17 @@ heads = 2
 mlp_ratio = 2.0
 """
 
+# The tiniest ViT every kind's tiny() options fit: 16 px at patch 4, 4 x 4 patches + CLS.
+TINY16_BACKBONE = """
+[backbone]
+image_size = 16
+patch_size = 4
+dim = 32
+depth = 1
+heads = 2
+mlp_ratio = 2.0
+"""
+
 
 def tiny_study(train: str, *, seq_lens: str = "[17, 65]") -> str:
     """The spec of a tiny whole study (compare's tests), as a `str.format` template (the

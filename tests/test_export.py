@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from specs import TINY_MODELS, run_cli
+from specs import TINY16_BACKBONE, TINY_MODELS, run_cli
 from torch import nn
 
 from effbench.config.attention import KINDS
@@ -29,17 +29,7 @@ from effbench.deploy import (
 from effbench.env import environment
 from effbench.results import ExportRecord
 
-# The tiniest ViT every kind's tiny() options fit: 16 px at patch 4, 4 x 4 patches + CLS.
-BACKBONE = """
-[backbone]
-image_size = 16
-patch_size = 4
-dim = 32
-depth = 1
-heads = 2
-mlp_ratio = 2.0
-"""
-SPEC = BACKBONE + TINY_MODELS
+SPEC = TINY16_BACKBONE + TINY_MODELS
 # The kinds a deployment needs most: each must run in onnxruntime.
 REQUIRED = ("sdpa", "linformer", "performer", "relu_linear")
 TOLERANCE = 1e-4
