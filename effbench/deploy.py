@@ -377,7 +377,7 @@ def _runner(session: Any, provider: str, device: torch.device) -> Callable[[Tens
 
 
 def _onnxruntime(
-    inputs: Inputs, onnx: dict[str, Any], provider: str, settings: ExportSettings, root: Path
+    inputs: Inputs, onnx: dict[str, Any], provider: str, settings: ExportSettings
 ) -> dict[str, Any]:
     """The ONNX file in onnxruntime with `provider`: compared with eager at the batch (and
     one more when the file takes any batch), and eager and onnxruntime timed at the batch.
@@ -389,7 +389,8 @@ def _onnxruntime(
     x = inputs.images(b)
     with torch.inference_mode():
         eager = time_call(lambda: inputs.model(x), **timing)
-    prepare = _runner(_session(root / onnx["onnx_file"], provider, device), provider, device)
+    file = settings.output / onnx["onnx_file"]
+    prepare = _runner(_session(file, provider, device), provider, device)
     checked = [b, b + 1] if onnx.get("dynamic_batch") else [b]
     got = torch.cat([torch.from_numpy(prepare(inputs.images(c))[1]()).flatten() for c in checked])
     ort = time_call(prepare(x)[0], **timing)
@@ -461,7 +462,7 @@ def _in_runtime(
     if onnx["status"] != "ok":
         return out | {"status": onnx["status"], "failure": "no ONNX file",
                       "error": _line(f"the onnx path failed: {onnx['error']}")}  # fmt: skip
-    ran = _attempt(lambda: _onnxruntime(inputs, onnx, provider, settings, settings.output))
+    ran = _attempt(lambda: _onnxruntime(inputs, onnx, provider, settings))
     ran.pop("export_s")  # a session was made and run, nothing exported
     return out | ran
 

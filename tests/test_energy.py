@@ -18,15 +18,22 @@ from effbench.measure.energy import (
     MIN_UPDATES,
     MIN_WINDOW_S,
     STUCK_S,
+    Energy,
     EnergyCall,
     EnergyMeter,
     _nvml_ids,
     energy_fields,
-    measure_energy,
 )
 from effbench.results import ScaleRecord
 
 CUDA = torch.device("cuda:0")  # only a name here: the fake NVML answers for it
+
+
+def measure_energy(fn: Any, device: torch.device, **kwargs: Any) -> Energy:
+    """fn's energy on `device`, NVML started and shut down around it (`nvml`, `clock` and
+    `sync` are the meter's; the rest is `EnergyMeter.measure`'s)."""
+    with EnergyMeter(device, nvml=kwargs.pop("nvml", None)) as meter:
+        return meter.measure(fn, **kwargs)
 
 
 @pytest.fixture(autouse=True)

@@ -227,23 +227,6 @@ class EnergyMeter:
         )
 
 
-def measure_energy(
-    fn: Callable[[], Any],
-    device: torch.device,
-    *,
-    per_call_items: int = 1,
-    min_window_s: float = MIN_WINDOW_S,
-    nvml: ModuleType | Any = None,
-    clock: Clock = time.perf_counter,
-    sync: Callable[[], None] | None = None,
-) -> Energy:
-    """fn's energy on `device` (`EnergyMeter.measure`), NVML started and shut down around it."""
-    with EnergyMeter(device, nvml=nvml) as meter:
-        return meter.measure(
-            fn, per_call_items=per_call_items, min_window_s=min_window_s, clock=clock, sync=sync
-        )
-
-
 @dataclass(frozen=True)
 class EnergyCall:
     """A measured phase's call for `energy_fields`: what one call does (`items`: images of a

@@ -13,6 +13,7 @@ argument, so that they are tested against a memory model as well as a real proce
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,30 +67,23 @@ class Search:
 def fit_line(trials: list[Trial], limit: int) -> tuple[float, float] | None:
     """Least-squares (intercept, slope) of peak against batch over the trials that fit; with
     one batch measured, the line through the origin (which overestimates where memory has a
-    fixed part, so it errs towards smaller batches)."""
+    fixed part, so it errs towards smaller batches). None where memory does not grow with the
+    batch: at small batches a fixed part and noise can hide the growth, and then the line
+    says nothing about larger batches (which are doubled to regardless: each batch tried is
+    measured under the limit anyway)."""
     pts = [(t.batch, float(t.peak)) for t in trials if t.fits(limit) and t.peak is not None]
-    xs = {b for b, _ in pts}
     if not pts:
         return None
-    if len(xs) == 1:
+    if len({b for b, _ in pts}) == 1:
         b, p = pts[-1]
         return 0.0, p / b
-    mx = sum(b for b, _ in pts) / len(pts)
-    my = sum(p for _, p in pts) / len(pts)
-    sxx = sum((b - mx) ** 2 for b, _ in pts)
-    slope = sum((b - mx) * (p - my) for b, p in pts) / sxx
-    return my - slope * mx, slope
-
-
-def grows(line: tuple[float, float] | None) -> bool:
-    """Whether a line says anything about larger batches: memory that grows with the batch
-    (at small batches a fixed part and noise can hide the growth, and then the batch is
-    doubled regardless: each batch tried is measured under the limit anyway)."""
-    return line is not None and line[1] > 0
+    slope, intercept = statistics.linear_regression([b for b, _ in pts], [p for _, p in pts])
+    return (intercept, slope) if slope > 0 else None
 
 
 def predicted(line: tuple[float, float] | None, batch: int) -> float:
-    return line[0] + line[1] * batch if grows(line) and line is not None else -math.inf
+    """The line's peak at `batch`; -inf where there is no line (so the batch doubles)."""
+    return -math.inf if line is None else line[0] + line[1] * batch
 
 
 def find_max_batch(
@@ -128,7 +122,7 @@ def find_max_batch(
     best = b
     for _ in range(MAX_TRIALS):  # refit after each: the line sharpens as batches come in
         line = fit_line(tried, limit)
-        if not grows(line) or line is None:
+        if line is None:
             break
         candidate = min(math.floor((limit - line[0]) / line[1]), too_big - 1, largest)
         if candidate <= best:
@@ -144,7 +138,7 @@ def find_max_batch(
         peak=peak,
         limit=limit,
         tried=tried,
-        slope=line[1] if grows(line) and line is not None else None,
-        intercept=line[0] if grows(line) and line is not None else None,
+        slope=None if line is None else line[1],
+        intercept=None if line is None else line[0],
         capped=best == largest,
     )

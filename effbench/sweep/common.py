@@ -3,6 +3,7 @@ that fail a point (non-finite output, disagreeing FLOP counts), and the record f
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -157,6 +158,21 @@ def search_batch(
         raise MemoryError(f"{phase}: {err} ({limit / MIB:.0f} MiB)") from None
     out.setdefault("max_batch", {})[phase] = found.as_dict(MIB)
     return found.batch
+
+
+def inference_call(
+    module: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    amp: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> Callable[[], torch.Tensor]:
+    """A call of `module` (or its compiled form) on `x` under `inference_mode` and `amp`
+    (autocast, or nothing): what a forward phase times, and what `search_batch` sizes."""
+
+    def fwd() -> torch.Tensor:
+        with torch.inference_mode(), amp():
+            return module(x)
+
+    return fwd
 
 
 def check_finite(t: torch.Tensor, what: str) -> None:

@@ -28,6 +28,7 @@ from effbench.sweep.common import (
     compile_for,
     first_call,
     in_rounds,
+    inference_call,
     note_breakdown,
     note_flops,
     note_per_image,
@@ -76,11 +77,11 @@ def measure_attention(
 
     x = tokens(prof.batch_size) if prof.batch_size != "max" else None
     if x is None:
-        make = lambda b: _forward(layer, tokens(b))  # noqa: E731
+        make = lambda b: inference_call(layer, tokens(b))  # noqa: E731
         x = tokens(search_batch(make, "fwd", section=prof, device=device, out=out))
     out["batch_size"] = B = x.shape[0]
     run = compile_for(layer, prof, out, phase="fwd", device=device, grad=False)
-    fwd = _forward(run, x)
+    fwd = inference_call(run, x)
 
     check_finite(first_call(fwd, "fwd", out), "forward output")
     sdpa = sdpa_layer(layer)
@@ -114,14 +115,6 @@ def measure_attention(
         )
     if prof.count_flops:
         note_flops(out, layer, x)
-
-
-def _forward(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], Any]:
-    def fwd() -> torch.Tensor:
-        with torch.inference_mode():
-            return layer(x)
-
-    return fwd
 
 
 def _grads(layer: Attention, run: Any, x: torch.Tensor) -> Callable[[], Any]:

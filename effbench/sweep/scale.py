@@ -30,6 +30,7 @@ from effbench.sweep.common import (
     compile_for,
     first_call,
     in_rounds,
+    inference_call,
     note_breakdown,
     note_flops,
     note_per_image,
@@ -148,7 +149,7 @@ def measure_model(
     x = None
     energy_calls: dict[str, EnergyCall] = {}  # measured last, apart from the timings
     if sc.mode in ("infer", "both"):
-        x = batch_for("infer", lambda x: _forward(model.eval(), x, amp))
+        x = batch_for("infer", lambda x: inference_call(model.eval(), x, amp))
         fwd = _inference(spec, point, model, x, amp=amp, device=device, out=out, rounds=rounds)
         energy_calls["infer"] = EnergyCall(fwd, items=x.shape[0], per="image")
     if sc.count_flops:
@@ -159,16 +160,6 @@ def measure_model(
         energy_calls["train"] = EnergyCall(step, items=1, per="step")
     out["batch_size"] = (x if x is not None else xt).shape[0]
     out.update(energy_fields(energy_calls, device=device, enabled=sc.energy))
-
-
-def _forward(
-    model: nn.Module, x: torch.Tensor, amp: Callable[[], contextlib.AbstractContextManager[Any]]
-) -> Callable[[], torch.Tensor]:
-    def fwd() -> torch.Tensor:
-        with torch.inference_mode(), amp():
-            return model(x)
-
-    return fwd
 
 
 def _train_step(
@@ -254,8 +245,8 @@ def _inference(
     model.eval()
     run = compile_for(model, sc, out, phase="infer", device=device, grad=False)
 
-    fwd = _forward(run, x, amp)
-    fwd_eager = _forward(model, x, amp)  # the breakdown wraps the model's own modules
+    fwd = inference_call(run, x, amp)
+    fwd_eager = inference_call(model, x, amp)  # the breakdown wraps the model's own modules
 
     check_finite(first_call(fwd, "infer", out), "forward output")
     call_ms = _time_and_peak(
