@@ -51,6 +51,8 @@ from effbench.config.attention import (
     SdpaConfig,
     StandardConfig,
 )
+from effbench.crossover import crossover as effbench_crossover
+from effbench.crossover import loglog_slope
 from effbench.env import allocator_name, cpu_name, prepare_measuring_process
 from effbench.measure import MIB, peak_bytes
 
@@ -418,15 +420,13 @@ def section_a(pairs: Sequence[Pair], plan: Plan) -> list[dict[str, Any]]:
 
 
 def crossover(ns: Sequence[int], mech_ms: Sequence[float], sdpa_ms: Sequence[float]) -> dict:
-    """First grid N where the mechanism is faster, and the first from which it stays faster."""
-    faster = [m < s for m, s in zip(mech_ms, sdpa_ms, strict=True)]
-    first = next((n for n, f in zip(ns, faster, strict=True) if f), None)
-    stays = None
-    for i in range(len(ns) - 1, -1, -1):
-        if not faster[i]:
-            break
-        stays = ns[i]
-    return {"first_faster_n": first, "stays_faster_from_n": stays}
+    """First grid N where the mechanism is faster, and the first from which it stays faster
+    (`effbench.crossover`'s rule, on single medians)."""
+    first = next((n for n, m, s in zip(ns, mech_ms, sdpa_ms, strict=True) if m < s), None)
+    stays = effbench_crossover(
+        dict(zip(ns, mech_ms, strict=True)), dict(zip(ns, sdpa_ms, strict=True))
+    )
+    return {"first_faster_n": first, "stays_faster_from_n": stays[0] if stays else None}
 
 
 def section_b(fwd: ForwardTimes, plan: Plan) -> dict[str, Any]:
@@ -464,16 +464,6 @@ def section_c(fwd: ForwardTimes, plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def loglog_slope(ns: Sequence[int], ms: Sequence[float]) -> float:
-    """Least-squares slope of log(time) against log(N)."""
-    lx = [math.log(n) for n in ns]
-    ly = [math.log(t) for t in ms]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    sxx = sum((a - mx) ** 2 for a in lx)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True))
-    return sxy / sxx
-
-
 def section_d(fwd: ForwardTimes, plan: Plan) -> dict[str, Any]:
     """Forward time on square grids N = 1 + s^2 and the fitted log-log slope per mechanism."""
     ns = [1 + s * s for s in plan.d_sides]
@@ -485,7 +475,7 @@ def section_d(fwd: ForwardTimes, plan: Plan) -> dict[str, Any]:
         out["mechanisms"][name] = {
             "n": pts,
             "forward_ms": ms,
-            "slope": loglog_slope(pts, ms) if len(pts) >= 2 else None,
+            "slope": loglog_slope(zip(pts, ms, strict=True)),
             "skipped_n": [n for n in ns if n not in pts],
         }
     return out

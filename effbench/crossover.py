@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from effbench.ratios import keeps_rounds, record_ratio, rounds_field
 
 # Summary metric -> the scale record field it reads.
@@ -100,10 +102,8 @@ def loglog_slope(points: Iterable[tuple[float, float]]) -> float | None:
     pts = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
     if len({x for x, _ in pts}) < 2:
         return None
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    return sum((x - mx) * (y - my) for x, y in pts) / sxx
+    slope, _ = np.polyfit([x for x, _ in pts], [y for _, y in pts], 1)
+    return float(slope)
 
 
 def upper_slope(by_tokens: Mapping[int, float | None]) -> tuple[float | None, list[int]]:

@@ -1,6 +1,7 @@
 """How a long command stops early: SIGINT/SIGTERM set a `StopFlag` that the work checks
 between steps, so that what it finished is kept whole; a second signal stops it at once. The
-training loop and the profile/scale grids share it. No torch."""
+training loop and the profile/scale grids share it; a training run then ends with
+`Interrupted` once its checkpoint is written. No torch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -50,3 +52,16 @@ class StopFlag:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived; a checkpoint was written (when the run had started)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        self.signum = signum
+        self.checkpoint = checkpoint
+        super().__init__(f"stopped by signal {signum}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

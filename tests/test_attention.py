@@ -25,6 +25,7 @@ from effbench.attention.performer import orthogonal_features
 from effbench.attention.sdpa import SdpaAttention
 from effbench.config.attention import CONFIGS, KINDS
 from effbench.measure import FlopCountError, count_flops
+from effbench.measure.dispatch import backend_from_ops, dispatched_ops
 
 # N = CLS + a 5x5 patch grid; 26 tokens are not a multiple of nystrom's tiny 4 landmarks.
 B, DIM, HEADS, N = 2, 32, 2, 26
@@ -94,10 +95,23 @@ def test_every_config_has_a_registered_mechanism() -> None:
 def test_registry_refuses_unknown_and_duplicate_kinds() -> None:
     with pytest.raises(ValueError, match="unknown attention kind 'nope'; choose one of"):
         attention_class("nope")
+    whole = {"attend": None, "weights": None, "attend_flops": None}
     with pytest.raises(AssertionError, match="registered twice"):
-        register(KINDS[0])(type("Again", (Attention,), {}))
+        register(KINDS[0])(type("Again", (Attention,), whole))
     with pytest.raises(AssertionError, match="has no config"):
-        register("nope")(type("Nope", (Attention,), {}))
+        register("nope")(type("Nope", (Attention,), whole))
+
+
+def test_a_mechanism_without_its_flops_fails_when_its_class_is_defined() -> None:
+    with pytest.raises(TypeError, match=r"'sdpa' \(NoFlops\) must define attend_flops$"):
+
+        @register("sdpa")
+        class NoFlops(Attention):
+            def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+                return v
+
+            def weights(self, q: Tensor, k: Tensor) -> Tensor:
+                return q @ k.transpose(-2, -1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -557,7 +571,10 @@ def test_hybrid_whole_grid_window_is_exact() -> None:
 def test_sdpa_backend_used_on_cpu(backend: str, expected: set[str]) -> None:
     m = build("sdpa", backend=backend)
     assert isinstance(m, SdpaAttention)
-    used = m.backend_used(torch.randn(B, N, DIM))
+    # the backend the aten operators show, as the profile grid reads it
+    with torch.no_grad():
+        q, k, v = m.qkv_heads(torch.randn(B, N, DIM))
+    used = backend_from_ops(dispatched_ops(lambda: m.attend(q, k, v)))
     assert isinstance(used, str)
     assert used in expected
 

@@ -17,10 +17,10 @@ import pytest
 from specs import TINY_BACKBONE
 from typer.testing import CliRunner
 
-from effbench.claims import LOCK, ClaimError, claim, claimed
 from effbench.cli import app
 from effbench.config.overrides import parse_set
 from effbench.errors import SpecError, os_error_line
+from effbench.locks import LOCK, ClaimError, claim, claimed
 from effbench.plan import resolve_spec
 from effbench.results import JsonlWriter, replace_atomically
 from effbench.results import files as results_mod
@@ -100,7 +100,7 @@ def test_claims_of_a_live_and_a_dead_process(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import os, sys, time
-        from effbench.claims import claim
+        from effbench.locks import claim
         claim(__import__("pathlib").Path({str(tmp_path)!r}))
         print("held", os.getpid(), flush=True)
         if sys.argv[1] == "die":

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from specs import TINY_BACKBONE, run_cli
 
-from effbench.claims import ClaimError, claim
 from effbench.config.spec import ClusterSection
 from effbench.env import scheduler
 from effbench.errors import RunError, UsageError
+from effbench.locks import ClaimError, claim
 from effbench.results import JsonlWriter
 from effbench.study import open_study
 from effbench.study.cluster import ClusterExecutor

@@ -9,6 +9,7 @@ softmax or exp is not counted, which is also what fvcore and FlopCounterMode cou
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -71,8 +72,11 @@ def matmul_flops(*dims: int) -> int:
     return 2 * math.prod(dims)
 
 
-class Attention(nn.Module):
+class Attention(nn.Module, metaclass=abc.ABCMeta):
     """Base class: (B, N, C) -> (B, N, C) with a shared W_qkv and W_o.
+
+    A mechanism defines `attend`, `weights` and `attend_flops` (abstract here, so that
+    `register` refuses a class that lacks one when it is defined).
 
     Args:
         cfg: the mechanism's frozen config.
@@ -139,13 +143,13 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.merge_heads(self.attend(*self.qkv_heads(x)))
 
+    @abc.abstractmethod
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The mechanism itself: q, k, v (B, H, N, d) -> (B, H, N, d)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
         """Effective (B, H, N, N) weights that `attend` applies to v."""
-        raise NotImplementedError
 
     def skip(self, v: Tensor) -> Tensor | None:
         """The part of `attend`'s output that bypasses the map (a residual on V), or None:
@@ -177,9 +181,9 @@ class Attention(nn.Module):
         """FLOPs of W_qkv and W_o per sample for n tokens."""
         return matmul_flops(n, self.dim, 4 * self.dim)
 
+    @abc.abstractmethod
     def attend_flops(self, n: int) -> int:
         """Analytic FLOPs of `attend` per sample for n tokens."""
-        raise NotImplementedError
 
     # -- capability hooks ---------------------------------------------------------------
     def adapt_state(

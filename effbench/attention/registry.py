@@ -7,6 +7,7 @@ module of this package the first time it is asked, so a new mechanism is one new
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,9 @@ def register(kind: str) -> Callable[[type[Attention]], type[Attention]]:
 
     def deco(cls: type[Attention]) -> type[Attention]:
         assert kind in KINDS, f"{kind!r} has no config in effbench.config.attention"
+        if inspect.isabstract(cls):
+            missing = ", ".join(sorted(cls.__abstractmethods__))
+            raise TypeError(f"attention kind {kind!r} ({cls.__name__}) must define {missing}")
         assert kind not in _REGISTRY, f"attention kind {kind!r} registered twice"
         cls.kind = kind
         _REGISTRY[kind] = cls

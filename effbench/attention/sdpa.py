@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -17,7 +16,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from effbench.attention.base import ExactAttention
 from effbench.attention.registry import register
 from effbench.config.attention import SdpaConfig
-from effbench.measure.dispatch import backend_from_ops, dispatched_ops
 
 _FORCED = {
     "math": SDPBackend.MATH,
@@ -45,9 +43,3 @@ class SdpaAttention(ExactAttention):
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         with self._backend():
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-
-    @torch.no_grad()
-    def backend_used(self, x: Tensor) -> str:
-        """Run one forward and report which SDPA kernel actually executed."""
-        q, k, v = self.qkv_heads(x)
-        return backend_from_ops(dispatched_ops(lambda: self.attend(q, k, v)))

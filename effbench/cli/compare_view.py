@@ -149,7 +149,7 @@ def run_study(study: Study, runner: Executor) -> None:
     Raises:
         typer.Exit: a unit failed, or a signal stopped the study.
     """
-    from effbench.claims import claimed
+    from effbench.locks import claimed
     from effbench.study.drive import drive
     from effbench.study.local import StudyInterrupted
 

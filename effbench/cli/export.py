@@ -83,9 +83,9 @@ def run_export(
     and the closing line; records appended to <output>/export.jsonl."""
     import torch
 
-    from effbench.claims import claimed
     from effbench.deploy import EXPORT_DIR, export_paths, export_sweep, ort_providers
     from effbench.env import environment
+    from effbench.locks import claimed
     from effbench.results import JsonlWriter, new_run_id
 
     where = choose_device(device, where="--device")

@@ -22,7 +22,7 @@ from effbench.cli.console import (
     note_cell,
     status,
 )
-from effbench.cli.grid import batch_words, grid_table, run_grid, start_measuring
+from effbench.cli.live import batch_words, grid_table, run_grid, start_measuring
 from effbench.cli.options import (
     DEFAULT_RESULTS,
     DEFAULT_SPEC_PATH,

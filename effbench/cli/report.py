@@ -68,7 +68,7 @@ def report(
     Accuracy beside cost, Pareto fronts, scaling and crossovers, time by part, training
     curves, fidelity and attention maps, each labelled with the environment it came from.
     """
-    from effbench.claims import claimed
+    from effbench.locks import claimed
     from effbench.report import build_report, collect, write_report
 
     formats = FORMATS.get(format_.lower())

@@ -27,7 +27,7 @@ from effbench.cli.console import (
     status,
     whole_lines,
 )
-from effbench.cli.grid import Measuring, batch_words, grid_table, run_grid, start_measuring
+from effbench.cli.live import Measuring, batch_words, grid_table, run_grid, start_measuring
 from effbench.cli.options import (
     DEFAULT_RESULTS,
     DEFAULT_SPEC_PATH,

@@ -10,7 +10,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from effbench.claims import claimed
 from effbench.cli.app import ListOptionCommand, app
 from effbench.cli.console import Console, contention_note, err_console, pct, warn_if_busy
 from effbench.cli.options import (
@@ -24,6 +23,7 @@ from effbench.cli.options import (
     ThreadsOpt,
 )
 from effbench.errors import UsageError
+from effbench.locks import claimed
 from effbench.plan import TrainPlan, plan_train, start_distributed
 
 if TYPE_CHECKING:

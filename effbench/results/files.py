@@ -95,7 +95,7 @@ def _file_mode() -> int:
 
 
 # The name of `replace_atomically`'s temporaries, `.<name>.<pid>-<6 hex>.tmp`: its writer's pid
-# tells a killed writer's leftover (`effbench.claims` removes those) from a live one's file.
+# tells a killed writer's leftover (`effbench.locks` removes those) from a live one's file.
 TEMPORARY = re.compile(r"\..+\.(\d+)-[0-9a-f]{6}\.tmp")
 
 

@@ -4,7 +4,6 @@ evaluation; `common` holds what the grids share."""
 
 from __future__ import annotations
 
-from effbench.sweep.checkpoint import checkpoint_spec, checkpoint_sweep, scorer_on_test_split
 from effbench.sweep.common import (
     FLOP_TOLERANCE,
     FlopMismatchError,
@@ -46,6 +45,7 @@ from effbench.sweep.scale import (
     start_scale_point,
     summary_records,
 )
+from effbench.sweep.trained import checkpoint_spec, checkpoint_sweep, scorer_on_test_split
 
 __all__ = [
     "BREAKDOWN_CALLS",

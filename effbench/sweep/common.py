@@ -107,7 +107,7 @@ CAP_SLACK = 64 * 2**20
 
 def batch_limit(section: Any, device: torch.device) -> int:
     """The bytes a call may use under `batch_size = 'max'`: `memory_limit`, or on a GPU
-    GPU_SHARE of its free memory. The CPU has no such default (`cli.grid` asks for one)."""
+    GPU_SHARE of its free memory. The CPU has no such default (`cli.live` asks for one)."""
     if section.memory_limit is not None:
         return parse_size(section.memory_limit)
     if device.type == "cuda":

@@ -5,6 +5,7 @@ Yields records; never prints; the run directory's layout is `effbench.runs`."""
 from __future__ import annotations
 
 from effbench.runs import NEUTRAL_KEYS, fingerprint, fingerprint_diff
+from effbench.signals import Interrupted, StopFlag
 from effbench.train.checkpoint import (
     CHECKPOINT_FORMAT,
     RunState,
@@ -16,7 +17,6 @@ from effbench.train.checkpoint import (
 from effbench.train.distributed import Dist, init_distributed
 from effbench.train.evaluate import accuracy, evaluation_sums
 from effbench.train.optim import lr_factor, param_groups, resolve_precision
-from effbench.train.signals import Interrupted, StopFlag
 from effbench.train.trainer import NonFiniteLoss, Trainer, TrainProgress
 
 __all__ = [

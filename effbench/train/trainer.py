@@ -34,6 +34,7 @@ from effbench.runs import (
     run_dir,
     save_weights,
 )
+from effbench.signals import Interrupted, StopFlag
 from effbench.train.checkpoint import (
     RunState,
     load_matching,
@@ -47,7 +48,6 @@ from effbench.train.evaluate import accuracy, evaluation_sums, keep_predictions
 from effbench.train.optim import optimizer_step, resolve_precision
 from effbench.train.records import epoch_record, final_record, record_base, run_facts
 from effbench.train.setup import build_parts, compile_parts
-from effbench.train.signals import Interrupted, StopFlag
 from effbench.train.tensorboard import summary_writer, write_scalars
 
 
