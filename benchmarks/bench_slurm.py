@@ -22,7 +22,7 @@ from pathlib import Path
 from effbench.config.spec import ClusterSection
 from effbench.study import open_study
 from effbench.study.cluster import ClusterExecutor, squeue
-from effbench.study.local import LocalExecutor
+from effbench.study.machine import LocalExecutor
 from effbench.study.units import ACCURACY, Unit
 
 SPEC = """

@@ -295,3 +295,21 @@ def test_only_attention_and_its_configs_know_single_kinds(tmp_path: Path) -> Non
     probe = tmp_path / "probe.py"
     probe.write_text('if cfg.kind == "sdpa":\n    pass\nORDER = ("standard", "fused")\n')
     assert len(kind_branches(probe, KINDS)) == 3
+
+
+def test_a_file_name_means_one_thing() -> None:
+    """No two modules share a name, except a command's CLI module (cli/<command>.py), a report
+    section (report/sections/<name>.py) and a config section (config/<name>.py), which
+    present or configure the module of their name."""
+    seen: dict[str, list[str]] = {}
+    mirrors = {("cli",), ("report", "sections"), ("config",)}
+    for path in _modules():
+        rel = path.relative_to(PACKAGE)
+        if path.name == "__init__.py" or rel.parts[:-1] in mirrors:
+            continue
+        seen.setdefault(path.stem, []).append(str(rel))
+    for path in PACKAGE.iterdir():  # a package's name counts as a module's
+        if path.is_dir() and (path / "__init__.py").exists():
+            seen.setdefault(path.name, []).append(f"{path.name}/")
+    shared = {name: where for name, where in seen.items() if len(where) > 1}
+    assert not shared, shared

@@ -117,7 +117,7 @@ def test_compile_mode_must_be_one_torch_knows(spec: Path) -> None:
 
 
 def test_the_report_never_mixes_compiled_and_eager_figures() -> None:
-    from effbench.report.data import env_key, env_label
+    from effbench.report.content import env_key, env_label
 
     env = {"device_name": "cpu", "torch": "2", "threads": 2, "allocator": "glibc"}
     eager = env_key({"env": env, "compiled": False})

@@ -242,7 +242,7 @@ def test_record_fields_per_phase_and_the_reason_when_null() -> None:
 def test_the_scaling_section_shows_energy_only_where_measured() -> None:
     from report_records import scale
 
-    from effbench.report.data import build_data
+    from effbench.report.content import build_data
     from effbench.report.inputs import Results
     from effbench.report.sections import scaling
 

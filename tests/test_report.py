@@ -17,7 +17,7 @@ from specs import MINI, run_cli
 
 from effbench.config.attention import KINDS
 from effbench.report import pareto_front
-from effbench.report.data import model_order
+from effbench.report.content import model_order
 from effbench.report.figures import PALETTE, colour_of
 from effbench.results import read_jsonl, write_jsonl_atomic
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from effbench.report.data import build_data
+from effbench.report.content import build_data
 from effbench.report.inputs import Results
 from effbench.report.sections import fidelity, maps
 from effbench.results import LayerFidelity

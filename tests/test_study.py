@@ -21,7 +21,7 @@ from effbench.locks import ClaimError, claim
 from effbench.results import JsonlWriter
 from effbench.study import open_study
 from effbench.study.cluster import ClusterExecutor
-from effbench.study.local import LocalExecutor
+from effbench.study.machine import LocalExecutor
 from effbench.study.runner import commit, prepare
 from effbench.study.state import STUDY, read_state
 from effbench.study.units import ACCURACY, MARK, RESULTS, Unit, finished
@@ -419,7 +419,7 @@ def test_a_signal_while_waiting_leaves_the_jobs_queued_for_the_rerun(
     import signal
     import threading
 
-    from effbench.study.local import StudyInterrupted
+    from effbench.study.machine import StudyInterrupted
 
     unit = quick_unit(study, "a", ["--version"])
     study.update(unit, state="submitted", job_id="41", executor="slurm")

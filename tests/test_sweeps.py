@@ -107,7 +107,7 @@ def test_the_report_draws_a_sweep_as_one_curve(tmp_path: Path) -> None:
     from report_records import scale, train
 
     from effbench.report import build_report, collect
-    from effbench.report.data import build_data
+    from effbench.report.content import build_data
     from effbench.results import write_jsonl_atomic
 
     recs = [train("sdpa", test_top1=0.55), scale("sdpa", 32), scale("sdpa", 64)]
@@ -134,7 +134,7 @@ def test_the_report_draws_a_sweep_as_one_curve(tmp_path: Path) -> None:
 
 
 def test_names_sort_numbers_by_value_and_survive_huge_ones() -> None:
-    from effbench.report.data import model_order
+    from effbench.report.content import model_order
 
     huge = "9" * 5000  # more digits than int() converts
     assert model_order(["lin-k16", "lin-k8", "lin-k128", huge], {}) == [

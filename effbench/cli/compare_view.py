@@ -113,7 +113,7 @@ def make_executor(study: Study, kind: str, devices: str | None, options: Cluster
     Raises:
         UsageError: options of the other executor, no sbatch, an unknown partition.
     """
-    from effbench.study.local import LocalExecutor
+    from effbench.study.machine import LocalExecutor
 
     if kind == "local":
         if dry_run:
@@ -151,7 +151,7 @@ def run_study(study: Study, runner: Executor) -> None:
     """
     from effbench.locks import claimed
     from effbench.study.drive import drive
-    from effbench.study.local import StudyInterrupted
+    from effbench.study.machine import StudyInterrupted
 
     with claimed([study.out], what="study", lock_name=".effbench-study.lock"):
         study.save()

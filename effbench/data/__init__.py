@@ -8,7 +8,7 @@ Both draw every random number (sample order, augmentation) from generators seede
 Modules: `seeds` (the seed function), `arrays` (in-memory datasets, synthetic data, the
 validation split), `cifar` (CIFAR-10 batches), `folders` (ImageNet-100 folders), `augment`
 (batched on-device augmentation, TrivialAugmentWide), `mix` (mixup and CutMix), `loaders`
-(the batched loaders) and `build` (the loaders for a spec's dataset). This package re-exports
+(the batched loaders) and `dataset` (the loaders for a spec's dataset). This package re-exports
 their public names.
 """
 
@@ -26,13 +26,6 @@ from effbench.data.augment import (
     trivial_augment_ops,
     trivial_augment_space,
 )
-from effbench.data.build import (
-    Loaders,
-    build_loaders,
-    check_full_batch,
-    class_count,
-    eval_loader,
-)
 from effbench.data.cifar import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -44,6 +37,13 @@ from effbench.data.cifar import (
     find_cifar_dir,
     load_cifar10,
     read_cifar10,
+)
+from effbench.data.dataset import (
+    Loaders,
+    build_loaders,
+    check_full_batch,
+    class_count,
+    eval_loader,
 )
 from effbench.data.folders import (
     IMAGENET100_CLASSES,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from effbench.report.build import build_report
-    from effbench.report.data import ReportData, build_data
+    from effbench.report.content import ReportData, build_data
     from effbench.report.document import Block, Report, Section
     from effbench.report.figures import Plot
     from effbench.report.format import mean_std

@@ -9,7 +9,7 @@ from collections import Counter
 import matplotlib
 
 from effbench import __version__
-from effbench.report.data import ReportData, build_data
+from effbench.report.content import ReportData, build_data
 from effbench.report.document import Report, Section
 from effbench.report.inputs import Results
 from effbench.report.recommend import recommendation

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from effbench.crossover import baseline_label, summarize
 from effbench.report.comparison import tied_with_best
-from effbench.report.data import ModelRow, ReportData, Series
+from effbench.report.content import ModelRow, ReportData, Series
 from effbench.report.format import crossover_words
 from effbench.report.sections.pareto import pareto_front
 

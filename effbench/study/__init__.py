@@ -5,7 +5,7 @@
                  profile, report) in phases, and whether each is finished (its records)
     state.py     study.json: each unit's state and job, a pydantic model
     runner.py    one unit run as a child `effbench` process; its records committed whole
-    local.py     the local executor: here, one unit at a time or one per GPU (--devices)
+    machine.py   the local executor: here, one unit at a time or one per GPU (--devices)
     cluster.py   the cluster executor: SLURM jobs through submitit, attach, resubmit, plan
     job.py       what a job runs (submitit's Checkpointable: requeued on time limits)
 

@@ -26,7 +26,7 @@ from typing import Any
 from effbench.config.spec import ClusterSection
 from effbench.errors import UsageError
 from effbench.results import replace_atomically
-from effbench.study.local import Failure, OnEvent, StudyInterrupted
+from effbench.study.machine import Failure, OnEvent, StudyInterrupted
 from effbench.study.runner import command
 from effbench.study.state import LIVE, now
 from effbench.study.units import ACCURACY, TIMING, TRAIN, Study, Unit, finished

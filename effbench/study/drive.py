@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from effbench.study.local import Failure, LocalExecutor, OnEvent
+from effbench.study.machine import Failure, LocalExecutor, OnEvent
 from effbench.study.units import ACCURACY, REPORT, TIMING, TRAIN, Study, Unit, finished
 
 

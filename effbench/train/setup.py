@@ -15,9 +15,9 @@ from torch import nn
 from effbench.config.spec import BenchSpec, ModelEntry
 from effbench.data import Loaders, build_loaders
 from effbench.model import ViT, build_model
-from effbench.train.budget import BudgetPlan, plan_budget
 from effbench.train.distributed import Dist
 from effbench.train.optim import build_optimizer
+from effbench.train.schedule import BudgetPlan, plan_budget
 
 
 @dataclass

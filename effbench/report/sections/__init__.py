@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from effbench.report.data import ReportData
+from effbench.report.content import ReportData
 from effbench.report.document import Part
 
 ORDER = (

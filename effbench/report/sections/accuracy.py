@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from effbench import convergence, stats
 from effbench.report.comparison import tied_with_best
-from effbench.report.data import ModelRow, ReportData
+from effbench.report.content import ModelRow, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.format import contended_mark, mean_std, num
 

@@ -3,7 +3,7 @@ each scale series' largest resolution and for one profiled block."""
 
 from __future__ import annotations
 
-from effbench.report.data import Record, ReportData, Series
+from effbench.report.content import Record, ReportData, Series
 from effbench.report.document import Block, Part, Section
 from effbench.report.figures import PART_COLOURS, Plot, blank_figure, literal, plot, slug
 from effbench.report.format import num

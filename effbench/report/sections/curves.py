@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from effbench.report.data import Record, ReportData
+from effbench.report.content import Record, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.figures import Plot, new_figure, plot, slug
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import get_args
 
-from effbench.report.data import Record, ReportData
+from effbench.report.content import Record, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.format import num
 from effbench.results import ExportRecord

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from effbench.report.data import ReportData, env_label, measures
+from effbench.report.content import ReportData, env_label, measures
 from effbench.report.document import Part, Section
 
 COLUMNS = ["id", "device", "software", "threads", "allocator", "platform", "version", "records"]

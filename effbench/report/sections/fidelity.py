@@ -8,7 +8,7 @@ import math
 import statistics
 from typing import Any
 
-from effbench.report.data import FidelityRow, ReportData
+from effbench.report.content import FidelityRow, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.figures import Plot, legend, new_figure, plot
 from effbench.report.format import num

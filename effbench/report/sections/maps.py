@@ -8,7 +8,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from effbench.report.data import Record, ReportData
+from effbench.report.content import Record, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.figures import Plot, blank_figure, literal, plot, slug
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 
-from effbench.report.data import ModelRow, ReportData
+from effbench.report.content import ModelRow, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.figures import literal, new_figure, plot
 

@@ -10,7 +10,7 @@ from effbench.crossover import (
     point_verdicts,
     resolved_crossover,
 )
-from effbench.report.data import Record, ReportData
+from effbench.report.content import Record, ReportData
 from effbench.report.document import Part, Section
 from effbench.report.format import crossover_words, evidence, num
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from effbench.report.data import ReportData
+from effbench.report.content import ReportData
 from effbench.report.document import Part, Section
 from effbench.report.figures import legend, new_figure, plot
 from effbench.report.format import pct

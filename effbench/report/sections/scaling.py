@@ -17,7 +17,7 @@ from effbench.crossover import (
     unresolved_at,
 )
 from effbench.ratios import fastest
-from effbench.report.data import Record, ReportData, Series, env_key
+from effbench.report.content import Record, ReportData, Series, env_key
 from effbench.report.document import Part, Section
 from effbench.report.figures import Plot, legend, new_figure, plot, slug
 from effbench.report.format import crossover_words, evidence, num, px_list
