@@ -28,12 +28,6 @@ def test_quick_start_has_two_commands_and_ci_runs_the_test_one() -> None:
     assert ci[-1] == test
 
 
-def test_readme_documents_every_mechanism() -> None:
-    readme = (ROOT / "README.md").read_text()
-    for kind in available():
-        assert f"| `{kind}` |" in readme, kind
-
-
 FENCE = re.compile(r"^(```|~~~).*?^\1", flags=re.S | re.M)
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
@@ -80,3 +74,49 @@ def test_readme_relative_links_and_anchors_resolve() -> None:
         elif anchor and target.suffix == ".md" and anchor not in heading_slugs(target.read_text()):
             broken.append(f"{link}: no heading #{anchor} in {path or 'README.md'}")
     assert not broken, broken
+
+
+NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+NUMBER = {w: i for i, w in enumerate(NUMBERS.split())}
+ORDINAL = re.compile(r"\b(\w+(?:th|second|third|first))[ -]kind\b", re.I)
+KIND_COUNT = re.compile(r"\b(\w+)[ -](?:attention )?(?:mechanisms|kinds)\b", re.I)
+
+
+def prose_pages() -> list[Path]:
+    """README and the docs that describe the code as it is (the results pages describe what
+    was measured when, with the counts of their day)."""
+    return [ROOT / "README.md", *(p for p in (ROOT / "docs").glob("*.md") if p.stem != "results")]
+
+
+def test_counts_of_mechanisms_in_prose_come_from_the_registry() -> None:
+    wrong = []
+    pages = prose_pages()
+    assert any(KIND_COUNT.search(p.read_text()) for p in pages)  # the pattern finds counts
+    for page in pages:
+        text = FENCE.sub("", page.read_text()).replace("\n", " ")
+        for m in KIND_COUNT.finditer(text):
+            word = m.group(1).lower()
+            count = int(word) if word.isdigit() else NUMBER.get(word)
+            if count is not None and count not in (1, len(available())):
+                wrong.append(f"{page.name}: '{m.group(0)}' (the registry has {len(available())})")
+        wrong += [f"{page.name}: '{m.group(0)}'" for m in ORDINAL.finditer(text)]
+    assert not wrong, wrong
+
+
+def test_the_mechanism_tables_list_the_registry() -> None:
+    for page in (ROOT / "README.md", ROOT / "docs" / "mechanisms.md"):
+        table = page.read_text().split("| kind |", 1)[1].split("\n\n", 1)[0]
+        rows = re.findall(r"^\| `(\w+)` \|", table, flags=re.M)
+        assert rows == list(available()), page.name
+
+
+def test_the_quick_start_point_count_is_the_default_spec() -> None:
+    from effbench.config.load import load_spec
+
+    spec = load_spec(ROOT / "bench.toml")
+    points = len(spec.models) * len(spec.profile.seq_lens)
+    readme = (ROOT / "README.md").read_text()
+    assert f"{points} points" in readme
+    assert re.findall(r"\b(\d+) points\b", readme.split("## Quick start")[1].split("\n## ")[0]) == [
+        str(points)
+    ]
