@@ -1,11 +1,27 @@
-"""Shared test setup: every test starts from the same random state."""
+"""Shared test setup: every test starts from the same random state, and no test reads or
+writes the user's own data cache."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The default data location ($EFFBENCH_DATA) is an empty folder of the session's, here
+    and in every command a test starts, so a missing dataset is missing for every user."""
+    saved = os.environ.get("EFFBENCH_DATA")
+    os.environ["EFFBENCH_DATA"] = str(tmp_path_factory.mktemp("effbench-data"))
+    yield Path(os.environ["EFFBENCH_DATA"])
+    if saved is None:
+        os.environ.pop("EFFBENCH_DATA", None)
+    else:
+        os.environ["EFFBENCH_DATA"] = saved
 
 
 @pytest.fixture(autouse=True)

@@ -98,7 +98,7 @@ def test_importtime_parser_sees_torch() -> None:
         ["--version"],
         *(
             [cmd, "--help"]
-            for cmd in ("profile", "train", "scale", "analyze", "report", "export", "diff")
+            for cmd in ("profile", "train", "scale", "analyze", "report", "export", "diff", "init")
         ),
     ],
     ids=lambda a: " ".join(a),

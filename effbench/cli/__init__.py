@@ -7,7 +7,7 @@ from effbench.cli.app import app, main
 
 # isort: off
 # Importing a command module registers its command; this order is the order of --help.
-from effbench.cli import profile, train, scale, analyze, report, compare, export, diff  # noqa: F401
+from effbench.cli import profile, train, scale, analyze, report, compare, export, diff, init  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

@@ -41,6 +41,7 @@ from effbench.cli.options import (
     RecipeOpt,
     SetOpt,
     SpecOpt,
+    spec_source,
 )
 
 
@@ -80,9 +81,9 @@ def compare(
     that differ, unless --fresh. With --executor slurm, the spec's cluster table and the
     --slurm-* options say what each job asks for.
     """
-    from effbench.study import compare_spec_file, open_study, study_sets
+    from effbench.study import open_study, study_sets
 
-    spec_path = compare_spec_file(spec, recipe, quick=quick, default=DEFAULT_SPEC_PATH)
+    spec_path = spec_source(spec, recipe, quick=quick)
     items = study_sets(
         seeds=seeds, budget=budget, dataset=dataset, data_dir=data_dir, device=device,
         sets=sets or [],

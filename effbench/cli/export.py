@@ -23,6 +23,7 @@ from effbench.cli.options import (
     SetOpt,
     SpecOpt,
     ThreadsOpt,
+    spec_source,
 )
 from effbench.errors import UsageError
 from effbench.plan import choose_device, resolve_spec
@@ -59,7 +60,7 @@ def export(
     difference from eager PyTorch's outputs, and onnxruntime's latency beside eager's at the
     same batch. Needs the `deploy` extra (onnx, onnxscript, onnxruntime).
     """
-    bench = resolve_spec(spec, {}, attention, set_, tokens="image")
+    bench = resolve_spec(spec_source(spec), {}, attention, set_, tokens="image")
     if batch_size is None or batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: give a batch of at least 1")
     if opset < 18:

@@ -3,6 +3,7 @@ device, threads, batch size, timing repeats, the results directory and `--set`."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -101,3 +102,32 @@ RecipeOpt = Annotated[
         "recipe), imagenet100-gpu (DeiT-Ti's recipe at 224 px).",
     ),
 ]
+
+
+def spec_source(spec: Path, recipe: str | None = None, *, quick: bool | None = None) -> Path:
+    """The spec file a command reads (`--spec`, `--recipe`, `--quick` for compare; without
+    them ./bench.toml, or the default shipped with effbench where there is none). When the
+    user named none, one line on stderr says which it is.
+
+    Raises:
+        UsageError: for --spec beside --recipe or --quick, or an unknown recipe.
+    """
+    from effbench.cli.console import err_console
+    from effbench.study.recipes import compare_spec_file, shipped_spec, spec_file
+
+    if quick is None:
+        path = spec_file(spec, recipe, default=DEFAULT_SPEC_PATH)
+    else:
+        path = compare_spec_file(spec, recipe, quick=quick, default=DEFAULT_SPEC_PATH)
+    chosen = spec != DEFAULT_SPEC_PATH or recipe is not None or bool(quick)
+    if chosen or os.environ.get("RANK", "0") != "0":  # said once, not once per DDP rank
+        return path
+    if path == shipped_spec():
+        line = (
+            f"the default shipped with effbench (no ./{DEFAULT_SPEC} here; "
+            "`effbench init` writes one to edit)"
+        )
+    else:
+        line = f"./{DEFAULT_SPEC}"
+    err_console.print(f"spec: {line}", markup=False, highlight=False)
+    return path

@@ -39,6 +39,7 @@ from effbench.cli.options import (
     SetOpt,
     SpecOpt,
     ThreadsOpt,
+    spec_source,
 )
 from effbench.plan import resolve_spec
 
@@ -151,7 +152,9 @@ def profile(
         "profile.compile": compile_,
         "profile.compile_mode": compile_mode,
     }
-    run_profile(resolve_spec(spec, overrides, attention, set_, tokens="profile"), output)
+    run_profile(
+        resolve_spec(spec_source(spec), overrides, attention, set_, tokens="profile"), output
+    )
 
 
 def run_profile(bench: BenchSpec, output: Path) -> None:

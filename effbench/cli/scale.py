@@ -44,6 +44,7 @@ from effbench.cli.options import (
     SetOpt,
     SpecOpt,
     ThreadsOpt,
+    spec_source,
 )
 from effbench.plan import ScalePlan, check_checkpoint_data, plan_scale
 
@@ -289,7 +290,7 @@ def scale(
         "scale.compile_mode": compile_mode,
     }
     plan = plan_scale(
-        spec,
+        spec if checkpoint is not None else spec_source(spec),
         overrides,
         attention=attention,
         sets=set_,

@@ -21,6 +21,7 @@ from effbench.cli.options import (
     SetOpt,
     SpecOpt,
     ThreadsOpt,
+    spec_source,
 )
 from effbench.errors import UsageError
 from effbench.locks import claimed
@@ -114,9 +115,8 @@ def train(
     """
     if epochs is not None and budget is not None:
         raise UsageError("give --epochs or --budget, not both (--epochs N is --budget Nep)")
-    from effbench.study import spec_file
 
-    spec = spec_file(spec, recipe, default=DEFAULT_SPEC_PATH)
+    spec = spec_source(spec, recipe)
     overrides = {
         "train.seeds": seeds or None,
         "train.dataset": dataset,

@@ -4,8 +4,11 @@ validator that names what to change."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import platformdirs
 from pydantic import (
     AfterValidator,
     Field,
@@ -15,10 +18,22 @@ from pydantic import (
 from effbench.config.size import SIZE_HELP, parse_size
 
 DEFAULT_SPEC = "bench.toml"
+# Where datasets live when the spec names no data_dir: $EFFBENCH_DATA, else the per-user cache.
+DATA_ENV = "EFFBENCH_DATA"
 # Upper bounds of sizes and counts: beyond them a run could only hang or overflow.
 MAX_SIZE = 1 << 20
 MAX_SEED = (1 << 32) - 1
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def default_data_dir() -> Path:
+    """Where datasets are read and CIFAR-10 is downloaded when the spec names no data_dir:
+    $EFFBENCH_DATA, else `data` in the platform's per-user cache (~/.cache/effbench/data on
+    Linux), so that a command finds the same data from any directory."""
+    env = os.environ.get(DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return platformdirs.user_cache_path("effbench") / "data"
 
 
 def _check_device(v: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,6 +25,7 @@ from effbench.config.attention import AttentionConfig
 from effbench.config.budget import HELP as BUDGET_HELP
 from effbench.config.budget import Budget, normalised, parse_budget
 from effbench.config.fields import (
+    DATA_ENV,
     MAX_SEED,
     MAX_SIZE,
     BatchSize,
@@ -37,6 +39,7 @@ from effbench.config.fields import (
     Repeats,
     Retries,
     Threads,
+    default_data_dir,
 )
 
 
@@ -145,12 +148,21 @@ class TrainSection(_Section):
     """`effbench train`: one budget shared by every model and seed."""
 
     dataset: Literal["cifar10", "imagenet100", "synthetic"] = "cifar10"
-    data_dir: str = Field(
-        "data",
+    data_dir: str | None = Field(
+        None,
         description="a cifar-10-batches-py directory (or its parent), or an ImageFolder root "
-        "with train/ and val/",
+        f"with train/ and val/; default: ${DATA_ENV}, else the per-user cache "
+        "(imagenet100/ under it for ImageNet-100)",
     )
     download: bool = Field(True, description="download CIFAR-10 into data_dir when absent")
+
+    def data_path(self) -> Path:
+        """Where the dataset is: `data_dir`, or the default location (`default_data_dir`)."""
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        base = default_data_dir()
+        return base / "imagenet100" if self.dataset == "imagenet100" else base
+
     epochs: int = Field(30, gt=0, le=MAX_SIZE)
     budget: Annotated[str, AfterValidator(normalised)] | None = Field(None, description=BUDGET_HELP)
     batch_size: int = Field(

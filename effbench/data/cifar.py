@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from effbench.config.fields import DATA_ENV, default_data_dir
 from effbench.data.arrays import ArrayData
 from effbench.errors import DataError
 
@@ -36,6 +37,11 @@ CIFAR10_CLASSES = (
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_FILE = "test_batch"
+
+
+def default_note() -> str:
+    """Where the commands look when no --data-dir (or train.data_dir) is given."""
+    return f"without --data-dir the data is looked for in ${DATA_ENV}, else {default_data_dir()}"
 
 
 def find_cifar_dir(data_dir: Path) -> Path | None:
@@ -119,13 +125,14 @@ def load_cifar10(data_dir: Path, *, download: bool) -> tuple[ArrayData, ArrayDat
             raise DataError(
                 f"CIFAR-10 is not in {data_dir} and could not be downloaded "
                 f"({type(err).__name__}: {err}). Pass --data-dir to a directory holding "
-                f"{CIFAR_DIR}, or --dataset synthetic for a run without data."
+                f"{CIFAR_DIR}, or --dataset synthetic for a run without data; {default_note()}."
             ) from None
         found = find_cifar_dir(data_dir)
     if found is None:
         where = "does not exist" if not data_dir.exists() else f"holds no {CIFAR_DIR}"
         raise DataError(
             f"data directory {data_dir} {where}, and downloading is off. Pass --data-dir to a "
-            f"directory holding {CIFAR_DIR}, turn on train.download, or use --dataset synthetic."
+            f"directory holding {CIFAR_DIR}, turn on train.download, or use --dataset "
+            f"synthetic; {default_note()}."
         )
     return read_cifar10(found)

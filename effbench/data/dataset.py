@@ -45,7 +45,7 @@ def class_count(cfg: TrainSection, *, num_classes: int) -> int:
         return 10
     if cfg.dataset == "synthetic":
         return num_classes
-    root = Path(cfg.data_dir) / "train"
+    root = cfg.data_path() / "train"
     if not root.is_dir():
         raise DataError(
             f"{root} is not a directory: an ImageNet-100 root holds train/ and val/. "
@@ -80,7 +80,7 @@ def build_loaders(
     Raises:
         DataError: with what to change.
     """
-    data_dir = Path(cfg.data_dir).expanduser()
+    data_dir = cfg.data_path()
     per_rank = cfg.batch_size // world
     if per_rank == 0:
         raise DataError(f"train.batch_size {cfg.batch_size} is smaller than {world} processes")
@@ -168,7 +168,7 @@ def eval_loader(
     cfg, bb = spec.train, spec.backbone
     image_size = image_size or bb.image_size
     channels, num_classes = bb.channels, bb.num_classes
-    data_dir = Path(cfg.data_dir).expanduser()
+    data_dir = cfg.data_path()
     if cfg.dataset == "imagenet100":
         _, _, test_f, _ = imagenet_folders(data_dir, image_size)
         return FolderLoader(

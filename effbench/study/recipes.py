@@ -1,5 +1,6 @@
-"""The spec a study or a training reads: a file, or a recipe shipped with effbench
-(`effbench/recipes/*.toml`, package data). Torch-free."""
+"""The spec a command reads: a file, a recipe shipped with effbench
+(`effbench/recipes/*.toml`, package data), or, where no ./bench.toml is, the default spec
+shipped beside them (`effbench/bench.toml`). Torch-free."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from effbench.errors import UsageError
 
 RECIPES = "recipes"
 QUICK_RECIPE = "cpu-mini"
+# The default spec, shipped beside the recipes: the same file as the repository's bench.toml.
+SHIPPED_SPEC = "bench.toml"
+
+
+def shipped_spec() -> Path:
+    """The default spec shipped with effbench, read where no ./bench.toml is."""
+    return Path(str(resources.files("effbench").joinpath(SHIPPED_SPEC)))
 
 
 def recipe_names() -> list[str]:
@@ -34,13 +42,14 @@ def recipe_path(name: str) -> Path:
 
 
 def spec_file(spec: Path, recipe: str | None, *, default: Path) -> Path:
-    """The spec file a command reads: a shipped recipe's, or `spec`.
+    """The spec file a command reads: a shipped recipe's, or `spec`; for the `default` path
+    when no such file is here, the default shipped with effbench (`shipped_spec`).
 
     Raises:
         UsageError: for a recipe beside a --spec other than the default, or an unknown one.
     """
     if recipe is None:
-        return spec
+        return shipped_spec() if spec == default and not spec.exists() else spec
     if spec != default:
         raise UsageError("--spec and --recipe: choose one")
     return recipe_path(recipe)
