@@ -103,14 +103,21 @@ def _rounded(t: Tensor, digits: int = 5) -> list[Any]:
 
 
 def layer_fidelity(
-    layer: Attention, x: Tensor, eff: Tensor, exact: Tensor, *, index: int
+    layer: Attention, x: Tensor, eff: Tensor | None, exact: Tensor | None, *, index: int
 ) -> LayerFidelity:
     """One layer against exact softmax attention on its own float32 Q, K, V from input `x`,
     given its map `eff` and the exact map: the output error (and, where a branch bypasses
     the map, the attention part's own error and the branch's size apart), TV distance where
-    the map is a distribution, row sums, and the mechanism's own figures."""
+    the map is a distribution, row sums, and the mechanism's own figures. Without a map
+    (`eff` None: the mechanism has none), the output error and its own figures alone."""
     q, k, v = layer.qkv_heads(x)
     exact_out = softmax_attention(q, k, v, layer.scale)
+    if eff is None or exact is None:
+        return LayerFidelity(
+            layer=index,
+            rel_output_error=relative_error(layer.attend(q, k, v), exact_out),
+            **layer.diagnostics(q, k, v),
+        )
     skip = layer.skip(v)
     split: dict[str, float] = {}
     if skip is not None:
@@ -153,28 +160,42 @@ def analyze_model(
     images, labels = images[:count], labels[:count]
     inputs, logits = attention_inputs(model, images)
     shown = min(MAP_IMAGES, len(images))
+    attention = model.attention_layers()
+    has_map = type(attention[0]).has_map
     layers: list[LayerFidelity] = []
     maps_eff, maps_exact = [], []
-    for i, (layer, x) in enumerate(zip(model.attention_layers(), inputs, strict=True)):
-        eff, exact = layer.attention_map(x.float()), layer.exact_map(x.float())
+    for i, (layer, x) in enumerate(zip(attention, inputs, strict=True)):
+        eff = layer.attention_map(x.float()) if has_map else None
+        exact = layer.exact_map(x.float()) if has_map else None
         layers.append(layer_fidelity(layer, x.float(), eff, exact, index=i))
-        maps_eff.append(eff[:shown])
-        maps_exact.append(exact[:shown])
-    grid = model.grid
-    attention = model.attention_layers()
+        if eff is not None and exact is not None:
+            maps_eff.append(eff[:shown])
+            maps_exact.append(exact[:shown])
     diagnostics = type(attention[0]).model_diagnostics(attention, inputs)
-    roll, roll_exact = rollout(maps_eff), rollout(maps_exact)
     preds = logits.argmax(dim=-1)
     return {
         "n_images": len(images),
-        "map_row_stochastic": type(attention[0]).map_row_stochastic,
-        "grid": list(grid),
+        "map_row_stochastic": type(attention[0]).map_row_stochastic if has_map else None,
+        "has_map": has_map,
+        "grid": list(model.grid),
         "layers": layers,
         **diagnostics,
         "images": shown_images(images[:shown]),
         "labels": labels[:shown].tolist(),
         "predictions": preds[:shown].tolist(),
         "classes": list(classes) if classes else None,
+        **_map_fields(maps_eff, maps_exact, model.grid),
+    }
+
+
+def _map_fields(
+    maps_eff: list[Tensor], maps_exact: list[Tensor], grid: tuple[int, int]
+) -> dict[str, Any]:
+    """The record's CLS maps and rollouts from the layers' maps (None without maps)."""
+    if not maps_eff:
+        return dict.fromkeys(("cls_maps", "cls_maps_exact", "rollout", "rollout_exact"))
+    roll, roll_exact = rollout(maps_eff), rollout(maps_exact)
+    return {
         "cls_maps": [_rounded(cls_grid(m, grid)) for m in maps_eff],
         "cls_maps_exact": [_rounded(cls_grid(m, grid)) for m in maps_exact],
         "rollout": _rounded(roll[:, 0, 1:].reshape(-1, *grid)),

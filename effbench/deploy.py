@@ -418,7 +418,7 @@ def _sizes(spec: BenchSpec, model: ViT, batch: int) -> dict[str, Any]:
     bb = spec.backbone
     return {"image_size": model.image_size, "patch_size": bb.patch_size,
             "seq_len": model.seq_len, "batch_size": batch, "dim": bb.dim, "depth": bb.depth,
-            "heads": bb.heads}  # fmt: skip
+            "heads": model.attention_layers()[0].num_heads}  # fmt: skip
 
 
 def export_model(

@@ -159,6 +159,11 @@ class ViT(nn.Module):
         mlp = sum(2 * n * 2 * c * blk.mlp.fc1.out_features for blk in self.blocks)
         return embed + mlp + self.attention_flops() + 2 * c * self.head.out_features
 
+    def elementwise_flops(self) -> int:
+        """The attention layers' counted element-wise FLOPs per image (in `flops()` too; the
+        FLOP counters do not see them)."""
+        return sum(layer.elementwise_flops(self.seq_len) for layer in self.attention_layers())
+
     def attention_flops(self) -> int:
         """Analytic forward FLOPs per image of the attention layers alone, projections
         included."""
@@ -183,7 +188,8 @@ def _own_attention(
     ...); the global stream is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed % 2**63)
-        layer = build_attention(attention, dim=bb.dim, num_heads=bb.heads, seq_len=seq_len)
+        heads = attention.head_count(dim=bb.dim, backbone_heads=bb.heads)
+        layer = build_attention(attention, dim=bb.dim, num_heads=heads, seq_len=seq_len)
         layer.apply(_init_weights)
     layer.block_index = block
     return layer

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import report_records
+
 from effbench.report.content import build_data
 from effbench.report.inputs import Results
 from effbench.report.sections import fidelity, maps
@@ -122,3 +124,51 @@ def test_the_map_column_says_how_a_map_falls_short_of_a_distribution() -> None:
     assert label(1e-4, 0.0) == "not guaranteed"  # close to a distribution on this model
     assert label(0.2, 0.0) == "rows ≠ 1"
     assert label(1e-4, -0.01) == "signed"
+
+
+def test_a_mechanism_without_a_map_gets_its_output_fidelity_and_no_maps(
+    monkeypatch: Any,
+) -> None:
+    """The contract's "no map": analyze of a model whose mechanism declares none records
+    its output error only, the record passes the report's checks, and the fidelity and
+    maps sections say "no map" for it while drawing the others."""
+    import torch
+
+    from effbench.analyze import analyze_model
+    from effbench.attention.hydra import HydraAttention
+    from effbench.config.attention import HydraConfig
+    from effbench.config.spec import Backbone
+    from effbench.model import build_model
+    from effbench.report.checks import admit
+
+    def no_weights(self: Any, q: Any, k: Any) -> Any:
+        raise NotImplementedError("no per-head map")
+
+    monkeypatch.setattr(HydraAttention, "has_map", False)
+    monkeypatch.setattr(HydraAttention, "weights", no_weights)
+    model = build_model(
+        Backbone(image_size=8, patch_size=4, dim=16, depth=2, heads=2), HydraConfig()
+    )
+    fields = analyze_model(model, torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    assert fields["has_map"] is False and fields["cls_maps"] is None and fields["rollout"] is None
+    assert [x.row_sum_max_dev for x in fields["layers"]] == [None, None]
+    assert all(x.rel_output_error > 0 for x in fields["layers"])
+    rec = report_records.analyze(
+        "hydra",
+        **{k: v for k, v in fields.items() if k not in ("images", "labels", "predictions")},
+    )  # a whole record through the schema, the drawn images the helper's own
+    assert admit(rec) is None, admit(rec)
+    assert admit({**rec, "rollout": [[[0.1]]]}) == (
+        "analyze record: has_map is false but rollout given"
+    )
+
+    records = [*_records(), rec]
+    sec, summary = fidelity.section(build_data(Results(records=records)))
+    row = _table(sec)["hydra"]
+    assert row["map"] == "no map" and row["mean TV distance"] == "— (no map)"
+    assert row["max |row sum − 1|"] == "-"
+    assert "No per-head map" in _texts(sec) and "hydra" not in _texts(sec).split("negative")[0]
+    assert any(s == "No per-head map (output error only): hydra." for s in summary)
+    sec, _ = maps.section(build_data(Results(records=records)))
+    assert "No map: hydra" in _texts(sec)
+    assert len([b for b in sec.blocks if b.kind == "figure"]) == 4  # the others, drawn

@@ -238,10 +238,10 @@ def test_the_dry_run_plans_jobs_and_gpu_hours_and_submits_nothing(tmp_path: Path
     )  # fmt: skip
     assert code == 0, text
     # 11 models x 3 seeds, each job at most 4 h on one GPU
-    assert "train: 33 job(s) as an array, each 8 CPU(s), 1 GPU(s), at most 240 min" in text, text
-    assert "132.0 GPU-hours" in text
+    assert "train: 36 job(s) as an array, each 8 CPU(s), 1 GPU(s), at most 240 min" in text, text
+    assert "144.0 GPU-hours" in text
     script = (out / "jobs" / "plan" / "train.sh").read_text(encoding="utf-8")
-    assert "#SBATCH --partition=gpu" in script and "#SBATCH --array=0-32" in script
+    assert "#SBATCH --partition=gpu" in script and "#SBATCH --array=0-35" in script
     assert "#SBATCH --time=240" in script and "--attention sdpa" in script
     assert not (out / "runs").exists() and not list((out / "jobs").glob("*.pkl"))
 

@@ -3,8 +3,11 @@
 
 Every mechanism owns the same fused Q/K/V projection (W_qkv) and output projection (W_o) and
 differs only in `attend`, the step between them. FLOPs are counted as 2 per multiply-add of
-matrix products (linear layers, attention products, convolutions); element-wise work such as
-softmax or exp is not counted, which is also what fvcore and FlopCounterMode count.
+matrix products (linear layers, attention products, convolutions), which is also what fvcore
+and FlopCounterMode count (`attend_flops`). Element-wise work such as softmax or exp is not
+counted, except where it is the mechanism's main cost (Hydra's per-feature products):
+`elementwise_flops` counts that work, 2 per multiply-add and 1 per multiply, it is part of
+`flops()`, and the counters, which cannot see it, are checked against the rest.
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ class Attention(nn.Module, metaclass=abc.ABCMeta):
     map_row_sum_tol: ClassVar[float | None] = 1e-4
     # False where the map may hold negative weights by construction.
     map_nonnegative: ClassVar[bool] = True
+    # False for a mechanism with no (B, H, N, N) map of what it applies to V (its `weights`
+    # then raises NotImplementedError): `analyze` records its output fidelity without maps,
+    # and the report says "no map" for it.
+    has_map: ClassVar[bool] = True
 
     def __init__(self, cfg: Any, *, dim: int, num_heads: int, seq_len: int) -> None:
         super().__init__()
@@ -173,9 +180,16 @@ class Attention(nn.Module, metaclass=abc.ABCMeta):
         )
 
     def flops(self, seq_len: int | None = None) -> int:
-        """Analytic forward FLOPs per sample (2 per multiply-add), projections included."""
+        """Analytic forward FLOPs per sample (2 per multiply-add), projections included, and
+        the element-wise work a mechanism counts (`elementwise_flops`)."""
         n = seq_len or self.seq_len
-        return self.projection_flops(n) + self.attend_flops(n)
+        return self.projection_flops(n) + self.attend_flops(n) + self.elementwise_flops(n)
+
+    def elementwise_flops(self, n: int) -> int:
+        """FLOPs of element-wise work that is the mechanism's main cost, per sample for n
+        tokens (2 per multiply-add, 1 per multiply); FLOP counters do not see it. Default:
+        none, as for every kind whose main cost is matrix products."""
+        return 0
 
     def projection_flops(self, n: int) -> int:
         """FLOPs of W_qkv and W_o per sample for n tokens."""

@@ -24,6 +24,18 @@ class _AttentionConfig(BaseModel):
     """The fused exact kernel every mechanism is timed against (`scale` adds it when missing)."""
 
     qkv_bias: bool = Field(True, description="bias on the shared Q/K/V projection")
+    heads: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TOKENS,
+        description="this model's attention heads (must divide backbone.dim); unset: the "
+        "backbone's (hydra: one per feature). W_qkv and W_o are the same whatever the heads",
+    )
+
+    def head_count(self, *, dim: int, backbone_heads: int) -> int:
+        """The heads this model's attention splits `dim` features into: `heads`, else the
+        backbone's."""
+        return self.heads or backbone_heads
 
     def token_limits(self) -> dict[str, int]:
         """Options that may not exceed the token count, by name."""
@@ -312,6 +324,21 @@ class AgentConfig(_AttentionConfig):
         return {k: math.isqrt(tokens) ** 2 for k in super().fitted_to(tokens)}
 
 
+class HydraConfig(_AttentionConfig):
+    """Hydra attention: as many heads as features, each a linear attention of one feature
+    under a cosine-similarity kernel (Bolya et al. 2022)."""
+
+    kind: Literal["hydra"] = "hydra"
+
+    def head_count(self, *, dim: int, backbone_heads: int) -> int:
+        """One head per feature (the true Hydra), unless `heads` says otherwise."""
+        return self.heads or dim
+
+    @classmethod
+    def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
+        return ({"heads": 2},)  # the multi-head generalisation the paper studies too
+
+
 AttentionConfig = Annotated[
     StandardConfig
     | FusedConfig
@@ -323,7 +350,8 @@ AttentionConfig = Annotated[
     | WindowConfig
     | NeighborhoodConfig
     | ReluLinearConfig
-    | AgentConfig,
+    | AgentConfig
+    | HydraConfig,
     Field(discriminator="kind"),
 ]
 

@@ -403,6 +403,14 @@ class BenchSpec(_Section):
             )
         seen: dict[str, int] = {}
         for i, m in enumerate(self.models):
+            heads = m.attention.head_count(dim=bb.dim, backbone_heads=bb.heads)
+            if m.attention.heads is not None and bb.dim % heads:
+                out.append(
+                    (
+                        f"models[{i}].attention.heads",
+                        f"{heads} does not divide backbone.dim {bb.dim}",
+                    )
+                )
             if m.name in seen:
                 out.append((f"models[{i}].name", f"{m.name!r} repeats models[{seen[m.name]}]"))
             seen.setdefault(m.name, i)

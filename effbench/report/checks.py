@@ -160,6 +160,11 @@ def _array(value: Any, ndim: int) -> np.ndarray | None:
 
 def _analyze(r: dict[str, Any]) -> str | None:
     """The maps and images of an analyze record in the shapes the maps section draws."""
+    if r.get("has_map", True) is False:  # a mechanism without a map: no map fields
+        given = [k for k in ("cls_maps", "cls_maps_exact", "rollout", "rollout_exact") if r.get(k)]
+        if given:
+            return f"has_map is false but {', '.join(given)} given"
+        return _images(r) or _performer_curve(r)
     return _counts(r) or _images(r) or _maps(r) or _performer_curve(r)
 
 

@@ -122,7 +122,7 @@ class FidelityRow:
     mean_error: float  # mean relative output error
     worst_error: float
     mean_tv: float | None  # None where the maps are not distributions over the keys
-    max_row_dev: float  # max |row sum - 1|
+    max_row_dev: float | None  # max |row sum - 1|; None: the mechanism has no map
     pinv_residual: float | None  # mean, Nystrom only
     images: int
     record: Record
@@ -388,12 +388,15 @@ def _fidelity_row(r: Record) -> FidelityRow:
         mean_error=statistics.fmean(x["rel_output_error"] for x in layers),
         worst_error=max(x["rel_output_error"] for x in layers),
         mean_tv=_layer_mean(layers, "tv_mean"),
-        max_row_dev=max(x["row_sum_max_dev"] for x in layers),
+        max_row_dev=max(
+            (x["row_sum_max_dev"] for x in layers if x.get("row_sum_max_dev") is not None),
+            default=None,
+        ),
         pinv_residual=_layer_mean(layers, "pinv_residual"),
         images=r["n_images"],
         record=r,
         # Records from before the field: their maps were all row-stochastic stand-ins.
-        row_stochastic=r.get("map_row_stochastic", True) is not False,
+        row_stochastic=r.get("map_row_stochastic", True) is not False and r.get("has_map", True),
         min_weight=min(weights) if weights else None,
         attention_error=_layer_mean(layers, "attention_error"),
         skip_rel_norm=_layer_mean(layers, "skip_rel_norm"),

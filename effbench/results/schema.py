@@ -165,6 +165,9 @@ class ProfileRecord(Compiled, Contention, Record):
     mem_source: str | None = None
     flops_unit: str = FLOPS_UNIT
     flops_analytic: int | None = None
+    # of flops_analytic, the element-wise work a mechanism counts (Hydra's), which the
+    # counters below do not see: they are checked against flops_analytic less this
+    flops_elementwise: int | None = None
     flops_fvcore: int | None = None
     flops_flop_counter: int | None = None
     flops_by_op: dict[str, int] | None = None
@@ -206,6 +209,7 @@ class ScaleRecord(Compiled, Contention, Record):
     params: int | None = None
     flops_unit: str = FLOPS_UNIT
     flops_analytic: int | None = None
+    flops_elementwise: int | None = None  # as in ProfileRecord (in attn_flops_analytic too)
     flops_fvcore: int | None = None
     flops_flop_counter: int | None = None
     attn_flops_analytic: int | None = None
@@ -323,7 +327,7 @@ class LayerFidelity(BaseModel):
     # map is a distribution over the keys (`map_row_stochastic`); None for signed maps.
     tv_mean: float | None = None
     tv_max: float | None = None
-    row_sum_max_dev: float  # max |sum of a row of the map - 1|
+    row_sum_max_dev: float | None = None  # max |sum of a row of the map - 1|; None: no map
     min_weight: float | None = None  # the map's most negative entry (0 when none is)
     pinv_residual: float | None = None  # Nystrom: ||A Z - I||_F / ||I||_F
     ginv_residual: float | None = None  # Nystrom: ||A Z A - A||_F / ||A||_F
@@ -347,16 +351,19 @@ class AnalyzeRecord(Record):
     grid: list[int]
     n_images: int  # test images the fidelity figures are measured on
     map_row_stochastic: bool | None = None  # whether the maps are distributions over keys
+    # False for a mechanism with no per-head map (`Attention.has_map`): the map fields are
+    # then None, and the layers give output fidelity only
+    has_map: bool = True
     layers: list[LayerFidelity]
     performer_curve: list[dict[str, float]] | None = None  # features -> mean rel. error
     images: list[Any]  # the shown test images, (H, W, 3) uint8 each
     labels: list[int]
     predictions: list[int]
     classes: list[str] | None = None
-    cls_maps: list[Any]  # [layer][image] (gh, gw): the CLS query's weights, mean over heads
-    cls_maps_exact: list[Any]  # the same from exact softmax attention with the same weights
-    rollout: list[Any]  # [image] (gh, gw)
-    rollout_exact: list[Any]
+    cls_maps: list[Any] | None  # [layer][image] (gh, gw): CLS's weights, mean over heads
+    cls_maps_exact: list[Any] | None  # the same from exact softmax attention, same weights
+    rollout: list[Any] | None  # [image] (gh, gw)
+    rollout_exact: list[Any] | None
 
 
 class TrainEpochRecord(Contention, Record):

@@ -267,13 +267,21 @@ def note_flops(
     x: torch.Tensor,
     *,
     attention_analytic: int | None = None,
+    elementwise: int = 0,
 ) -> None:
     """Count module(x)'s FLOPs into `flops_*` fields beside `out["flops_analytic"]` (and, with
     `attention_analytic`, its attention layers' into `attn_flops_*`); then check that they
-    agree, raising FlopMismatchError when not."""
+    agree, raising FlopMismatchError when not. `elementwise`: the part of the analytic
+    counts that is element-wise work, which the counters do not see and are not checked
+    against (recorded as `flops_elementwise` when there is any)."""
     counts = count_flops(
-        module, x, analytic=out["flops_analytic"], attention_analytic=attention_analytic
+        module,
+        x,
+        analytic=out["flops_analytic"] - elementwise,
+        attention_analytic=None if attention_analytic is None else attention_analytic - elementwise,
     )
+    if elementwise:
+        out["flops_elementwise"] = elementwise
     out.update(flops_fvcore=counts.fvcore, flops_flop_counter=counts.flop_counter)
     if attention_analytic is not None:
         out.update(

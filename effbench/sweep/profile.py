@@ -67,7 +67,8 @@ def measure_attention(
     dtype = DTYPES[prof.dtype]
     n = point.seq_len
     torch.manual_seed(0)
-    layer = build_attention(point.model.attention, dim=bb.dim, num_heads=bb.heads, seq_len=n)
+    heads = point.model.attention.head_count(dim=bb.dim, backbone_heads=bb.heads)
+    layer = build_attention(point.model.attention, dim=bb.dim, num_heads=heads, seq_len=n)
     layer = layer.to(device=device, dtype=dtype).eval()
     out["params"] = param_count(layer)
     out["flops_analytic"] = layer.flops(n)
@@ -114,7 +115,7 @@ def measure_attention(
             layer, x, point, spec=spec, device=device, out=out, rounds=rounds, trace_dir=trace_dir
         )
     if prof.count_flops:
-        note_flops(out, layer, x)
+        note_flops(out, layer, x, elementwise=layer.elementwise_flops(n))
 
 
 def _grads(layer: Attention, run: Any, x: torch.Tensor) -> Callable[[], Any]:
@@ -274,7 +275,7 @@ def start_point(
             batch_size=batch,
             batch_search="max" if most else None,
             dim=bb.dim,
-            heads=bb.heads,
+            heads=point.model.attention.head_count(dim=bb.dim, backbone_heads=bb.heads),
             **fields,
         )
 

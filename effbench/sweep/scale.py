@@ -153,7 +153,13 @@ def measure_model(
         fwd = _inference(spec, point, model, x, amp=amp, device=device, out=out, rounds=rounds)
         energy_calls["infer"] = EnergyCall(fwd, items=x.shape[0], per="image")
     if sc.count_flops:
-        note_flops(out, model, images(1), attention_analytic=out["attn_flops_analytic"])
+        note_flops(
+            out,
+            model,
+            images(1),
+            attention_analytic=out["attn_flops_analytic"],
+            elementwise=model.elementwise_flops(),
+        )
     if sc.mode in ("train", "both"):
         xt = batch_for("train", lambda x: _train_step(copy.deepcopy(model), x, amp, device))
         step = _training(spec, point, model, xt, amp=amp, device=device, out=out, rounds=rounds)
@@ -343,7 +349,7 @@ def start_scale_point(
             precision=precision_name(sc.dtype),
             dim=bb.dim,
             depth=bb.depth,
-            heads=bb.heads,
+            heads=point.model.attention.head_count(dim=bb.dim, backbone_heads=bb.heads),
             note=note,
             **fields,
         )

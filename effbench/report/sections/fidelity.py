@@ -18,6 +18,9 @@ COLUMNS = [
     "max |row sum − 1|", "residual branch size", "layer output with branch",
     "‖AZ − I‖ / ‖I‖", "‖AZA − A‖ / ‖A‖", "images",
 ]  # fmt: skip
+# The TV column where there is none: for a mechanism without a map, and one with a map that is
+# not a distribution.
+NO_TV = {False: "— (no map)", True: "— (not a distribution)"}
 # Rows further than this from summing to 1 are called so in the table's "map" column.
 ROWS_OFF = 1e-3
 TEXT = (
@@ -42,6 +45,10 @@ PRE_SIGNED = (
     "The analyze records of {models} predate signed maps: where a mechanism's map is not a "
     "distribution, their TV distance describes a row-normalised stand-in, not what the layer "
     "applies. Rerun `effbench analyze` for figures of the maps themselves."
+)
+NO_MAP = (
+    "No per-head map (the mechanism declares none, so nothing it applies to V can be drawn "
+    "or compared row by row; its attention error is that of its whole output): {models}."
 )
 PINV = (
     "Nystrom: ‖AZ − I‖ / ‖I‖ measures how far the iterative pseudo-inverse Z of the landmark "
@@ -71,10 +78,13 @@ def section(data: ReportData) -> Part:
         return None, []
     sec = Section("fidelity", "How far from exact attention")
     sec.text(TEXT)
-    signed = [f.model for f in rows if not f.row_stochastic]
+    signed = [f.model for f in rows if not f.row_stochastic and has_map(f)]
     if signed:
         sec.text(NOT_STOCHASTIC.format(models=", ".join(signed)))
-    old = [f.model for f in rows if "map_row_stochastic" not in f.record]
+    mapless = [f.model for f in rows if not has_map(f)]
+    if mapless:
+        sec.text(NO_MAP.format(models=", ".join(mapless)))
+    old = [f.model for f in rows if "map_row_stochastic" not in f.record and has_map(f)]
     if old:
         sec.text(PRE_SIGNED.format(models=", ".join(old)))
     if any(f.pinv_residual is not None for f in rows):
@@ -84,10 +94,17 @@ def section(data: ReportData) -> Part:
     curves = [f for f in rows if f.record.get("performer_curve")]
     if curves:
         sec.figure(_performer_plot(data, curves))
-    return sec, _summary(data, rows, signed)
+    return sec, _summary(data, rows, signed, mapless)
 
 
-def _summary(data: ReportData, rows: list[FidelityRow], signed: list[str]) -> list[str]:
+def has_map(f: FidelityRow) -> bool:
+    """Whether the model's mechanism has a per-head map (records from before the field do)."""
+    return f.record.get("has_map", True) is not False
+
+
+def _summary(
+    data: ReportData, rows: list[FidelityRow], signed: list[str], mapless: list[str]
+) -> list[str]:
     approx = sorted(
         (f for f in rows if not data.exact(f.model)),
         key=lambda f: math.inf if math.isnan(mean_headline(f)) else mean_headline(f),
@@ -103,23 +120,27 @@ def _summary(data: ReportData, rows: list[FidelityRow], signed: list[str]) -> li
             "Not distributions over the keys (signed maps or rows not summing to 1, compared "
             "by output error only): " + ", ".join(signed) + "."
         )
+    if mapless:
+        lines.append("No per-head map (output error only): " + ", ".join(mapless) + ".")
     return lines
 
 
 def _cells(f: FidelityRow) -> list[str]:
-    if f.row_stochastic:
+    if not has_map(f):
+        kind = "no map"
+    elif f.row_stochastic:
         kind = "distribution"
     elif (f.min_weight or 0) < 0:
         kind = "signed"
     else:  # not a distribution by construction, though these maps may be close to one
-        kind = "rows ≠ 1" if f.max_row_dev > ROWS_OFF else "not guaranteed"
+        kind = "rows ≠ 1" if (f.max_row_dev or 0) > ROWS_OFF else "not guaranteed"
     branch = f.skip_rel_norm is not None
     return [
         f.model,
         num(mean_headline(f)),
         num(max(headline(x) for x in f.record["layers"])),
         kind,
-        num(f.mean_tv) if f.row_stochastic else "— (not a distribution)",
+        num(f.mean_tv) if f.row_stochastic else NO_TV[has_map(f)],
         num(f.max_row_dev),
         num(f.skip_rel_norm),
         num(f.mean_error) if branch else "-",

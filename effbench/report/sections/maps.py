@@ -30,8 +30,15 @@ def section(data: ReportData) -> Part:
         "red positive) when it has negative weights. Rollout divides each row by its sum of "
         "absolute weights: its sum, for a distribution."
     )
+    mapless = [r["model"] for r in data.analyzed if r.get("has_map", True) is False]
+    if mapless:
+        sec.text(
+            f"No map: {', '.join(mapless)} (the mechanism has no per-head map of what it "
+            "applies to V; its output fidelity is in the section above)."
+        )
     for r in data.analyzed:
-        sec.figure(_maps_plot(r))
+        if r.get("has_map", True) is not False:
+            sec.figure(_maps_plot(r))
     return sec, []
 
 
