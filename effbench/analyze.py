@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from effbench.attention.base import Attention, relative_error, softmax_attention
+from effbench.attention.base import Attention, relative_error, softmax_attention, split_heads
 from effbench.model import ViT, build_model
 from effbench.results import AnalyzeRecord, Env, LayerFidelity, record_base
 
@@ -103,15 +103,27 @@ def _rounded(t: Tensor, digits: int = 5) -> list[Any]:
 
 
 def layer_fidelity(
-    layer: Attention, x: Tensor, eff: Tensor | None, exact: Tensor | None, *, index: int
+    layer: Attention,
+    x: Tensor,
+    eff: Tensor | None,
+    exact: Tensor | None,
+    *,
+    index: int,
+    heads: int | None = None,
 ) -> LayerFidelity:
     """One layer against exact softmax attention on its own float32 Q, K, V from input `x`,
     given its map `eff` and the exact map: the output error (and, where a branch bypasses
     the map, the attention part's own error and the branch's size apart), TV distance where
     the map is a distribution, row sums, and the mechanism's own figures. Without a map
-    (`eff` None: the mechanism has none), the output error and its own figures alone."""
+    (`eff` None: the mechanism has none), the output error and its own figures alone.
+    `heads`: the head count of exact attention where the layer has its own (the backbone's;
+    the output error then compares the two on the same features)."""
     q, k, v = layer.qkv_heads(x)
-    exact_out = softmax_attention(q, k, v, layer.scale)
+    if heads is not None and heads != layer.num_heads:
+        ref = [split_heads(t, heads) for t in (q, k, v)]
+        exact_out = split_heads(softmax_attention(*ref, ref[0].shape[-1] ** -0.5), layer.num_heads)
+    else:
+        exact_out = softmax_attention(q, k, v, layer.scale)
     if eff is None or exact is None:
         return LayerFidelity(
             layer=index,
@@ -126,7 +138,7 @@ def layer_fidelity(
             "skip_rel_norm": float(skip.norm() / exact_out.norm()),
         }
     tv: dict[str, float] = {}
-    if type(layer).map_row_stochastic:
+    if type(layer).map_row_stochastic and eff.shape == exact.shape:  # the same heads
         dist = total_variation(eff, exact)
         tv = {"tv_mean": float(dist.mean()), "tv_max": float(dist.max())}
     return LayerFidelity(
@@ -147,8 +159,11 @@ def analyze_model(
     labels: Tensor,
     *,
     classes: tuple[str, ...] | None = None,
+    heads: int | None = None,
 ) -> dict[str, Any]:
-    """Fidelity per layer on `images` and maps of the first MAP_IMAGES of them.
+    """Fidelity per layer on `images` and maps of the first MAP_IMAGES of them, against exact
+    softmax attention over `heads` heads (the backbone's; default: each layer's own), so that
+    a mechanism with its own head count is measured against the attention it replaces.
 
     Returns the fields of an `AnalyzeRecord` that depend on the model and the images; the
     mechanism's own figures (`Attention.diagnostics`, `model_diagnostics`) where it has any.
@@ -166,8 +181,8 @@ def analyze_model(
     maps_eff, maps_exact = [], []
     for i, (layer, x) in enumerate(zip(attention, inputs, strict=True)):
         eff = layer.attention_map(x.float()) if has_map else None
-        exact = layer.exact_map(x.float()) if has_map else None
-        layers.append(layer_fidelity(layer, x.float(), eff, exact, index=i))
+        exact = layer.exact_map(x.float(), heads) if has_map else None
+        layers.append(layer_fidelity(layer, x.float(), eff, exact, index=i, heads=heads))
         if eff is not None and exact is not None:
             maps_eff.append(eff[:shown])
             maps_exact.append(exact[:shown])
@@ -220,7 +235,7 @@ def analyze_run(
     model = model.to(device)
     loader = eval_loader(spec, device=device)
     images, labels = test_batch(loader, FIDELITY_IMAGES)
-    fields = analyze_model(model, images, labels, classes=loader.classes)
+    fields = analyze_model(model, images, labels, classes=loader.classes, heads=bb.heads)
     return AnalyzeRecord(
         **record_base(spec, entry, env=env, run_id=run_id),
         run_dir=str(run.directory),

@@ -125,3 +125,21 @@ def test_a_head_count_that_does_not_divide_the_width_is_a_located_error() -> Non
     assert "models[0].attention.heads: 5 does not divide backbone.dim 32" in "\n".join(
         err.value.lines()
     )
+
+
+def test_it_is_measured_against_exact_attention_over_the_backbones_heads() -> None:
+    """analyze's reference for a kind with its own head count is the attention it replaces:
+    exact softmax over the backbone's heads, from the same weights (here the first layer,
+    whose input the two models share, gives sdpa's exact maps to the last digit)."""
+    from effbench.analyze import analyze_model
+
+    bb = Backbone(image_size=16, patch_size=4, dim=DIM, depth=2, heads=2)
+    images, labels = torch.rand(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)
+    fields = {}
+    for cfg in (HydraConfig(), SdpaConfig()):
+        torch.manual_seed(0)
+        fields[cfg.kind] = analyze_model(build_model(bb, cfg), images, labels, heads=bb.heads)
+    assert fields["hydra"]["cls_maps_exact"][0] == fields["sdpa"]["cls_maps_exact"][0]
+    assert fields["sdpa"]["layers"][0].rel_output_error < 1e-5  # exact against itself
+    assert fields["hydra"]["layers"][0].rel_output_error > 0.1
+    assert fields["hydra"]["layers"][0].tv_mean is None  # signed: no TV distance

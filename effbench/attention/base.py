@@ -59,6 +59,14 @@ def contiguous_keys(k: Tensor) -> Tensor:
     return k.contiguous()
 
 
+def split_heads(t: Tensor, heads: int) -> Tensor:
+    """(B, H, N, d) features regrouped into `heads` heads, (B, heads, N, H * d / heads), with
+    feature h * d + j in the same place: exact attention over another head count (the
+    backbone's) from a layer that splits its features its own way (hydra's one per head)."""
+    B, H, N, d = t.shape
+    return t.transpose(1, 2).reshape(B, N, heads, H * d // heads).transpose(1, 2)
+
+
 def needs_grad(*tensors: Tensor) -> bool:
     """Whether autograd records ops on these tensors. When it does not (inference, no_grad),
     mechanisms may work in place or in chunks; the results are the same either way."""
@@ -171,12 +179,16 @@ class Attention(nn.Module, metaclass=abc.ABCMeta):
         return self.weights(q.float(), k.float())
 
     @torch.no_grad()
-    def exact_map(self, x: Tensor) -> Tensor:
-        """Exact softmax weights from this layer's own Q and K, row-chunked: (B, H, N, N)."""
+    def exact_map(self, x: Tensor, heads: int | None = None) -> Tensor:
+        """Exact softmax weights from this layer's own Q and K, row-chunked, split into
+        `heads` heads (default: the layer's own): (B, heads, N, N)."""
         q, k, _ = self.qkv_heads(x)
+        if heads is not None and heads != self.num_heads:
+            q, k = split_heads(q, heads), split_heads(k, heads)
         q, k = q.float(), k.float()
+        scale = q.shape[-1] ** -0.5
         return torch.cat(
-            [softmax_weights(qc, k, self.scale) for qc in q.split(MAP_ROW_CHUNK, dim=2)], dim=2
+            [softmax_weights(qc, k, scale) for qc in q.split(MAP_ROW_CHUNK, dim=2)], dim=2
         )
 
     def flops(self, seq_len: int | None = None) -> int:
