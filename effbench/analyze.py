@@ -176,7 +176,8 @@ def analyze_model(
     inputs, logits = attention_inputs(model, images)
     shown = min(MAP_IMAGES, len(images))
     attention = model.attention_layers()
-    has_map = type(attention[0]).has_map
+    # after a block merges tokens they are no longer the patch grid: no maps to draw
+    has_map = type(attention[0]).has_map and not model.merge_r
     layers: list[LayerFidelity] = []
     maps_eff, maps_exact = [], []
     for i, (layer, x) in enumerate(zip(attention, inputs, strict=True)):
@@ -230,7 +231,7 @@ def analyze_run(
 
     spec, entry = run.spec, run.entry
     bb = spec.backbone
-    model = build_model(bb, entry.attention)
+    model = build_model(bb, entry.attention, merge_r=entry.merge_r(bb))
     model.load_state_dict(state)
     model = model.to(device)
     loader = eval_loader(spec, device=device)

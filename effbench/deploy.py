@@ -434,7 +434,8 @@ def export_model(
     """One model's records: torch.export static and with a dynamic batch (on `device`),
     ONNX (traced on the CPU), then onnxruntime with each of `providers`. The model is in
     eval mode with no gradients, so every mechanism takes its inference path."""
-    cpu = build_model(spec.backbone, entry.attention).eval().requires_grad_(False)
+    bb = spec.backbone
+    cpu = build_model(bb, entry.attention, merge_r=entry.merge_r(bb)).eval().requires_grad_(False)
     model = cpu if device.type == "cpu" else copy.deepcopy(cpu).to(device)
     on_device, on_cpu = (
         Inputs(model, device, spec.backbone.channels),

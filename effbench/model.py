@@ -19,6 +19,7 @@ from effbench.attention import Attention, build_attention
 from effbench.attention.grid import resize_token_grid as resize_pos_embed
 from effbench.config.attention import AttentionConfig
 from effbench.config.spec import Backbone
+from effbench.merging import block_tokens, match_flops, merge_tokens, merged_count
 
 
 class PatchEmbed(nn.Module):
@@ -90,28 +91,42 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, attn: Attention, *, mlp_ratio: float, dropout: float) -> None:
+    def __init__(self, attn: Attention, *, mlp_ratio: float, dropout: float, r: int = 0) -> None:
         super().__init__()
         dim = attn.dim
         self.norm1 = nn.LayerNorm(dim)
         self.attn = attn
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.r = r  # tokens merged after the attention (token merging; 0: none)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
+    def merging(self, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The block with token merging: attention over tokens of `size` (B, N, 1; None: all
+        1) with proportional attention, then `r` tokens merged on its keys, then the MLP."""
+        log_size = None if size is None else size[..., 0].log()
+        out, keys = self.attn(self.norm1(x), log_size, keys=True)
+        x, size = merge_tokens(x + out, size, keys, self.r)
+        return x + self.mlp(self.norm2(x)), size
+
 
 class ViT(nn.Module):
     """A ViT for one input size; build another with `build_model` for another size."""
 
-    def __init__(self, backbone: Backbone, attention: AttentionConfig, *, image_size: int) -> None:
+    def __init__(
+        self, backbone: Backbone, attention: AttentionConfig, *, image_size: int, merge_r: int = 0
+    ) -> None:
         super().__init__()
         bb = backbone
         self.image_size = image_size
         self.grid = bb.grid(image_size)
         self.seq_len = bb.seq_len(image_size)
+        # Token merging: r tokens merged in each block, so block i sees block_tokens[i].
+        self.merge_r = merge_r
+        self.block_tokens = block_tokens(self.seq_len, merge_r, bb.depth)
         tokenizer = ConvTokenizer if bb.tokenizer == "conv" else PatchEmbed
         self.patch_embed = tokenizer(channels=bb.channels, dim=bb.dim, patch_size=bb.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, bb.dim))
@@ -121,11 +136,13 @@ class ViT(nn.Module):
         # weights and each attention layer's own stream, so what a mechanism builds never
         # shifts the global stream or anybody else's weights.
         seed = int(torch.randint(0, 2**62, (1,)).item())
+        n = self.block_tokens
         self.blocks = nn.ModuleList(
             Block(
-                _own_attention(attention, bb, seq_len=self.seq_len, seed=seed + 1 + i, block=i),
+                _own_attention(attention, bb, seq_len=n[i], seed=seed + 1 + i, block=i),
                 mlp_ratio=bb.mlp_ratio,
                 dropout=bb.dropout,
+                r=merged_count(n[i], merge_r),
             )
             for i in range(bb.depth)
         )
@@ -145,29 +162,42 @@ class ViT(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.tokens(images)
-        for blk in self.blocks:
-            x = blk(x)
+        if self.merge_r:
+            size = None
+            for blk in self.blocks:
+                x, size = blk.merging(x, size)
+        else:
+            for blk in self.blocks:
+                x = blk(x)
         return self.head(self.norm(x)[:, 0])
 
     def attention_layers(self) -> list[Attention]:
         return [blk.attn for blk in self.blocks]
 
     def flops(self) -> int:
-        """Analytic forward FLOPs per image (2 per multiply-add of matrix products)."""
-        n, c = self.seq_len, self.norm.normalized_shape[0]
+        """Analytic forward FLOPs per image (2 per multiply-add of matrix products); with
+        token merging each block on its own token count, and its matching counted."""
+        n, c = self.block_tokens, self.norm.normalized_shape[0]
         embed = self.patch_embed.flops(self.image_size)
-        mlp = sum(2 * n * 2 * c * blk.mlp.fc1.out_features for blk in self.blocks)
-        return embed + mlp + self.attention_flops() + 2 * c * self.head.out_features
+        mlp = sum(
+            2 * n[i + 1] * 2 * c * blk.mlp.fc1.out_features for i, blk in enumerate(self.blocks)
+        )
+        match = sum(
+            match_flops(n[i], self.merge_r, blk.attn.head_dim) for i, blk in enumerate(self.blocks)
+        )
+        return embed + mlp + match + self.attention_flops() + 2 * c * self.head.out_features
 
     def elementwise_flops(self) -> int:
         """The attention layers' counted element-wise FLOPs per image (in `flops()` too; the
         FLOP counters do not see them)."""
-        return sum(layer.elementwise_flops(self.seq_len) for layer in self.attention_layers())
+        n = self.block_tokens
+        return sum(layer.elementwise_flops(n[i]) for i, layer in enumerate(self.attention_layers()))
 
     def attention_flops(self) -> int:
         """Analytic forward FLOPs per image of the attention layers alone, projections
         included."""
-        return sum(layer.flops(self.seq_len) for layer in self.attention_layers())
+        n = self.block_tokens
+        return sum(layer.flops(n[i]) for i, layer in enumerate(self.attention_layers()))
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -249,9 +279,14 @@ def adapt_state_dict(
 
 
 def build_model(
-    backbone: Backbone, attention: AttentionConfig, *, image_size: int | None = None
+    backbone: Backbone,
+    attention: AttentionConfig,
+    *,
+    image_size: int | None = None,
+    merge_r: int = 0,
 ) -> ViT:
-    """The spec's ViT with one attention mechanism, for `image_size` (default: the spec's).
+    """The spec's ViT with one attention mechanism, for `image_size` (default: the spec's),
+    merging `merge_r` tokens in each block (`ModelEntry.merge_r`; 0: no token merging).
 
     Raises:
         ValueError: if the image size does not divide into patches.
@@ -262,4 +297,4 @@ def build_model(
             f"image size {size} is not divisible by patch size {backbone.patch_size}; "
             f"choose a multiple of {backbone.patch_size}"
         )
-    return ViT(backbone, attention, image_size=size)
+    return ViT(backbone, attention, image_size=size, merge_r=merge_r)

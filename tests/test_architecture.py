@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "effbench"
 ORDER: list[list[str]] = [
     ["__init__", "errors", "signals", "stats", "convergence", "contention", "config", "results",
      "locks", "env", "ratios", "crossover", "report", "diff"],
-    ["device", "attention", "model", "data", "measure"],
+    ["device", "attention", "merging", "model", "data", "measure"],
     ["runs", "train", "sweep", "analyze", "deploy", "study", "plan"],
     ["cli", "launch", "__main__"],
 ]  # fmt: skip

@@ -155,12 +155,26 @@ class Attention(nn.Module, metaclass=abc.ABCMeta):
         self.load_state_dict({**self.state_dict(), **{k: state[k] for k in own}})
 
     # -- the contract -------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        return self.merge_heads(self.attend(*self.qkv_heads(x)))
+    def forward(
+        self, x: Tensor, log_size: Tensor | None = None, *, keys: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, N, C) -> (B, N, C). Over merged tokens (token merging), `log_size` (B, N) is
+        each token's log size for proportional attention (`attend_sized`); `keys` returns
+        the keys (B, H, N, d) too, which the merging matches tokens on."""
+        q, k, v = self.qkv_heads(x)
+        o = self.attend(q, k, v) if log_size is None else self.attend_sized(q, k, v, log_size)
+        out = self.merge_heads(o)
+        return (out, k) if keys else out
 
     @abc.abstractmethod
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The mechanism itself: q, k, v (B, H, N, d) -> (B, H, N, d)."""
+
+    def attend_sized(self, q: Tensor, k: Tensor, v: Tensor, log_size: Tensor) -> Tensor:
+        """`attend` over merged tokens with proportional attention: key t counts as the
+        exp(log_size[:, t]) tokens it holds, as if it were repeated that often. Only kinds
+        whose config says `token_sizes` have it."""
+        raise NotImplementedError(f"{self.kind} does not attend over merged tokens")
 
     @abc.abstractmethod
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
@@ -245,6 +259,11 @@ class ExactAttention(Attention):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return softmax_attention(q, k, v, self.scale)
+
+    def attend_sized(self, q: Tensor, k: Tensor, v: Tensor, log_size: Tensor) -> Tensor:
+        # softmax(q k^T * scale + log s): a key of size s weighs as s copies of itself
+        logits = (q @ k.transpose(-2, -1)) * self.scale + log_size[:, None, None, :]
+        return torch.softmax(logits, dim=-1) @ v
 
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
         return softmax_weights(q, k, self.scale)

@@ -41,11 +41,14 @@ def cosine_features(x: Tensor) -> Tensor:
     return y / norm
 
 
-def hydra_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def hydra_attention(q: Tensor, k: Tensor, v: Tensor, size: Tensor | None = None) -> Tensor:
     """phi(Q)_h (phi(K)_h^T V_h) per head, in float32, returned in v's dtype: (B, H, N, d)
-    each -> (B, H, N, d). With d = 1 the readout is the element-wise product of the paper."""
+    each -> (B, H, N, d). With d = 1 the readout is the element-wise product of the paper.
+    `size` (B, N): each key's token count over merged tokens, its weight in the sum."""
     with torch.autocast(device_type=q.device.type, enabled=False):
         phi_q, phi_k = cosine_features(q), cosine_features(k)
+        if size is not None:
+            phi_k = phi_k * size[:, None, :, None].to(phi_k.dtype)
         context = torch.einsum("bhnd,bhne->bhde", phi_k, v.to(phi_k.dtype))  # (B, H, d, d)
         out = phi_q * context if phi_q.shape[-1] == 1 else phi_q @ context
         return out.to(v.dtype)
@@ -64,6 +67,10 @@ class HydraAttention(Attention):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return hydra_attention(q, k, v)
+
+    def attend_sized(self, q: Tensor, k: Tensor, v: Tensor, log_size: Tensor) -> Tensor:
+        # a sum over keys: a key of size s is s copies of itself
+        return hydra_attention(q, k, v, log_size.exp())
 
     def weights(self, q: Tensor, k: Tensor) -> Tensor:
         with torch.autocast(device_type=q.device.type, enabled=False):

@@ -43,3 +43,9 @@ class SdpaAttention(ExactAttention):
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         with self._backend():
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+
+    def attend_sized(self, q: Tensor, k: Tensor, v: Tensor, log_size: Tensor) -> Tensor:
+        # proportional attention as an additive mask: log s on every key's logit
+        bias = log_size[:, None, None, :].to(q.dtype)
+        with self._backend():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)

@@ -162,7 +162,6 @@ def _crossover(s: Any, metric: str) -> str:
 
 def scale_summary_table(summaries: list[Any], mode: str, *, max_batch: bool = False) -> Table:
     """Per model and metric: the crossover against the baseline, then the slope."""
-    from effbench.config.attention import BASELINE_KIND
     from effbench.crossover import metrics_for
 
     metrics = metrics_for(mode, max_batch=max_batch)
@@ -179,7 +178,7 @@ def scale_summary_table(summaries: list[Any], mode: str, *, max_batch: bool = Fa
     for s in summaries:
         cells = []
         for m in metrics:
-            is_base = s.model == base or s.attention.get("kind") == BASELINE_KIND
+            is_base = s.model in (base or "").removeprefix("best of ").split(", ")
             cross = "base" if is_base else _crossover(s, m)
             slope = "-" if s.slopes.get(m) is None else f"{s.slopes[m]:.2f}"
             cells.append(f"{cross} · {slope}" + ("*" if s.contended.get(m) else ""))

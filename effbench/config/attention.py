@@ -22,6 +22,10 @@ class _AttentionConfig(BaseModel):
     """Computes exact softmax attention (the reference the approximations are measured against)."""
     baseline: ClassVar[bool] = False
     """The fused exact kernel every mechanism is timed against (`scale` adds it when missing)."""
+    token_sizes: ClassVar[bool] = False
+    """Attends over merged tokens with proportional attention (`Attention.attend_sized`), so
+    that token merging works with it; kinds that need the patch grid or a fixed token count
+    do not."""
 
     qkv_bias: bool = Field(True, description="bias on the shared Q/K/V projection")
     heads: int | None = Field(
@@ -64,6 +68,7 @@ class StandardConfig(_AttentionConfig):
 
     kind: Literal["standard"] = "standard"
     exact: ClassVar[bool] = True
+    token_sizes: ClassVar[bool] = True
 
     @classmethod
     def tiny_variants(cls) -> tuple[dict[str, Any], ...]:
@@ -75,6 +80,7 @@ class FusedConfig(_AttentionConfig):
 
     kind: Literal["fused"] = "fused"
     exact: ClassVar[bool] = True
+    token_sizes: ClassVar[bool] = True
 
 
 class SdpaConfig(_AttentionConfig):
@@ -83,6 +89,7 @@ class SdpaConfig(_AttentionConfig):
     kind: Literal["sdpa"] = "sdpa"
     exact: ClassVar[bool] = True
     baseline: ClassVar[bool] = True
+    token_sizes: ClassVar[bool] = True
     backend: Literal["auto", "math", "flash", "efficient", "cudnn"] = Field(
         "auto", description="force one SDPA backend; 'auto' lets PyTorch choose"
     )
@@ -329,6 +336,7 @@ class HydraConfig(_AttentionConfig):
     under a cosine-similarity kernel (Bolya et al. 2022)."""
 
     kind: Literal["hydra"] = "hydra"
+    token_sizes: ClassVar[bool] = True
 
     def head_count(self, *, dim: int, backbone_heads: int) -> int:
         """One head per feature (the true Hydra), unless `heads` says otherwise."""

@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from effbench.config.attention import AttentionConfig
+from effbench.config.attention import CONFIGS, AttentionConfig
 from effbench.config.budget import HELP as BUDGET_HELP
 from effbench.config.budget import Budget, normalised, parse_budget
 from effbench.config.fields import (
@@ -48,6 +48,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class TokenMerging(_Section):
+    """Token merging (ToMe, Bolya et al. 2023): after each block's attention, `r` tokens are
+    merged into their most similar ones by bipartite soft matching on the keys, CLS never;
+    later blocks attend with proportional attention (each token weighted by how many it
+    holds)."""
+
+    r: int = Field(0, ge=0, le=MAX_SIZE, description="tokens merged in each block; 0 = no merging")
+
+
 class Backbone(_Section):
     """The ViT shared by every model; only the attention differs."""
 
@@ -67,6 +76,9 @@ class Backbone(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout in MLP and on embeddings")
     num_classes: int = Field(10, gt=1, le=MAX_SIZE)
     channels: int = Field(3, gt=0, le=1024)
+    token_merging: TokenMerging | None = Field(
+        None, description="token merging in every model that sets none of its own: { r = 8 }"
+    )
 
     def grid(self, image_size: int | None = None) -> tuple[int, int]:
         side = (image_size or self.image_size) // self.patch_size
@@ -94,6 +106,16 @@ class ModelEntry(_Section):
             "report draws a group's variants as one curve"
         ),
     )
+    token_merging: TokenMerging | None = Field(
+        None,
+        description="this model's token merging, { r = 8 } (unset: the backbone's; "
+        "{ r = 0 }: none): any kind whose attention takes token sizes, e.g. sdpa+tome",
+    )
+
+    def merge_r(self, backbone: Backbone) -> int:
+        """Tokens this model merges in each block (0: none)."""
+        merging = self.token_merging or backbone.token_merging
+        return merging.r if merging is not None else 0
 
     @field_validator("name")
     @classmethod
@@ -403,6 +425,15 @@ class BenchSpec(_Section):
             )
         seen: dict[str, int] = {}
         for i, m in enumerate(self.models):
+            if m.merge_r(bb) and not type(m.attention).token_sizes:
+                takes = ", ".join(k for k, c in CONFIGS.items() if c.token_sizes)
+                out.append(
+                    (
+                        f"models[{i}].token_merging",
+                        f"{m.attention.kind} cannot attend over merged tokens (it needs the "
+                        f"patch grid or a fixed token count); token merging works with {takes}",
+                    )
+                )
             heads = m.attention.head_count(dim=bb.dim, backbone_heads=bb.heads)
             if m.attention.heads is not None and bb.dim % heads:
                 out.append(

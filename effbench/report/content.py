@@ -146,6 +146,9 @@ class ReportData:
     baseline_model: str | None = None  # the accuracy baseline named by the user, if any
     # model -> the option sweep it came from (`group` of its records), for swept models only
     groups: dict[str, str] = field(default_factory=dict)
+    # models that merge tokens (their records say how many tokens each block saw): never a
+    # baseline, whatever their kind
+    merged: frozenset[str] = frozenset()
 
     def kind(self, *kinds: str) -> list[Record]:
         return self.results.kind(*kinds)
@@ -206,7 +209,9 @@ class ReportData:
         """Every model of the baseline kind among `points`' models (one per SDPA backend,
         say): crossovers are against the best of them at each resolution."""
         return [
-            m for m in self.order(r["model"] for r in points) if self.kinds.get(m) == BASELINE_KIND
+            m
+            for m in self.order(r["model"] for r in points)
+            if self.kinds.get(m) == BASELINE_KIND and m not in self.merged
         ]
 
 
@@ -224,15 +229,23 @@ def build_data(results: Results, *, baseline: str | None = None) -> ReportData:
     }
     analyzed = _latest_analyzed(results, kinds)
     groups = {r["model"]: str(r["group"]) for r in results.records if r.get("group")}
+    merged = frozenset(
+        r["model"] for r in results.records if r.get("block_tokens") or r.get("token_merging")
+    )
     return ReportData(
         results=results,
         envs=envs,
         kinds=kinds,
-        rows=_paired(_model_rows(results, envs, kinds), kinds, baseline),
+        rows=_paired(
+            _model_rows(results, envs, kinds),
+            {m: k for m, k in kinds.items() if m not in merged},
+            baseline,
+        ),
         series=_series(results, envs),
         fidelity=[_fidelity_row(r) for r in analyzed],
         baseline_model=baseline,
         groups=groups,
+        merged=merged,
     )
 
 

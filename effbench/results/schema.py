@@ -144,6 +144,9 @@ class ProfileRecord(Compiled, Contention, Record):
     batch_size: int | None  # under `--batch max`: the forward's batch (None: nothing fitted)
     dim: int
     heads: int
+    # the model's token merging (r per block): it acts between blocks, so the layer alone is
+    # its kind's, timed at every length the merged sequence passes through
+    token_merging: int | None = None
     repeats: int | None = None  # timed repeats per phase (records before repeats: one)
     sdpa_backend: str | None = None
     params: int | None = None
@@ -209,6 +212,8 @@ class ScaleRecord(Compiled, Contention, Record):
     params: int | None = None
     flops_unit: str = FLOPS_UNIT
     flops_analytic: int | None = None
+    # with token merging: the tokens entering each block, then those leaving the last
+    block_tokens: list[int] | None = None
     flops_elementwise: int | None = None  # as in ProfileRecord (in attn_flops_analytic too)
     flops_fvcore: int | None = None
     flops_flop_counter: int | None = None
@@ -409,6 +414,8 @@ class TrainRecord(Record):
     params: int
     flops_unit: str = FLOPS_UNIT
     flops_per_image: int
+    # with token merging: the tokens entering each block, then those leaving the last
+    block_tokens: list[int] | None = None
     precision: str
     compiled: bool = False
     compile_mode: str | None = None  # with compiled: the torch.compile mode

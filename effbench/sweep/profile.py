@@ -276,6 +276,7 @@ def start_point(
             batch_search="max" if most else None,
             dim=bb.dim,
             heads=point.model.attention.head_count(dim=bb.dim, backbone_heads=bb.heads),
+            token_merging=point.model.merge_r(bb) or None,
             **fields,
         )
 

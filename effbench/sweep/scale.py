@@ -65,9 +65,9 @@ def scale_grid(spec: BenchSpec) -> list[ScalePoint]:
 
 def baseline_names(spec: BenchSpec) -> list[str]:
     """The models crossovers are measured against: every one of the baseline kind
-    (`effbench.config.attention.BASELINE_KIND`; one per SDPA backend, say), whose best figure
-    at each resolution is the one to beat."""
-    return [m.name for m in spec.models if m.attention.baseline]
+    (`effbench.config.attention.BASELINE_KIND`; one per SDPA backend, say) that merges no
+    tokens, whose best figure at each resolution is the one to beat."""
+    return [m.name for m in spec.models if m.attention.baseline and not m.merge_r(spec.backbone)]
 
 
 def fit_to_tokens(cfg: AttentionConfig, tokens: int) -> tuple[AttentionConfig, str | None]:
@@ -120,7 +120,7 @@ def measure_model(
     sc, bb = spec.scale, scale_backbone(spec)
     res = point.image_size
     torch.manual_seed(0)
-    model = build_model(bb, point.model.attention, image_size=res)
+    model = build_model(bb, point.model.attention, image_size=res, merge_r=point.model.merge_r(bb))
     if trained is not None:
         model.load_state_dict(adapt_state_dict(trained.state, model, trained_grid=trained.grid))
     model = model.to(device)
@@ -128,6 +128,7 @@ def measure_model(
         params=param_count(model),
         flops_analytic=model.flops(),
         attn_flops_analytic=model.attention_flops(),
+        block_tokens=model.block_tokens if model.merge_r else None,
     )
 
     def images(batch: int) -> torch.Tensor:

@@ -104,6 +104,7 @@ def run_facts(bench: BenchSpec, parts: Parts, *, precision: str, world: int) -> 
         "budget": str(parts.budget.budget),
         "params": param_count(model),
         "flops_per_image": model.flops(),
+        "block_tokens": model.block_tokens if model.merge_r else None,
         "precision": precision,
         "compiled": cfg.compile,
         "compile_mode": cfg.compile_mode if cfg.compile else None,

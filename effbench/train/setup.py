@@ -62,7 +62,7 @@ def build_parts(
         rank=dist.rank,
         world=dist.world,
     )
-    model = build_model(bb, entry.attention).to(dev)
+    model = build_model(bb, entry.attention, merge_r=entry.merge_r(bb)).to(dev)
     net: nn.Module = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(
