@@ -84,11 +84,12 @@ def test_profile_compiled_records_say_so_and_count_the_same_flops(
 
 def test_scale_compiled_records_say_so(spec: Path, tmp_path: Path) -> None:
     args = ["scale", "-s", str(spec), "-a", "sdpa", "--compile", "--compile-mode", "default"]
-    code, out = run_cli(*args, "-o", str(tmp_path))
+    code, out = run_cli(*args, "--mode", "both", "-o", str(tmp_path))  # a training step too
     assert code == 0, out
     (rec,) = records(tmp_path, "scale")
     ScaleRecord.model_validate(rec)
-    assert rec["status"] == "ok" and rec["compiled"] is True and rec["compile_s"]["infer"] > 0
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["compiled"] is True and rec["compile_s"]["infer"] > 0 and rec["train_ms"] > 0
     assert rec["flops_fvcore"] == rec["flops_analytic"] and rec["infer_ms"] > 0
 
 

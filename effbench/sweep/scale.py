@@ -179,7 +179,7 @@ def _train_step(
     """One optimizer step of `model` (put in training mode) on `x`: forward (through `run`,
     the compiled model where there is one), cross-entropy, backward, AdamW."""
     model.train()
-    forward = run or model
+    forward = model if run is None else run  # a compiled module has no truth value
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     g = torch.Generator(device="cpu").manual_seed(0)
     y = torch.randint(0, model.head.out_features, (x.shape[0],), generator=g).to(device)
