@@ -30,3 +30,5 @@ effbench report
 test -s results/report.html && test -s results/report.md
 effbench compare --quick --data-dir "$data" -a sdpa nystrom
 test -s study/report.html
+set +x
+echo "install check: passed in ${SECONDS} s"
