@@ -140,7 +140,11 @@ top_ops = 0
 @linux
 @pytest.mark.parametrize(
     ("mode", "allocator"),
-    [("auto", None), ("system", GLIBC_TUNED), ("untuned", "glibc malloc")],
+    [
+        ("auto", None),
+        pytest.param("system", GLIBC_TUNED, marks=pytest.mark.slow),  # for time: each is a
+        pytest.param("untuned", "glibc malloc", marks=pytest.mark.slow),  # torch start
+    ],
 )
 def test_the_command_settles_malloc_and_openmp_before_torch_loads(
     tmp_path: Path, mode: str, allocator: str | None

@@ -140,6 +140,7 @@ def test_failures_are_classified_with_a_reason() -> None:
 # ---------------------------------------------------------------------------- the command
 
 
+@pytest.mark.slow  # for time; the default run exports through the library calls above
 def test_the_required_kinds_run_in_onnxruntime_through_the_command(tmp_path: Path) -> None:
     # end to end: the command's matrix and records, the ONNX files, the report's section
     spec = tmp_path / "bench.toml"

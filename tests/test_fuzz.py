@@ -217,6 +217,7 @@ def test_any_record_line_is_read_and_admitted_or_refused(tmp_path: Path, data: A
     assert all(isinstance(r, str) and r for r in reasons + [b.reason for b in bad])
 
 
+@pytest.mark.slow  # for time: twelve whole reports
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data(), name=NASTY_TEXT)
 def test_the_report_survives_any_record_and_escapes_every_name(

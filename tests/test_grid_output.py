@@ -277,7 +277,11 @@ def test_sigint_stops_scale_before_its_crossovers(
 SUBPROCESS_SPEC = SPEC.replace("seq_lens = [17, 26]", "seq_lens = [17, 26, 33, 41, 50, 65]")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signum",
+    [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM],  # SIGINT: for time
+    ids=["SIGINT", "SIGTERM"],
+)
 def test_a_signalled_profile_says_what_it_kept(tmp_path: Path, signum: int) -> None:
     """`python -m effbench profile` as a user runs it (through the entry point, which may
     re-execute itself with an allocator preloaded: same process id), stopped once its first

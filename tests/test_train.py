@@ -384,6 +384,7 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+@pytest.mark.slow  # for time: the slow set kills and resumes whole trainings as well
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, dataset="synthetic", epochs=20)
     spec.write_text(spec.read_text().replace("synthetic_samples = 256", "synthetic_samples = 1024"))
