@@ -184,7 +184,7 @@ def analyze_model(
         eff = layer.attention_map(x.float()) if has_map else None
         exact = layer.exact_map(x.float(), heads) if has_map else None
         layers.append(layer_fidelity(layer, x.float(), eff, exact, index=i, heads=heads))
-        if eff is not None and exact is not None:
+        if has_map:
             maps_eff.append(eff[:shown])
             maps_exact.append(exact[:shown])
     diagnostics = type(attention[0]).model_diagnostics(attention, inputs)

@@ -8,19 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from specs import run_cli
+from specs import TINY16_BACKBONE, run_cli
 
 from effbench.results import ProfileRecord, ScaleRecord, read_jsonl
 from effbench.sweep import common
 
-SPEC = """
-[backbone]
-image_size = 16
-patch_size = 4
-dim = 32
-depth = 1
-heads = 2
-
+SPEC = (
+    TINY16_BACKBONE
+    + """
 [[models]]
 name = "sdpa"
 attention = { kind = "sdpa" }
@@ -50,6 +45,7 @@ min_run_time = 0.01
 retries = 0
 breakdown = false
 """
+)
 
 
 def records(out: Path, kind: str) -> list[dict]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from rich.text import Text
-from specs import MINI, needs_mini, run_cli
+from specs import MINI, TINY16_BACKBONE, needs_mini, run_cli
 
 from effbench.cli.console import Console, backend_note
 from effbench.cli.profile import PROFILE_COLUMNS, profile_row
@@ -27,14 +27,9 @@ from effbench.results import ProfileRecord, ScaleRecord, read_jsonl
 
 LONG_NAME = "sdpa-with-a-name-much-wider-than-its-column"
 
-SPEC = f"""
-[backbone]
-image_size = 16
-patch_size = 4
-dim = 32
-depth = 1
-heads = 2
-
+SPEC = (
+    TINY16_BACKBONE
+    + f"""
 [[models]]
 name = "{LONG_NAME}"
 attention = {{ kind = "sdpa" }}
@@ -67,6 +62,7 @@ repeats = 1
 breakdown = false
 count_flops = false
 """
+)
 
 
 CHECKPOINT_SPEC = """

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from agree import assert_agree
-from specs import run_cli
+from specs import TINY16_BACKBONE, run_cli
 from torch.testing import assert_close
 
 from effbench.attention import build_attention, dilated, local
@@ -132,14 +132,9 @@ def test_both_counters_count_the_local_op_as_its_analytic_flops() -> None:
     assert counts.by_op["local_attention"] == 2 * 2 * heads * patches * taps * d
 
 
-SPEC = """
-[backbone]
-image_size = 16
-patch_size = 4
-dim = 32
-depth = 1
-heads = 2
-
+SPEC = (
+    TINY16_BACKBONE
+    + """
 [[models]]
 name = "hybrid"
 attention = { kind = "hybrid", window = 3, dilation = 1 }
@@ -153,6 +148,7 @@ warmup = 0
 min_run_time = 0.01
 retries = 0
 """
+)
 
 
 @pytest.mark.parametrize("compiled", [False, True])

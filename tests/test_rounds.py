@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from specs import run_cli
+from specs import TINY16_BACKBONE, run_cli
 from torch import Tensor
 
 from effbench.attention.sdpa import SdpaAttention
@@ -170,14 +170,9 @@ def test_rounds_need_a_repeat() -> None:
         Rounds(0)
 
 
-SPEC = """
-[backbone]
-image_size = 16
-patch_size = 4
-dim = 32
-depth = 1
-heads = 2
-
+SPEC = (
+    TINY16_BACKBONE
+    + """
 [[models]]
 name = "sdpa"
 attention = {{ kind = "sdpa" }}
@@ -205,6 +200,7 @@ breakdown = false
 count_flops = false
 top_ops = 0
 """
+)
 
 
 @pytest.mark.parametrize("command", ["profile", "scale"])

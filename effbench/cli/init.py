@@ -1,9 +1,8 @@
 """`effbench init [PATH]`: a commented bench.toml to start from, the default spec shipped with
-effbench, written whole and never over an existing file."""
+effbench, never written over an existing file."""
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import Annotated
@@ -43,31 +42,25 @@ def init(path: PathArg = Path(DEFAULT_SPEC)) -> None:
 
 
 def write_new(target: Path, data: bytes) -> None:
-    """Write `data` to `target`, which must not exist: written whole beside it first, then
-    linked into place, so that a file already there (or one made meanwhile) is never
-    replaced and a failed write leaves nothing behind.
+    """Write `data` to `target`, which must not exist: created exclusively, so that a file
+    already there (or one made meanwhile) is never replaced, and removed again if the write
+    fails, so that nothing half-written is left.
 
     Raises:
         UsageError: when `target` exists.
     """
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, target)
+        fh = target.open("xb")
     except FileExistsError:
         raise UsageError(
             f"{target} exists; effbench init never replaces a spec: move it away or pass "
             "another PATH"
         ) from None
-    except OSError as err:
-        if err.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):  # no hard links here
-            if target.exists():
-                raise UsageError(f"{target} exists; pass another PATH") from None
-            os.replace(tmp, target)
-        else:
-            raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    try:
+        with fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise

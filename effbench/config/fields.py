@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import platformdirs
 from pydantic import (
     AfterValidator,
     Field,
@@ -33,6 +32,8 @@ def default_data_dir() -> Path:
     env = os.environ.get(DATA_ENV, "").strip()
     if env:
         return Path(env).expanduser()
+    import platformdirs  # only here: every command loads this module, few need the cache
+
     return platformdirs.user_cache_path("effbench") / "data"
 
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from effbench.config.fields import DEFAULT_SPEC
 from effbench.errors import UsageError
 
 RECIPES = "recipes"
 QUICK_RECIPE = "cpu-mini"
-# The default spec, shipped beside the recipes: the same file as the repository's bench.toml.
-SHIPPED_SPEC = "bench.toml"
 
 
 def shipped_spec() -> Path:
-    """The default spec shipped with effbench, read where no ./bench.toml is."""
-    return Path(str(resources.files("effbench").joinpath(SHIPPED_SPEC)))
+    """The default spec shipped with effbench (`effbench/bench.toml`, the same file as the
+    repository's), read where no ./bench.toml is."""
+    return Path(str(resources.files("effbench").joinpath(DEFAULT_SPEC)))
 
 
 def recipe_names() -> list[str]:
